@@ -1,0 +1,166 @@
+"""Per-request cost of the extension, side by side with its peers, in one process.
+
+Each variant is the same Flask app (one route with a parameter, a small body)
+called as a WSGI app directly, so only the instrumentation differs. Rounds are
+interleaved, in a new random order each time, so that drift of the machine
+hits every variant alike; the garbage collector is paused inside a round (as
+timeit does) and run between rounds. Each variant's figure is its fastest
+round: on a shared machine the noise only ever adds time.
+
+    python bench/bench_requests.py [--requests N] [--rounds R]
+
+Variants:
+  bare      Flask with nothing connected
+  floor     three no-op receivers on request_started / request_finished /
+            request_tearing_down: the least any signal-driven design can cost
+  ours      SignalMetrics (metrics only)
+  pfe       prometheus-flask-exporter's PrometheusMetrics on the same app
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import sys
+import time
+import typing as t
+
+from flask import Flask
+from flask import signals
+from prometheus_client import CollectorRegistry
+from werkzeug.test import EnvironBuilder
+
+from flask_signal_metrics import SignalMetrics
+
+WSGIApp = t.Callable[[dict[str, t.Any], t.Callable[..., t.Any]], t.Iterable[bytes]]
+
+
+def _app() -> Flask:
+    app = Flask("bench")
+
+    @app.get("/item/<int:item_id>")
+    def item(item_id: int) -> str:
+        return f"item {item_id}"
+
+    return app
+
+
+def bare() -> tuple[Flask, CollectorRegistry | None]:
+    return _app(), None
+
+
+def _noop(sender: Flask, **extra: object) -> None:
+    pass
+
+
+def floor() -> tuple[Flask, CollectorRegistry | None]:
+    app = _app()
+    for signal in (signals.request_started, signals.request_finished, signals.request_tearing_down):
+        signal.connect(_noop, sender=app, weak=False)
+    return app, None
+
+
+def ours() -> tuple[Flask, CollectorRegistry | None]:
+    app = _app()
+    registry = CollectorRegistry()
+    SignalMetrics(app, registry=registry, serve_default_registry=False)
+    return app, registry
+
+
+def pfe() -> tuple[Flask, CollectorRegistry | None]:
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    app = _app()
+    registry = CollectorRegistry()
+    PrometheusMetrics(app, registry=registry)
+    return app, registry
+
+
+VARIANTS: dict[str, t.Callable[[], tuple[Flask, CollectorRegistry | None]]] = {
+    "bare": bare,
+    "floor": floor,
+    "ours": ours,
+    "pfe": pfe,
+}
+
+
+def _start_response(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> None:
+    pass
+
+
+def run_round(app: WSGIApp, environ: dict[str, t.Any], n: int) -> float:
+    """Seconds per request over ``n`` requests."""
+    copy = environ.copy
+    start = time.perf_counter()
+    for _ in range(n):
+        body = app(copy(), _start_response)
+        for _chunk in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return (time.perf_counter() - start) / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds per variant")
+    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args(argv)
+
+    environ = EnvironBuilder(path="/item/42", method="GET").get_environ()
+    apps = {name: VARIANTS[name]() for name in args.only}
+    for app, _ in apps.values():  # warm up: routing caches, first series
+        run_round(app.wsgi_app, environ, 500)
+    times: dict[str, list[float]] = {name: [] for name in apps}
+    order = list(apps)
+    shuffle = random.Random(1).shuffle
+    for _ in range(args.rounds):
+        shuffle(order)
+        for name in order:
+            gc.collect()
+            gc.disable()
+            try:
+                times[name].append(run_round(apps[name][0].wsgi_app, environ, args.requests))
+            finally:
+                gc.enable()
+
+    best = {name: min(v) * 1e6 for name, v in times.items()}
+    median = {name: statistics.median(v) * 1e6 for name, v in times.items()}
+    base = best.get("bare")
+    print(f"{args.rounds} rounds x {args.requests} requests of GET /item/42, one process")
+    print(f"{'variant':8} {'us/req':>8} {'overhead':>9} {'median':>8}")
+    for name, us in best.items():
+        over = f"{us - base:9.2f}" if base is not None else ""
+        print(f"{name:8} {us:8.2f} {over} {median[name]:8.2f}")
+    if base is not None and "pfe" in best:
+        pfe_over = best["pfe"] - base
+        for name in ("floor", "ours"):
+            if name in best:
+                ratio = (best[name] - base) / pfe_over
+                print(f"overhead ratio {name}/pfe: {ratio:.3f}")
+
+    if "ours" in apps:  # prove the measured run really recorded every request
+        _, registry = apps["ours"]
+        assert registry is not None
+        expected = 500 + args.rounds * args.requests
+        labels = {
+            "http_request_method": "GET",
+            "http_route": "/item/<int:item_id>",
+            "http_response_status_code": "200",
+            "url_scheme": "http",
+            "error_type": "",
+        }
+        got = registry.get_sample_value("http_server_request_duration_seconds_count", labels)
+        print(f"ours recorded {got:.0f} of {expected} requests")
+        if got != expected:
+            print("MISMATCH: the extension lost requests", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""Prometheus metrics for Flask, recorded by receivers of Flask's own signals."""
+
+from __future__ import annotations
+
+from .config import Settings as Settings
+from .extension import SignalMetrics as SignalMetrics
+from .extension import VERSION as __version__
+from .state import exclude as exclude
+
+__all__ = ["Settings", "SignalMetrics", "__version__", "exclude"]

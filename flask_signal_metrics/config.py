@@ -1,0 +1,244 @@
+"""Every ``SIGNAL_METRICS_*`` key: its default, its meaning and its validation.
+
+This is the one place a config key is spelled. :func:`load` reads the app's
+config once, in ``init_app``, and turns it into a frozen :class:`Settings`;
+nothing reads ``app.config`` on the request path.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import dataclasses
+import itertools
+import math
+import os
+import re
+import typing as t
+
+#: The semantic conventions' advice for ``http.server.request.duration``
+#: (seconds); identical to prometheus_client's default buckets.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+
+#: Body sizes in bytes: powers of four from 64 B to 16 MiB.
+SIZE_BUCKETS: tuple[float, ...] = tuple(float(4**n) for n in range(3, 13))
+
+#: RFC 9110's methods plus PATCH (RFC 5789): the conventions' "known" methods.
+KNOWN_METHODS: frozenset[str] = frozenset(
+    ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
+)
+
+#: The environment variable the semantic conventions name for overriding
+#: :data:`KNOWN_METHODS` (a full override, comma separated, case sensitive).
+KNOWN_METHODS_ENV = "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"
+
+NAMING_SCHEMES = ("otel", "classic")
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+#: Label names the extension's own metrics use; a static label may not reuse one.
+RESERVED_LABELS = frozenset(
+    (
+        "le",
+        "quantile",
+        "http_request_method",
+        "http_route",
+        "http_response_status_code",
+        "url_scheme",
+        "error_type",
+        "method",
+        "path",
+        "status",
+        "template",
+        "category",
+        "version",
+        "signal",
+        "metric",
+    )
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one app's extension."""
+
+    enabled: bool = True
+    path: str | None = "/metrics"
+    naming: str = "otel"
+    buckets: tuple[float, ...] = DURATION_BUCKETS
+    size_buckets: tuple[float, ...] = SIZE_BUCKETS
+    exclude: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    max_series: int = 2000
+    serve_default_registry: bool = True
+    known_methods: frozenset[str] = KNOWN_METHODS
+
+
+#: config key -> (Settings field, parser). The parser gets the key for its messages.
+_Parser = t.Callable[[str, object], object]
+
+
+def _bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"{key} must be True or False, got {value!r}.")
+
+
+def _path(key: str, value: object) -> str | None:
+    if value is None or value is False or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{key} must be a URL path such as '/metrics', or None to register"
+            f" no route; got {value!r}."
+        )
+    if not value.startswith("/"):
+        raise ValueError(f"{key} must start with '/': use {'/' + value!r}.")
+    return value
+
+
+def _naming(key: str, value: object) -> str:
+    if value not in NAMING_SCHEMES:
+        raise ValueError(
+            f"{key} must be 'otel' (semantic-convention names, the default) or"
+            f" 'classic' (prometheus-flask-exporter names); got {value!r}."
+        )
+    return str(value)
+
+
+def _buckets(key: str, value: object) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, cabc.Iterable):
+        raise TypeError(f"{key} must be a list of numbers, e.g. [0.1, 0.5, 1.0].")
+    bounds: list[float] = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise TypeError(f"{key} must hold numbers only; {item!r} is not one.")
+        bounds.append(float(item))
+    if bounds and math.isinf(bounds[-1]) and bounds[-1] > 0:
+        bounds.pop()  # +Inf is always added by the client; accept it written out.
+    if not bounds:
+        raise ValueError(f"{key} must hold at least one finite bucket bound.")
+    if any(math.isnan(b) or math.isinf(b) for b in bounds):
+        raise ValueError(f"{key} must hold finite numbers (+Inf is added for you).")
+    if any(a >= b for a, b in itertools.pairwise(bounds)):
+        raise ValueError(
+            f"{key} must be strictly increasing with no repeats; sort it: {sorted(set(bounds))!r}."
+        )
+    return tuple(bounds)
+
+
+def _exclude(key: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, cabc.Iterable):
+        raise TypeError(f"{key} must be a list of regular expressions; got {value!r}.")
+    patterns: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"{key} must hold regular expressions as strings; got {item!r}.")
+        try:
+            re.compile(item)
+        except re.error as e:
+            raise ValueError(
+                f"{key} holds {item!r}, which is not a valid regular expression"
+                f" ({e}); escape literal characters with re.escape()."
+            ) from None
+        patterns.append(item)
+    return tuple(patterns)
+
+
+def _labels(key: str, value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, cabc.Mapping):
+        raise TypeError(f"{key} must be a dict of label name to value, e.g. {{'service': 'shop'}}.")
+    pairs: list[tuple[str, str]] = []
+    for name, label_value in value.items():
+        if not isinstance(name, str) or not _LABEL_NAME.match(name) or name.startswith("__"):
+            raise ValueError(
+                f"{key} has the label name {name!r}; use letters, digits and"
+                " underscores, not starting with a digit or '__'."
+            )
+        if name in RESERVED_LABELS:
+            raise ValueError(
+                f"{key} has the label name {name!r}, which the extension's own"
+                " metrics use; choose another name."
+            )
+        if not isinstance(label_value, str):
+            raise TypeError(f"{key}[{name!r}] must be a string; got {label_value!r}.")
+        pairs.append((name, label_value))
+    return tuple(pairs)
+
+
+def _max_series(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{key} must be a whole number such as 2000; got {value!r}.")
+    if value < 1:
+        raise ValueError(f"{key} must be at least 1; got {value}.")
+    return value
+
+
+def _known_methods(key: str, value: object) -> frozenset[str]:
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a comma-separated string of methods.")
+    methods = frozenset(m.strip() for m in value.split(",") if m.strip())
+    if not methods:
+        raise ValueError(f"{key} is set but names no method; unset it or list methods.")
+    return methods
+
+
+_KEYS: dict[str, tuple[str, _Parser]] = {
+    "SIGNAL_METRICS_ENABLED": ("enabled", _bool),
+    "SIGNAL_METRICS_PATH": ("path", _path),
+    "SIGNAL_METRICS_NAMING": ("naming", _naming),
+    "SIGNAL_METRICS_BUCKETS": ("buckets", _buckets),
+    "SIGNAL_METRICS_SIZE_BUCKETS": ("size_buckets", _buckets),
+    "SIGNAL_METRICS_EXCLUDE": ("exclude", _exclude),
+    "SIGNAL_METRICS_LABELS": ("labels", _labels),
+    "SIGNAL_METRICS_MAX_SERIES": ("max_series", _max_series),
+    "SIGNAL_METRICS_SERVE_DEFAULT_REGISTRY": ("serve_default_registry", _bool),
+}
+
+#: Keyword option name (as accepted by ``SignalMetrics``) -> config key.
+OPTIONS: dict[str, str] = {field: key for key, (field, _) in _KEYS.items()}
+
+
+def load(
+    config: cabc.Mapping[str, t.Any],
+    options: cabc.Mapping[str, object],
+    environ: cabc.Mapping[str, str] = os.environ,
+) -> Settings:
+    """Validate ``config`` (an app's config) overridden by ``options``.
+
+    :param config: the app's config; only ``SIGNAL_METRICS_*`` keys are read.
+    :param options: keyword options given to the extension, named as the
+        :class:`Settings` fields; they take precedence over ``config``.
+    :param environ: where :data:`KNOWN_METHODS_ENV` is read from.
+    :raises TypeError, ValueError: naming the key and the fix.
+    """
+    for name in config:
+        if name.startswith("SIGNAL_METRICS_") and name not in _KEYS:
+            raise ValueError(
+                f"Unknown config key {name}; the keys are: {', '.join(sorted(_KEYS))}."
+            )
+    values: dict[str, object] = {}
+    for key, (field, parse) in _KEYS.items():
+        if field in options:
+            values[field] = parse(f"{key} (the {field}= option)", options[field])
+        elif key in config:
+            values[field] = parse(key, config[key])
+    if KNOWN_METHODS_ENV in environ:
+        values["known_methods"] = _known_methods(KNOWN_METHODS_ENV, environ[KNOWN_METHODS_ENV])
+    return Settings(**values)  # type: ignore[arg-type]

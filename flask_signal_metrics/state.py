@@ -1,0 +1,98 @@
+"""Per-app state, kept at ``app.extensions["signal_metrics"]``.
+
+The receivers are shared by every app in the process; everything that differs
+between apps (settings, registry, metrics, exclusions) lives here, looked up
+from the signal's sender.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import dataclasses
+import logging
+import re
+import typing as t
+
+from .config import Settings
+from .prometheus import Metrics
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from prometheus_client.registry import Collector
+    from werkzeug.routing import Rule
+
+EXTENSION_KEY = "signal_metrics"
+
+#: Set to True on a view function by :func:`flask_signal_metrics.exclude`.
+EXCLUDE_ATTR = "_signal_metrics_exclude"
+
+logger = logging.getLogger("flask_signal_metrics")
+
+
+@dataclasses.dataclass(eq=False)
+class State:
+    """What one app's extension knows; built once in ``init_app``."""
+
+    settings: Settings
+    metrics: Metrics | None
+    #: What ``/metrics`` serves: the extension's registry, and the default one.
+    collectors: tuple[Collector, ...]
+    #: SIGNAL_METRICS_EXCLUDE as one compiled alternation, or None.
+    exclude_path: re.Pattern[str] | None
+    methods: dict[str, str]
+    #: id(url rule) -> (route template, view excluded?). Filled on first sight
+    #: of each rule, which lets views be decorated after ``init_app``; rules
+    #: live as long as the app, so their ids are stable.
+    rules: dict[int, tuple[str, bool]] = dataclasses.field(default_factory=dict)
+    #: (signal, exception type, file, line) of failures already logged.
+    logged_failures: set[tuple[str, str, str, int]] = dataclasses.field(default_factory=set)
+
+    def rule_info(self, app: Flask, rule: Rule) -> tuple[str, bool]:
+        """The route template of ``rule`` and whether its view is excluded.
+
+        This is half of the one exclusion rule: a request is not measured when
+        its view is marked with :func:`exclude` (the ``/metrics`` view is), or
+        when its path (``request.path``: no script root, no query string)
+        fully matches a SIGNAL_METRICS_EXCLUDE pattern (:attr:`exclude_path`).
+        """
+        view = app.view_functions.get(rule.endpoint)
+        info = (rule.rule, bool(getattr(view, EXCLUDE_ATTR, False)))
+        self.rules[id(rule)] = info
+        return info
+
+
+def compile_exclude(patterns: cabc.Sequence[str]) -> re.Pattern[str] | None:
+    """One regex for all patterns: one ``fullmatch`` per request, whatever their number."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+def get_state(app: Flask) -> State:
+    """The app's state; a clear error when the extension was never set up on it."""
+    try:
+        return t.cast(State, app.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise RuntimeError(
+            f"SignalMetrics is not initialised on app {app.name!r}; call"
+            " SignalMetrics(app) or ext.init_app(app) first."
+        ) from None
+
+
+V = t.TypeVar("V", bound=t.Callable[..., t.Any])
+
+
+def exclude(view: V) -> V:
+    """Mark a view so that its requests are not measured.
+
+    .. code-block:: python
+
+        @app.get("/healthz")
+        @exclude
+        def healthz() -> str:
+            return "ok"
+
+    Works on views registered before or after ``init_app``.
+    """
+    setattr(view, EXCLUDE_ATTR, True)
+    return view

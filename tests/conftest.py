@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import abort
+from flask import flash
+from flask import Flask
+from flask import render_template_string
+from flask import Response
+from flask import stream_with_context
+from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
+
+from flask_signal_metrics import SignalMetrics
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class HandledError(Exception):
+    pass
+
+
+def make_app(name: str = "test_app") -> Flask:
+    """A bare app with one route of every shape; no extension."""
+    app = Flask(name)
+    app.config.update(SECRET_KEY="test")
+
+    @app.errorhandler(HandledError)
+    def handled(error: HandledError) -> tuple[str, int]:
+        return "handled", 409
+
+    @app.get("/item/<int:item_id>")
+    def item(item_id: int) -> str:
+        return f"item {item_id}"
+
+    @app.route("/echo", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    def echo() -> bytes:
+        from flask import request
+
+        return request.get_data()
+
+    @app.get("/abort")
+    def aborts() -> str:
+        abort(404)
+
+    @app.get("/handled")
+    def handled_view() -> str:
+        raise HandledError()
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise ValueError("boom")
+
+    @app.get("/unavailable")
+    def unavailable() -> tuple[str, int]:
+        return "down", 503
+
+    @app.get("/dir/")
+    def directory() -> str:
+        return "dir"
+
+    @app.get("/page")
+    def page() -> str:
+        flash("saved", "success")
+        flash("plain")
+        return render_template_string("<p>{{ n }}</p>", n=1)
+
+    @app.get("/stream")
+    def stream() -> Response:
+        def chunks() -> t.Iterator[str]:
+            yield "a"
+            yield "b"
+
+        return Response(stream_with_context(chunks()))
+
+    @app.get("/plainstream")
+    def plainstream() -> Response:
+        return Response(iter([b"x", b"y"]))
+
+    return app
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    """A fresh registry per test."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def app(registry: CollectorRegistry) -> Flask:
+    app = make_app()
+    SignalMetrics(app, registry=registry, serve_default_registry=False)
+    return app
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """A sample's value, 0 when the series does not exist."""
+    found = registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+def http_labels(
+    route: str, status: int, method: str = "GET", error: str = "", scheme: str = "http"
+) -> dict[str, str]:
+    return {
+        "http_request_method": method,
+        "http_route": route,
+        "http_response_status_code": str(status),
+        "url_scheme": scheme,
+        "error_type": error,
+    }
+
+
+def requests_counted(registry: CollectorRegistry, route: str, status: int, **kw: str) -> float:
+    return value(
+        registry, "http_server_request_duration_seconds_count", **http_labels(route, status, **kw)
+    )
+
+
+def total_requests(registry: CollectorRegistry) -> float:
+    total = 0.0
+    for metric in registry.collect():
+        if metric.name == "http_server_request_duration_seconds":
+            total += sum(s.value for s in metric.samples if s.name.endswith("_count"))
+    return total
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def real_binary(name: str) -> str:
+    """A binary from Debian's prometheus package, unpacked by .ci/setup.
+
+    In CI a missing binary fails the test; elsewhere it skips with the fix.
+    """
+    found = shutil.which(name) or shutil.which(
+        str(ROOT / ".cache" / "prometheus" / "usr" / "bin" / name)
+    )
+    if found is None:
+        message = f"{name} not found: run .ci/setup (it unpacks Debian's prometheus)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found

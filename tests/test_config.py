@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+
+from flask_signal_metrics.config import DURATION_BUCKETS
+from flask_signal_metrics.config import KNOWN_METHODS
+from flask_signal_metrics.config import load
+from flask_signal_metrics.config import Settings
+
+
+def test_defaults() -> None:
+    settings = load({}, {}, environ={})
+    assert settings == Settings()
+    assert settings.path == "/metrics"
+    assert settings.naming == "otel"
+    assert settings.buckets == DURATION_BUCKETS == (
+        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    )  # fmt: skip
+    assert settings.known_methods == KNOWN_METHODS
+    assert len(KNOWN_METHODS) == 9
+    assert 1000 <= settings.max_series <= 5000
+
+
+def test_options_override_config() -> None:
+    settings = load(
+        {"SIGNAL_METRICS_NAMING": "otel", "SIGNAL_METRICS_PATH": "/m"},
+        {"naming": "classic"},
+        environ={},
+    )
+    assert settings.naming == "classic"
+    assert settings.path == "/m"
+
+
+@pytest.mark.parametrize(
+    ("key", "given", "expected"),
+    [
+        ("SIGNAL_METRICS_ENABLED", False, False),
+        ("SIGNAL_METRICS_PATH", None, None),
+        ("SIGNAL_METRICS_PATH", False, None),
+        ("SIGNAL_METRICS_PATH", "/internal/metrics", "/internal/metrics"),
+        ("SIGNAL_METRICS_BUCKETS", [0.1, 1, float("inf")], (0.1, 1.0)),
+        ("SIGNAL_METRICS_EXCLUDE", "/static/.*", ("/static/.*",)),
+        ("SIGNAL_METRICS_LABELS", {"service": "shop"}, (("service", "shop"),)),
+        ("SIGNAL_METRICS_MAX_SERIES", 10, 10),
+    ],
+)
+def test_good_values(key: str, given: object, expected: object) -> None:
+    settings = load({key: given}, {}, environ={})
+    field = key.removeprefix("SIGNAL_METRICS_").lower()
+    assert getattr(settings, field) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "error", "fix"),
+    [
+        ("SIGNAL_METRICS_ENABLED", "yes", TypeError, "True or False"),
+        ("SIGNAL_METRICS_PATH", "metrics", ValueError, "'/metrics'"),
+        ("SIGNAL_METRICS_PATH", 8080, TypeError, "URL path"),
+        ("SIGNAL_METRICS_NAMING", "prometheus", ValueError, "'otel'"),
+        ("SIGNAL_METRICS_BUCKETS", [1, 0.5], ValueError, "sort it: [0.5, 1.0]"),
+        ("SIGNAL_METRICS_BUCKETS", [0.5, 0.5], ValueError, "strictly increasing"),
+        ("SIGNAL_METRICS_BUCKETS", "0.1,1", TypeError, "list of numbers"),
+        ("SIGNAL_METRICS_BUCKETS", [0.1, "1"], TypeError, "numbers only"),
+        ("SIGNAL_METRICS_BUCKETS", [], ValueError, "at least one"),
+        ("SIGNAL_METRICS_BUCKETS", [float("nan")], ValueError, "finite"),
+        ("SIGNAL_METRICS_SIZE_BUCKETS", [10, 5], ValueError, "sort it"),
+        ("SIGNAL_METRICS_EXCLUDE", ["/ok", "/bad("], ValueError, "re.escape"),
+        ("SIGNAL_METRICS_EXCLUDE", [3], TypeError, "as strings"),
+        ("SIGNAL_METRICS_LABELS", ["service"], TypeError, "dict"),
+        ("SIGNAL_METRICS_LABELS", {"1x": "a"}, ValueError, "letters, digits"),
+        ("SIGNAL_METRICS_LABELS", {"__x": "a"}, ValueError, "'__'"),
+        ("SIGNAL_METRICS_LABELS", {"http_route": "a"}, ValueError, "choose another"),
+        ("SIGNAL_METRICS_LABELS", {"env": 1}, TypeError, "string"),
+        ("SIGNAL_METRICS_MAX_SERIES", "100", TypeError, "whole number"),
+        ("SIGNAL_METRICS_MAX_SERIES", 0, ValueError, "at least 1"),
+        ("SIGNAL_METRICS_MAX_SERIES", True, TypeError, "whole number"),
+        ("SIGNAL_METRICS_SERVE_DEFAULT_REGISTRY", 1, TypeError, "True or False"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_fix(
+    key: str, bad: object, error: type[Exception], fix: str
+) -> None:
+    with pytest.raises(error) as info:
+        load({key: bad}, {}, environ={})
+    assert key in str(info.value)
+    assert fix in str(info.value)
+
+
+def test_bad_option_names_the_option() -> None:
+    with pytest.raises(ValueError, match=r"SIGNAL_METRICS_NAMING \(the naming= option\)"):
+        load({}, {"naming": "nope"}, environ={})
+
+
+def test_unknown_key_is_an_error() -> None:
+    with pytest.raises(ValueError, match="Unknown config key SIGNAL_METRICS_BUCKET;"):
+        load({"SIGNAL_METRICS_BUCKET": [1]}, {}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [("GET,POST", {"GET", "POST"}), (" GET , QUERY ,", {"GET", "QUERY"})],
+)
+def test_known_methods_env(env: str, expected: set[str]) -> None:
+    settings = load({}, {}, environ={"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS": env})
+    assert settings.known_methods == expected
+
+
+def test_known_methods_env_empty_is_an_error() -> None:
+    environ: dict[str, t.Any] = {"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS": " , "}
+    with pytest.raises(ValueError, match="OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"):
+        load({}, {}, environ=environ)

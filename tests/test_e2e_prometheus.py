@@ -1,0 +1,51 @@
+"""The example app under gunicorn, scraped by a real Prometheus: exact counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from examples import traffic
+
+from .conftest import real_binary
+from .servers import gunicorn
+from .servers import prometheus
+from .servers import query
+from .servers import wait_for_value
+
+pytestmark = pytest.mark.real
+
+
+def test_prometheus_sees_exactly_the_requests_sent(tmp_path: Path) -> None:
+    binary = real_binary("prometheus")
+    with gunicorn("examples.app:app", tmp_path) as base:
+        target = base.removeprefix("http://")
+        with prometheus(binary, [target], tmp_path) as prom:
+            assert wait_for_value(prom, 'up{job="shop"}', 1, 30) == 1
+            expected = traffic.drive(base, rounds=2)
+            total = sum(expected.values())
+            count = "http_server_request_duration_seconds_count"
+            got_total = wait_for_value(prom, f'sum({count}{{job="shop"}})', total, 30)
+            assert got_total == total
+            by = "http_request_method, http_route, http_response_status_code"
+            result = query(prom, f'sum by ({by}) ({count}{{job="shop"}})')
+            seen = {
+                (
+                    r["metric"]["http_request_method"],
+                    r["metric"].get("http_route", ""),
+                    r["metric"]["http_response_status_code"],
+                ): float(r["value"][1])
+                for r in result
+            }
+            assert seen == {key: float(n) for key, n in expected.items()}
+            # the excluded health check and the scrapes themselves are nowhere
+            assert not query(prom, f'{count}{{http_route=~"/healthz|/metrics"}}')
+            errors = query(prom, 'sum(flask_request_exceptions_total{error_type="RuntimeError"})')
+            assert float(errors[0]["value"][1]) == 4  # /boom twice a round
+            flashes = query(prom, 'flask_flashed_messages_total{category="success"}')
+            assert float(flashes[0]["value"][1]) == 4  # two buys a round
+            renders = query(prom, "sum(flask_template_render_duration_seconds_count)")
+            assert float(renders[0]["value"][1]) == (5 + 7) * 2  # index + item pages
+            in_flight = query(prom, "sum(http_server_active_requests)")
+            assert float(in_flight[0]["value"][1]) == 0

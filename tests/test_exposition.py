@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import gzip
+import subprocess
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
+
+from flask_signal_metrics import SignalMetrics
+
+from .conftest import make_app
+from .conftest import real_binary
+
+PROMETHEUS_2_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+PROMETHEUS_3_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;"
+    "escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        (None, "text/plain; version=0.0.4"),
+        ("text/plain", "text/plain; version=0.0.4"),
+        (PROMETHEUS_2_ACCEPT, "application/openmetrics-text; version=1.0.0"),
+        (PROMETHEUS_3_ACCEPT, "application/openmetrics-text; version=1.0.0"),
+        ("text/plain;q=1, application/openmetrics-text;q=0", "text/plain; version=0.0.4"),
+        ("application/openmetrics-text;q=0.2, text/plain;q=0.9", "text/plain; version=0.0.4"),
+        ("application/json", "text/plain; version=0.0.4"),
+        (";;;,,,q=x", "text/plain; version=0.0.4"),
+        ("application/openmetrics-text; version=banana", "text/plain; version=0.0.4"),
+        ("text/plain; version=9.9.9", "text/plain"),
+        ("\x00" * 10, "text/plain; version=0.0.4"),
+        ("a" * 10_000, "text/plain; version=0.0.4"),
+    ],
+)
+def test_content_negotiation(client: FlaskClient, accept: str | None, content_type: str) -> None:
+    client.get("/item/1")
+    headers = {"Accept": accept} if accept is not None else {}
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith(content_type)
+    assert b"http_server_request_duration_seconds" in response.data
+    assert "Accept" in response.headers["Vary"]
+    if content_type.startswith("application/openmetrics-text"):
+        assert response.data.endswith(b"# EOF\n")
+
+
+def test_gzip_when_accepted(client: FlaskClient) -> None:
+    client.get("/item/1")
+    plain = client.get("/metrics")
+    zipped = client.get("/metrics", headers={"Accept-Encoding": "gzip, deflate"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert len(zipped.data) < len(plain.data)
+    assert b"http_server_request_duration_seconds" in gzip.decompress(zipped.data)
+    refused = client.get("/metrics", headers={"Accept-Encoding": "gzip;q=0, identity"})
+    assert "Content-Encoding" not in refused.headers
+
+
+def test_methods(client: FlaskClient) -> None:
+    assert client.get("/metrics").status_code == 200
+    head = client.head("/metrics")
+    assert head.status_code == 200 and head.data == b""
+    options = client.options("/metrics")
+    assert options.status_code == 200
+    assert set(options.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        assert client.open("/metrics", method=method).status_code == 405
+
+
+def test_custom_path(registry: CollectorRegistry) -> None:
+    app = make_app()
+    SignalMetrics(app, registry=registry, path="/internal/metrics")
+    client = app.test_client()
+    assert client.get("/internal/metrics").status_code == 200
+    assert client.get("/metrics").status_code == 404
+
+
+def _busy_app(naming: str) -> Flask:
+    app = make_app()
+    SignalMetrics(app, naming=naming, labels={"service": "shop"})
+    client = app.test_client()
+    for path in ["/item/1", "/boom", "/page", "/nope", "/handled", "/stream"]:
+        client.get(path).close()
+    client.post("/echo", data=b"x" * 100)
+    return app
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("naming", ["otel", "classic"])
+def test_promtool_check_metrics_has_no_complaint(naming: str) -> None:
+    promtool = real_binary("promtool")
+    body = _busy_app(naming).test_client().get("/metrics").data
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=body,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == b"" and result.stderr == b"", result.stdout + result.stderr

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+from flask import Flask
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from flask_signal_metrics import SignalMetrics
+from flask_signal_metrics.labels import OVERFLOW
+from flask_signal_metrics.prometheus import render
+
+from .conftest import make_app
+from .conftest import requests_counted
+from .conftest import total_requests
+from .conftest import value
+
+
+def _series(registry: CollectorRegistry) -> int:
+    return sum(len(metric.samples) for metric in registry.collect())
+
+
+def test_unknown_paths_add_no_series(client: object, registry: CollectorRegistry) -> None:
+    from flask.testing import FlaskClient
+
+    assert isinstance(client, FlaskClient)
+    client.get("/first-unknown")
+    before = _series(registry)
+    for n in range(20_000):
+        client.get(f"/scan/{n}/wp-admin.php?id={n}")
+    assert _series(registry) == before
+    assert requests_counted(registry, "", 404) == 20_001
+
+
+def _many_routes(n: int) -> Flask:
+    app = make_app()
+    for i in range(n):
+        app.add_url_rule(f"/r{i}", f"r{i}", lambda: "ok")
+    return app
+
+
+def test_cap_folds_new_label_sets_into_one_overflow_series(registry: CollectorRegistry) -> None:
+    app = _many_routes(10)
+    SignalMetrics(app, registry=registry, max_series=4)
+    client = app.test_client()
+    for i in range(10):
+        client.get(f"/r{i}")
+    for i in range(10):
+        client.get(f"/r{i}")
+    assert total_requests(registry) == 20  # nothing lost
+    overflow = {name: OVERFLOW for name in
+                ("http_request_method", "http_route", "http_response_status_code", "url_scheme",
+                 "error_type")}  # fmt: skip
+    assert value(registry, "http_server_request_duration_seconds_count", **overflow) == 12
+    for name in ("http_server_request_duration_seconds", "http_server_request_body_size_bytes"):
+        assert value(registry, "flask_signal_metrics_series_overflow_total", metric=name) == 12
+    # 4 label sets, plus the overflow one
+    durations = [m for m in registry.collect() if m.name == "http_server_request_duration_seconds"]
+    assert len([s for s in durations[0].samples if s.name.endswith("_count")]) == 5
+    assert (
+        value(registry, "http_server_active_requests", http_request_method="GET", url_scheme="http")
+        == 0
+    )
+
+
+def test_cap_applies_to_flash_categories(registry: CollectorRegistry) -> None:
+    from flask import flash
+
+    app = make_app()
+    SignalMetrics(app, registry=registry, max_series=3)
+
+    @app.get("/flash/<category>")
+    def flash_view(category: str) -> str:
+        flash("hi", category)  # a user-controlled category: a cardinality bomb
+        return "ok"
+
+    for n in range(10):
+        app.test_client().get(f"/flash/c{n}")
+    assert value(registry, "flask_flashed_messages_total", category=OVERFLOW) == 7
+    assert (
+        value(
+            registry,
+            "flask_signal_metrics_series_overflow_total",
+            metric="flask_flashed_messages_total",
+        )
+        == 7
+    )
+
+
+def test_classic_naming_is_prometheus_flask_exporter_compatible(
+    registry: CollectorRegistry,
+) -> None:
+    app = make_app()
+    SignalMetrics(app, registry=registry, naming="classic")
+    client = app.test_client()
+    for path in ["/item/1", "/item/2", "/boom", "/nope"]:
+        client.get(path)
+    labels = {"method": "GET", "path": "/item/<int:item_id>", "status": "200"}
+    assert value(registry, "flask_http_request_duration_seconds_count", **labels) == 2
+    assert value(registry, "flask_http_request_total", method="GET", status="200") == 2
+    assert value(registry, "flask_http_request_total", method="GET", status="404") == 1
+    assert value(registry, "flask_http_request_exceptions_total", method="GET", status="500") == 1
+    assert (
+        value(
+            registry,
+            "flask_http_request_duration_seconds_count",
+            method="GET",
+            path="",
+            status="404",
+        )
+        == 1
+    )
+    assert value(registry, "flask_exporter_info", version=_version()) == 1
+    names = {m.name for m in registry.collect()}
+    assert "http_server_request_duration_seconds" not in names
+    assert {"http_server_active_requests", "http_server_request_body_size_bytes",
+            "flask_request_exceptions", "flask_flashed_messages"} <= names  # fmt: skip
+
+
+def _version() -> str:
+    from flask_signal_metrics import __version__
+
+    return __version__
+
+
+def test_otel_naming_info(registry: CollectorRegistry, app: Flask) -> None:
+    assert value(registry, "flask_signal_metrics_info", version=_version()) == 1
+
+
+def test_buckets_and_static_labels(registry: CollectorRegistry) -> None:
+    app = make_app()
+    SignalMetrics(
+        app, registry=registry, buckets=[0.5, 1.0], labels={"service": "shop", "env": "ci"}
+    )
+    app.test_client().get("/item/1")
+    [duration] = [m for m in registry.collect() if m.name == "http_server_request_duration_seconds"]
+    les = [s.labels["le"] for s in duration.samples if s.name.endswith("_bucket")]
+    assert les == ["0.5", "1.0", "+Inf"]
+    assert all(s.labels["service"] == "shop" and s.labels["env"] == "ci" for s in duration.samples)
+    for metric in registry.collect():
+        for sample in metric.samples:
+            assert sample.labels.get("service") == "shop", sample
+
+
+@pytest.mark.parametrize("naming", ["otel", "classic"])
+def test_exposition_is_consistent(registry: CollectorRegistry, naming: str) -> None:
+    app = make_app()
+    SignalMetrics(app, registry=registry, naming=naming)
+    client = app.test_client()
+    for path in ["/item/1", "/boom", "/page", "/nope", "/stream"]:
+        client.get(path).close()
+    body, content_type = render([registry], [])
+    assert content_type.startswith("text/plain; version=0.0.4")
+    for family in text_string_to_metric_families(body.decode()):
+        if family.type != "histogram":
+            continue
+        series: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
+        for sample in family.samples:
+            key = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+            if sample.name.endswith("_bucket"):
+                series.setdefault(key, {})[sample.labels["le"]] = sample.value
+            elif sample.name.endswith("_count"):
+                series.setdefault(key, {})["count"] = sample.value
+        for buckets in series.values():
+            les = [float(le) for le in buckets if le != "count"]
+            counts = [buckets[le] for le in buckets if le != "count"]
+            assert les == sorted(les) and math.isinf(les[-1])
+            assert counts == sorted(counts)  # cumulative
+            assert counts[-1] == buckets["count"]
+
+
+@pytest.mark.parametrize(
+    ("accepted", "expected"),
+    [
+        ([], "text/plain; version=0.0.4"),
+        (["application/openmetrics-text; version=1.0.0"], "application/openmetrics-text"),
+        (["application/openmetrics-text"], "application/openmetrics-text"),
+        (["application/openmetrics-text; version=0.0.1"], "text/plain; version=0.0.4"),
+        (["application/openmetrics-text; version=abc"], "text/plain; version=0.0.4"),
+        (
+            ["text/plain; version=0.0.4", "application/openmetrics-text"],
+            "text/plain; version=0.0.4",
+        ),
+        (["*/*", "application/openmetrics-text"], "text/plain; version=0.0.4"),
+        (["image/png"], "text/plain; version=0.0.4"),
+        (["\xff\xfe", ";;;"], "text/plain; version=0.0.4"),
+    ],
+)
+def test_render_negotiation(accepted: list[str], expected: str) -> None:
+    registry = CollectorRegistry()
+    body, content_type = render([registry], accepted)
+    assert content_type.startswith(expected)
+    if expected.startswith("application/openmetrics-text"):
+        assert body.endswith(b"# EOF\n")

@@ -1,0 +1,348 @@
+from __future__ import annotations
+
+import logging
+import typing as t
+
+import pytest
+from flask import Flask
+from flask import signals
+from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
+
+from flask_signal_metrics import exclude
+from flask_signal_metrics import receivers
+from flask_signal_metrics import SignalMetrics
+
+from .conftest import make_app
+from .conftest import requests_counted
+from .conftest import total_requests
+from .conftest import value
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route", "status", "error"),
+    [
+        ("GET", "/item/7", "/item/<int:item_id>", 200, ""),
+        ("GET", "/nope", "", 404, ""),  # no route matched
+        ("POST", "/item/7", "", 405, ""),  # routing failed: no url_rule
+        ("GET", "/dir", "", 308, ""),  # strict-slash redirect
+        ("GET", "/abort", "/abort", 404, ""),  # 4xx is not an error
+        ("GET", "/handled", "/handled", 409, ""),  # handled by an errorhandler
+        ("GET", "/boom", "/boom", 500, "ValueError"),  # escaped the view
+        ("GET", "/unavailable", "/unavailable", 503, "503"),  # a 5xx without exception
+        ("HEAD", "/item/7", "/item/<int:item_id>", 200, ""),
+        ("OPTIONS", "/item/7", "/item/<int:item_id>", 200, ""),
+        ("BREW", "/item/7", "", 405, ""),
+    ],
+)
+def test_each_outcome_is_counted_once(
+    client: FlaskClient,
+    registry: CollectorRegistry,
+    method: str,
+    path: str,
+    route: str,
+    status: int,
+    error: str,
+) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    label = "_OTHER" if method == "BREW" else method
+    assert requests_counted(registry, route, status, method=label, error=error) == 1
+    assert total_requests(registry) == 1
+
+
+def test_propagated_exception_is_counted_as_500(registry: CollectorRegistry) -> None:
+    # testing=True sets PROPAGATE_EXCEPTIONS: request_finished is never sent.
+    app = make_app()
+    app.testing = True
+    SignalMetrics(app, registry=registry)
+    with pytest.raises(ValueError, match="boom"):
+        app.test_client().get("/boom")
+    assert requests_counted(registry, "/boom", 500, error="ValueError") == 1
+    assert total_requests(registry) == 1
+    assert (
+        value(registry, "http_server_active_requests", http_request_method="GET", url_scheme="http")
+        == 0
+    )
+
+
+def test_unhandled_exception_is_counted_by_type(
+    client: FlaskClient, registry: CollectorRegistry
+) -> None:
+    client.get("/boom")
+    client.get("/boom")
+    client.get("/handled")  # handled: not an unhandled exception
+    assert (
+        value(
+            registry,
+            "flask_request_exceptions_total",
+            http_request_method="GET",
+            http_route="/boom",
+            error_type="ValueError",
+        )
+        == 2
+    )
+    assert (
+        value(
+            registry,
+            "flask_request_exceptions_total",
+            http_request_method="GET",
+            http_route="/handled",
+            error_type="HandledError",
+        )
+        == 0
+    )
+
+
+def _raise(sender: Flask, **extra: object) -> None:
+    raise RuntimeError("a user's receiver failed")
+
+
+@pytest.mark.parametrize("signal", [signals.request_started, signals.request_finished])
+def test_counted_once_when_another_receiver_raises(
+    registry: CollectorRegistry, signal: t.Any
+) -> None:
+    # A raising receiver on request_finished makes Flask send it a second time
+    # with a 500; on request_started it may stop ours from running at all.
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+    signal.connect(_raise, sender=app)
+    try:
+        response = app.test_client().get("/item/1")
+    finally:
+        signal.disconnect(_raise, sender=app)
+    assert response.status_code == 500
+    assert total_requests(registry) == 1
+    assert requests_counted(registry, "/item/<int:item_id>", 500, error="RuntimeError") == 1
+    assert (
+        value(registry, "http_server_active_requests", http_request_method="GET", url_scheme="http")
+        == 0
+    )
+
+
+@pytest.mark.parametrize("path", ["/stream", "/plainstream"])
+def test_streamed_response_is_counted_once(
+    client: FlaskClient, registry: CollectorRegistry, path: str
+) -> None:
+    # With stream_with_context, Flask 3.1 sends request_tearing_down twice.
+    response = client.get(path)
+    assert response.data in (b"ab", b"xy")
+    response.close()
+    assert total_requests(registry) == 1
+    # A stream's length is unknown: its size is not guessed.
+    assert value(registry, "http_server_response_body_size_bytes_count", **_labels(path)) == 0
+
+
+def _labels(path: str) -> dict[str, str]:
+    return {
+        "http_request_method": "GET",
+        "http_route": path,
+        "http_response_status_code": "200",
+        "url_scheme": "http",
+        "error_type": "",
+    }
+
+
+def test_in_flight_counts_the_request_being_handled(registry: CollectorRegistry) -> None:
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+    seen: list[float] = []
+
+    @app.get("/inside")
+    def inside() -> str:
+        seen.append(
+            value(
+                registry,
+                "http_server_active_requests",
+                http_request_method="GET",
+                url_scheme="http",
+            )
+        )
+        return "ok"
+
+    app.test_client().get("/inside")
+    assert seen == [1.0]
+    assert (
+        value(registry, "http_server_active_requests", http_request_method="GET", url_scheme="http")
+        == 0
+    )
+
+
+def test_body_sizes(client: FlaskClient, registry: CollectorRegistry) -> None:
+    client.post("/echo", data=b"x" * 300)
+    client.get("/item/12345")
+    echo = {**_labels("/echo"), "http_request_method": "POST"}
+    assert value(registry, "http_server_request_body_size_bytes_sum", **echo) == 300
+    assert value(registry, "http_server_response_body_size_bytes_sum", **echo) == 300
+    item = _labels("/item/<int:item_id>")
+    assert value(registry, "http_server_request_body_size_bytes_sum", **item) == 0
+    assert value(registry, "http_server_request_body_size_bytes_count", **item) == 1
+    assert value(registry, "http_server_response_body_size_bytes_sum", **item) == len("item 12345")
+
+
+def test_head_sends_no_body(client: FlaskClient, registry: CollectorRegistry) -> None:
+    client.head("/item/1")
+    head = {**_labels("/item/<int:item_id>"), "http_request_method": "HEAD"}
+    assert value(registry, "http_server_response_body_size_bytes_sum", **head) == 0
+    assert value(registry, "http_server_response_body_size_bytes_count", **head) == 1
+
+
+def test_templates_and_flashes(client: FlaskClient, registry: CollectorRegistry) -> None:
+    client.get("/page")
+    client.get("/page")
+    assert (
+        value(registry, "flask_template_render_duration_seconds_count", template="__string__") == 2
+    )
+    assert value(registry, "flask_flashed_messages_total", category="success") == 2
+    assert value(registry, "flask_flashed_messages_total", category="message") == 2
+
+
+def test_named_templates_with_inheritance() -> None:
+    from examples.app import app as shop
+
+    shop_registry = shop.extensions["signal_metrics"].metrics.registry
+
+    def renders(template: str) -> float:
+        name = "flask_template_render_duration_seconds_count"
+        return value(shop_registry, name, template=template)
+
+    before = renders("item.html"), renders("base.html")
+    assert shop.test_client().get("/items/1").status_code == 200
+    # Jinja renders base.html inside item.html: one render, named by the template asked for.
+    assert renders("item.html") == before[0] + 1
+    assert renders("base.html") == before[1] == 0
+
+
+def test_template_rendered_outside_a_request(app: Flask, registry: CollectorRegistry) -> None:
+    from flask import render_template_string
+
+    with app.app_context():
+        assert render_template_string("{{ 1 + 1 }}") == "2"
+    assert (
+        value(registry, "flask_template_render_duration_seconds_count", template="__string__") == 1
+    )
+    assert total_requests(registry) == 0
+
+
+def test_metrics_route_and_excluded_paths_are_not_measured(registry: CollectorRegistry) -> None:
+    app = make_app()
+    app.config["SIGNAL_METRICS_EXCLUDE"] = [r"/item/1\d*", "/page"]
+
+    @app.get("/healthz")
+    @exclude
+    def healthz() -> str:
+        return "ok"
+
+    SignalMetrics(app, registry=registry)
+    client = app.test_client()
+    for path in ["/metrics", "/healthz", "/item/1", "/item/15", "/page"]:
+        assert client.get(path).status_code == 200
+    assert client.get("/item/2").status_code == 200
+    assert total_requests(registry) == 1  # only /item/2
+    # what an excluded request does is not measured either
+    assert value(registry, "flask_flashed_messages_total", category="success") == 0
+    assert (
+        value(registry, "flask_template_render_duration_seconds_count", template="__string__") == 0
+    )
+
+
+def test_view_excluded_after_init_app(registry: CollectorRegistry) -> None:
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+
+    @app.get("/later")
+    @exclude
+    def later() -> str:
+        return "later"
+
+    app.test_client().get("/later")
+    assert total_requests(registry) == 0
+
+
+def test_mount_point_is_part_of_the_route(client: FlaskClient, registry: CollectorRegistry) -> None:
+    client.get("/item/1", environ_overrides={"SCRIPT_NAME": "/shop"})
+    assert requests_counted(registry, "/shop/item/<int:item_id>", 200) == 1
+
+
+def test_forged_scheme_is_not_a_label(client: FlaskClient, registry: CollectorRegistry) -> None:
+    client.get("/item/1", environ_overrides={"wsgi.url_scheme": "gopher"})
+    client.get("/item/1", base_url="https://localhost")
+    assert requests_counted(registry, "/item/<int:item_id>", 200, scheme="_OTHER") == 1
+    assert requests_counted(registry, "/item/<int:item_id>", 200, scheme="https") == 1
+
+
+def test_known_methods_from_the_environment(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", "GET,POST")
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+    client = app.test_client()
+    client.get("/echo")
+    client.put("/echo")
+    assert requests_counted(registry, "/echo", 200) == 1
+    assert requests_counted(registry, "/echo", 200, method="_OTHER") == 1
+
+
+# -- a failing receiver never harms the request ---------------------------------
+
+_BODIES = {
+    "request-started": ("/item/3", "_begin"),
+    "request-finished": ("/item/3", "_response_size"),
+    "got-request-exception": ("/boom", "_started"),
+    "request-tearing-down": ("/item/3", "_finish"),
+    "before-render-template": ("/page", "_perf_counter"),
+    "template-rendered": ("/page", "_in_excluded_request"),
+    "message-flashed": ("/page", "_in_excluded_request"),
+}
+
+
+@pytest.mark.parametrize("signal", sorted(_BODIES))
+def test_failing_receiver_leaves_the_response_unchanged(
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    signal: str,
+) -> None:
+    path, helper = _BODIES[signal]
+    bare = make_app().test_client()
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+    client = app.test_client()
+    calls = 0
+    original = getattr(receivers, helper)
+
+    def broken(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        nonlocal calls
+        calls += 1
+        if _receiver_running(signal):
+            raise OSError("disk on fire")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(receivers, helper, broken)
+    caplog.set_level(logging.ERROR, logger="flask_signal_metrics")
+    for _ in range(3):
+        expected = bare.get(path)
+        got = client.get(path)
+        assert (got.status_code, got.data) == (expected.status_code, expected.data)
+        assert got.headers.get("Content-Type") == expected.headers.get("Content-Type")
+    assert calls >= 3
+    errors = value(registry, "flask_signal_metrics_receiver_errors_total", signal=signal)
+    assert errors >= 3
+    ours = [r for r in caplog.records if r.name == "flask_signal_metrics"]
+    assert len(ours) == 1, "logged once per cause"
+    assert signal in ours[0].getMessage()
+    assert client.get("/metrics").status_code == 200
+
+
+def _receiver_running(signal: str) -> bool:
+    """Whether the receiver of ``signal`` is on the stack (helpers are shared)."""
+    import sys
+
+    name = "_on_" + signal.replace("-", "_")
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == name:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
