@@ -502,12 +502,12 @@ def render(collectors: cabc.Sequence[Collector], accepted: cabc.Iterable[str]) -
             break
         if base not in (_OPENMETRICS, _TEXT):
             continue
+        if base == _OPENMETRICS and not _writable_openmetrics(media_range):
+            continue
         try:
             chosen, chosen_type = choose_encoder(media_range)
         except Exception:  # a malformed version= parameter
             continue
-        if base == _OPENMETRICS and not chosen_type.startswith(_OPENMETRICS):
-            continue  # an OpenMetrics version the client library cannot write
         encoder, content_type = chosen, chosen_type
         break
     unique: list[Collector] = []
@@ -515,3 +515,16 @@ def render(collectors: cabc.Sequence[Collector], accepted: cabc.Iterable[str]) -
         if all(collector is not seen for seen in unique):
             unique.append(collector)
     return encoder(_Union(unique)), content_type
+
+
+def _writable_openmetrics(media_range: str) -> bool:
+    """Whether the OpenMetrics version asked for (none: any) is 1.x, which we write.
+
+    Decided here rather than left to ``choose_encoder``, whose answer for
+    other versions differs between client releases.
+    """
+    for param in media_range.split(";")[1:]:
+        name, _, version = param.partition("=")
+        if name.strip().lower() == "version":
+            return version.strip().split(".")[0] == "1"
+    return True
