@@ -187,16 +187,17 @@ class RequestStats(Collector):
         self._static = tuple(value for _, value in static_labels)
         self._cap = max_series
         self._overflowed = overflowed
-        self._groups: dict[tuple[str, str], Group] = {}
+        #: (method, scheme) -> Group; read directly on the request path.
+        self.groups: dict[tuple[str, str], Group] = {}
         self._cells: dict[RequestKey, _Cells] = {}
         self._lock = threading.Lock()
 
     def group(self, method: str, scheme: str) -> Group:
         """The group of (method, scheme); both come from small fixed sets."""
-        found = self._groups.get((method, scheme))
+        found = self.groups.get((method, scheme))
         if found is None:
             with self._lock:
-                found = self._groups.setdefault((method, scheme), Group())
+                found = self.groups.setdefault((method, scheme), Group())
         return found
 
     def record(
@@ -223,7 +224,9 @@ class RequestStats(Collector):
             cells.duration[index] += 1
             cells.duration_sum += duration
             if request_size is not None:
-                cells.request[bisect_left(self._size_bounds, request_size)] += 1
+                # Most requests have no body: bucket 0 without a search.
+                index = bisect_left(self._size_bounds, request_size) if request_size else 0
+                cells.request[index] += 1
                 cells.request_sum += request_size
             if response_size is not None:
                 cells.response[bisect_left(self._size_bounds, response_size)] += 1
@@ -264,7 +267,7 @@ class RequestStats(Collector):
         families = self._families()
         active, duration, request, response = families[0], families[1], families[-2], families[-1]
         with self._lock:
-            groups = list(self._groups.items())
+            groups = list(self.groups.items())
             series = list(self._cells.items())
         for (method, scheme), group in groups:
             with group.lock:

@@ -48,8 +48,8 @@ if t.TYPE_CHECKING:
 #: (start, method, scheme, route, group) from request_started; None if the
 #: request is excluded; "done" once recorded.
 START_KEY = "flask_signal_metrics.start"
-#: (status, response size) from request_finished (the last one wins).
-FINISH_KEY = "flask_signal_metrics.finish"
+#: The response from request_finished (the last one wins); read at teardown.
+RESPONSE_KEY = "flask_signal_metrics.response"
 #: The exception from got_request_exception.
 ERROR_KEY = "flask_signal_metrics.error"
 
@@ -61,23 +61,24 @@ _perf_counter = time.perf_counter
 _Start = tuple[float, str, str, str, "Group | None"]
 
 
-def _proxy_request() -> Request:
-    return t.cast("Request", flask.request._get_current_object())  # type: ignore[attr-defined]
+class _ProxyContext:
+    """Stands in for Flask's request-context variable where Flask has none."""
 
+    def get(self) -> _ProxyContext:
+        return self
 
-def _context_request() -> Request:
-    return _cv_request.get().request
+    @property
+    def request(self) -> Request:
+        return t.cast("Request", flask.request._get_current_object())  # type: ignore[attr-defined]
 
 
 try:
+    # The request context's own variable, read inline by each receiver:
+    # ``_cv_request.get().request`` costs 0.1 µs where a helper function around
+    # the ``flask.request`` proxy costs 0.45 µs on the CI machine.
     from flask.globals import _cv_request
 except ImportError:  # a Flask whose context internals moved
-    _current_request = _proxy_request
-else:
-    # The request context's own variable: 0.1 µs per lookup against 0.45 µs
-    # through the ``flask.request`` proxy on the CI machine, three times a
-    # request. Falls back to the proxy where Flask has no such variable.
-    _current_request = _context_request
+    _cv_request = _ProxyContext()  # type: ignore[assignment]
 
 
 def _begin(app: Flask, request: Request, in_flight: bool) -> _Start | None:
@@ -103,7 +104,8 @@ def _begin(app: Flask, request: Request, in_flight: bool) -> _Start | None:
     group = None
     if in_flight:
         assert state.metrics is not None
-        group = state.metrics.requests.group(method, scheme)
+        requests = state.metrics.requests
+        group = requests.groups.get((method, scheme)) or requests.group(method, scheme)
         next(group.started)
     start = (_perf_counter(), method, scheme, route, group)
     environ[START_KEY] = start
@@ -115,8 +117,9 @@ def _started(app: Flask, request: Request) -> _Start | None:
 
     Our ``request_started`` receiver is skipped when another receiver of that
     signal raises first (blinker stops at the first exception), or when the
-    request failed before dispatch; the request must still be counted. A late
-    start is not counted in flight (nothing would balance it).
+    request failed before dispatch; the request must still be counted (its
+    duration then starts late). A late start is not counted in flight:
+    nothing would balance it.
     """
     found = request.environ.get(START_KEY, _MISSING)
     if found is _MISSING:
@@ -130,19 +133,16 @@ def _response_size(response: Response) -> int | None:
     """The body size sent; None for a stream of unknown length (not guessed)."""
     body = response.response
     if type(body) is list:  # a buffered body: its bytes are the truth
-        return len(body[0]) if len(body) == 1 else sum(map(len, body))
+        return sum(map(len, body))
     return response.content_length
 
 
 def _request_size(environ: dict[str, t.Any]) -> int | None:
-    """The declared body size; 0 with no body; None when chunked (not guessed)."""
-    declared = environ.get("CONTENT_LENGTH")
-    if declared:
-        try:
-            return max(int(declared), 0)
-        except ValueError:
-            return None
-    return None if "HTTP_TRANSFER_ENCODING" in environ else 0
+    """The declared body size; None when chunked or malformed (not guessed)."""
+    try:
+        return max(int(environ["CONTENT_LENGTH"]), 0)
+    except (KeyError, ValueError):
+        return None if "HTTP_TRANSFER_ENCODING" in environ else 0
 
 
 # -- receivers -------------------------------------------------------------
@@ -150,27 +150,23 @@ def _request_size(environ: dict[str, t.Any]) -> int | None:
 
 def _on_request_started(sender: Flask, **extra: object) -> None:
     try:
-        _begin(sender, _current_request(), True)
+        _begin(sender, _cv_request.get().request, True)
     except Exception as e:
         _failed(sender, signals.request_started.name, e)
 
 
 def _on_request_finished(sender: Flask, response: Response, **extra: object) -> None:
     try:
-        request = _current_request()
-        start = _started(sender, request)
-        if start is not None:
-            # Sent again with the 500 when one of its receivers raised: the
-            # last one is what the server sends.
-            size = 0 if start[1] == "HEAD" else _response_size(response)
-            request.environ[FINISH_KEY] = (response.status_code, size)
+        # Sent again with the 500 when one of its receivers raised: the last
+        # one is what the server sends. What it says is read once, at teardown.
+        _cv_request.get().request.environ[RESPONSE_KEY] = response
     except Exception as e:
         _failed(sender, signals.request_finished.name, e)
 
 
 def _on_got_request_exception(sender: Flask, exception: BaseException, **extra: object) -> None:
     try:
-        request = _current_request()
+        request = _cv_request.get().request
         start = _started(sender, request)
         if start is not None:
             request.environ[ERROR_KEY] = exception
@@ -185,36 +181,50 @@ def _on_got_request_exception(sender: Flask, exception: BaseException, **extra: 
 def _on_request_tearing_down(
     sender: Flask, exc: BaseException | None = None, **extra: object
 ) -> None:
+    """Record the request, once: Flask 3.1 tears a streamed request down twice."""
     try:
-        _finish(sender, _current_request(), exc)
+        request = _cv_request.get().request
+        environ = request.environ
+        start = environ.get(START_KEY, _MISSING)
+        if start is _MISSING:
+            start = _started(sender, request)
+        environ[START_KEY] = _DONE
+        if start is None or start is _DONE:
+            return
+        began, method, scheme, route, group = start
+        duration = _perf_counter() - began
+        response: Response | None = environ.get(RESPONSE_KEY)
+        response_size: int | None
+        if response is None:
+            # request_finished was never sent: the exception propagated
+            # (testing/debug mode) and the server answers 500.
+            status, response_size = 500, None
+        else:
+            status = response.status_code
+            body = response.response
+            if method == "HEAD":
+                response_size = 0
+            elif type(body) is list and len(body) == 1:  # the common case, inline
+                response_size = len(body[0])
+            else:
+                response_size = _response_size(response)
+        exception = environ.get(ERROR_KEY) or exc
+        error = "" if exception is None and status < 500 else labels.error_type(status, exception)
+        status_label = str(status)
+        metrics: Metrics = sender.extensions[EXTENSION_KEY].metrics
+        metrics.requests.record(
+            (method, route, status_label, scheme, error),
+            group,
+            duration,
+            0
+            if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" not in environ
+            else _request_size(environ),
+            response_size,
+        )
+        if exception is not None and metrics.escaped is not None:  # classic naming
+            metrics.escaped.child((method, status_label)).inc()
     except Exception as e:
         _failed(sender, signals.request_tearing_down.name, e)
-
-
-def _finish(app: Flask, request: Request, exc: BaseException | None) -> None:
-    environ = request.environ
-    start = _started(app, request)
-    environ[START_KEY] = _DONE  # Flask 3.1 tears a streamed request down twice
-    if start is None:
-        return
-    began, method, scheme, route, group = start
-    duration = _perf_counter() - began
-    exception = environ.get(ERROR_KEY) or exc
-    # No status means request_finished was never sent: the exception propagated
-    # (testing/debug mode) and the server answers 500.
-    status, response_size = environ.get(FINISH_KEY, (500, None))
-    error = labels.error_type(status, exception)
-    status_label = str(status)
-    metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
-    metrics.requests.record(
-        (method, route, status_label, scheme, error),
-        group,
-        duration,
-        _request_size(environ),
-        response_size,
-    )
-    if exception is not None and metrics.escaped is not None:  # classic naming
-        metrics.escaped.child((method, status_label)).inc()
 
 
 #: Start times of the templates being rendered in this context, innermost last.
@@ -229,7 +239,7 @@ _MAX_RENDER_DEPTH = 64
 def _in_excluded_request() -> bool:
     if not flask.has_request_context():
         return False
-    return _current_request().environ.get(START_KEY, _MISSING) is None
+    return _cv_request.get().request.environ.get(START_KEY, _MISSING) is None
 
 
 def _on_before_render_template(sender: Flask, template: Template, **extra: object) -> None:

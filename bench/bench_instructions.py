@@ -1,0 +1,84 @@
+"""Instructions per request, counted by valgrind: the noise-free twin of bench_requests.py.
+
+A shared machine's timings drift by tens of percent between runs; counted
+instructions do not. For each variant of ``bench_requests.py`` this runs the
+same app under ``valgrind --tool=callgrind`` twice, with N and N + K requests,
+and divides the difference by K, so start-up and warm-up cancel out.
+
+    python bench/bench_instructions.py [--requests K]
+
+Needs valgrind (Debian package ``valgrind``). Instructions are not time (a
+cache miss costs more than an add), but the ratios track the timed ones and
+repeat to the per mille.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUN_ONE = """
+import sys
+sys.path.insert(0, {here!r})
+import bench_requests as b
+from werkzeug.test import EnvironBuilder
+environ = EnvironBuilder(path="/item/42", method="GET").get_environ()
+app = b.VARIANTS[{variant!r}]()[0]
+b.run_round(app.wsgi_app, environ, 300)
+b.run_round(app.wsgi_app, environ, {requests})
+"""
+
+
+def instructions(variant: str, requests: int) -> int:
+    code = RUN_ONE.format(here=str(HERE), variant=variant, requests=requests)
+    result = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if found is None:
+        raise RuntimeError(result.stderr[-2000:])
+    return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("valgrind not found: apt-get install valgrind", file=sys.stderr)
+        return 2
+    per_request = {}
+    for variant in ("bare", "floor", "ours", "pfe"):
+        low = instructions(variant, 200)
+        high = instructions(variant, 200 + args.requests)
+        per_request[variant] = (high - low) / args.requests
+    base = per_request["bare"]
+    pfe = per_request["pfe"] - base
+    print(f"instructions per request (valgrind), {args.requests} requests of GET /item/42")
+    print(f"{'variant':8} {'instr/req':>10} {'overhead':>10} {'ratio/pfe':>9}")
+    for variant, count in per_request.items():
+        over = count - base
+        print(f"{variant:8} {count:10.0f} {over:10.0f} {over / pfe:9.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
