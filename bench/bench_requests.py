@@ -4,8 +4,9 @@ Each variant is the same Flask app (one route with a parameter, a small body)
 called as a WSGI app directly, so only the instrumentation differs. Rounds are
 interleaved, in a new random order each time, so that drift of the machine
 hits every variant alike; the garbage collector is paused inside a round (as
-timeit does) and run between rounds. Each variant's figure is its fastest
-round: on a shared machine the noise only ever adds time.
+timeit does) and run between rounds. Overheads are taken per round (variant
+minus bare Flask in the same round), and the median over rounds is printed.
+bench_instructions.py counts instructions instead, free of the noise.
 
     python bench/bench_requests.py [--requests N] [--rounds R]
 
@@ -128,21 +129,27 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 gc.enable()
 
-    best = {name: min(v) * 1e6 for name, v in times.items()}
     median = {name: statistics.median(v) * 1e6 for name, v in times.items()}
-    base = best.get("bare")
     print(f"{args.rounds} rounds x {args.requests} requests of GET /item/42, one process")
-    print(f"{'variant':8} {'us/req':>8} {'overhead':>9} {'median':>8}")
-    for name, us in best.items():
-        over = f"{us - base:9.2f}" if base is not None else ""
-        print(f"{name:8} {us:8.2f} {over} {median[name]:8.2f}")
-    if base is not None and "pfe" in best:
-        pfe_over = best["pfe"] - base
-        for name in ("floor", "ours"):
-            if name in best:
-                ratio = (best[name] - base) / pfe_over
-                print(f"overhead ratio {name}/pfe: {ratio:.3f}")
-
+    if "bare" not in times:
+        for name, us in median.items():
+            print(f"{name:8} {us:8.2f} us/req")
+    else:
+        # Overhead per round (variant minus bare in the same round, so that the
+        # machine's drift cancels), then the median over rounds.
+        over = {
+            name: statistics.median(
+                (v - b) * 1e6 for v, b in zip(times[name], times["bare"], strict=True)
+            )
+            for name in times
+        }
+        print(f"{'variant':8} {'us/req':>8} {'overhead':>9}  (medians)")
+        for name, us in median.items():
+            print(f"{name:8} {us:8.2f} {over[name]:9.2f}")
+        if "pfe" in over:
+            for name in ("floor", "ours"):
+                if name in over:
+                    print(f"overhead ratio {name}/pfe: {over[name] / over['pfe']:.3f}")
     if "ours" in apps:  # prove the measured run really recorded every request
         _, registry = apps["ours"]
         assert registry is not None

@@ -137,6 +137,10 @@ def _response_size(response: Response) -> int | None:
     return response.content_length
 
 
+#: CONTENT_LENGTH values of a request without a body (absent, empty, zero).
+_EMPTY = (None, "", "0")
+
+
 def _request_size(environ: dict[str, t.Any]) -> int | None:
     """The declared body size; None when chunked or malformed (not guessed)."""
     try:
@@ -211,14 +215,16 @@ def _on_request_tearing_down(
         exception = environ.get(ERROR_KEY) or exc
         error = "" if exception is None and status < 500 else labels.error_type(status, exception)
         status_label = str(status)
+        if environ.get("CONTENT_LENGTH") in _EMPTY and "HTTP_TRANSFER_ENCODING" not in environ:
+            request_size: int | None = 0  # the common case, inline
+        else:
+            request_size = _request_size(environ)
         metrics: Metrics = sender.extensions[EXTENSION_KEY].metrics
         metrics.requests.record(
             (method, route, status_label, scheme, error),
             group,
             duration,
-            0
-            if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" not in environ
-            else _request_size(environ),
+            request_size,
             response_size,
         )
         if exception is not None and metrics.escaped is not None:  # classic naming

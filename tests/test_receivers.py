@@ -354,3 +354,42 @@ def _receiver_running(signal: str) -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
+
+
+def test_concurrent_requests_are_counted_exactly(registry: CollectorRegistry) -> None:
+    import threading
+
+    from werkzeug.test import EnvironBuilder
+
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+    environ = EnvironBuilder(path="/item/5").get_environ()
+    threads, per_thread = 8, 500
+
+    def start_response(*args: t.Any) -> t.Callable[[bytes], object]:
+        return lambda data: None
+
+    def hammer() -> None:
+        for _ in range(per_thread):
+            body = app.wsgi_app(environ.copy(), start_response)
+            b"".join(body)
+
+    workers = [threading.Thread(target=hammer) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not any(worker.is_alive() for worker in workers)
+    assert requests_counted(registry, "/item/<int:item_id>", 200) == threads * per_thread
+    active = value(
+        registry, "http_server_active_requests", http_request_method="GET", url_scheme="http"
+    )
+    assert active == 0
+
+
+def test_debug_mode_serves_metrics(registry: CollectorRegistry) -> None:
+    # prometheus-flask-exporter silently skips /metrics under the reloader.
+    app = make_app()
+    app.debug = True
+    SignalMetrics(app, registry=registry)
+    assert app.test_client().get("/metrics").status_code == 200
