@@ -90,9 +90,6 @@ class Family(t.Generic[M]):
         self._overflowed.inc()
         return self._metric.labels(*(labels.OVERFLOW,) * len(key), *self._static)
 
-    def __len__(self) -> int:
-        return len(self._children)
-
 
 class Group:
     """The requests of one (method, scheme): their in-flight count and lock.
@@ -119,10 +116,11 @@ class Group:
 class _Cells:
     """One request series' histograms: duration, request and response size.
 
-    Three ``Histogram.observe`` calls and a ``Gauge.dec`` cost 5.6 µs on the
-    CI machine (two locks each, a linear bucket scan, the exemplar path);
-    updating these cells under their group's one lock costs 1.8 µs
-    (``bench/bench_requests.py`` shows the effect on the whole request).
+    Three ``Histogram.observe`` calls and a ``Gauge.dec`` cost 4.5-5.9 µs on
+    the CI machine (two locks each, a linear bucket scan, the exemplar path);
+    updating these cells under their group's one lock costs 1.2-1.3 µs
+    (``bench/bench_cells.py``; ``bench/bench_requests.py`` shows the effect on
+    the whole request).
     :class:`RequestStats` exposes them through prometheus_client's own metric
     families and encoders.
     """
@@ -254,9 +252,6 @@ class RequestStats(Collector):
             found = _Cells(group, len(self._bounds), len(self._size_bounds))
             self._cells[key] = found
             return found
-
-    def __len__(self) -> int:
-        return len(self._cells)
 
     # -- exposition ---------------------------------------------------------
 
@@ -394,7 +389,6 @@ class Metrics:
             ("metric", *self._static_names),
             registry=registry,
         )
-        self.families: list[Family[t.Any]] = []
 
         self.receiver_errors = self._counter(
             "flask_signal_metrics_receiver_errors",
@@ -452,9 +446,7 @@ class Metrics:
         info.labels(version, *self._static).set(1)
 
     def _family(self, metric: M, name: str) -> Family[M]:
-        family = Family(metric, self._static, self._cap, self._overflow.labels(name, *self._static))
-        self.families.append(family)
-        return family
+        return Family(metric, self._static, self._cap, self._overflow.labels(name, *self._static))
 
     def _counter(self, name: str, doc: str, labelnames: cabc.Sequence[str]) -> Family[Counter]:
         metric = Counter(name, doc, (*labelnames, *self._static_names), registry=self.registry)

@@ -41,9 +41,9 @@ if t.TYPE_CHECKING:
     from .prometheus import Metrics
 
 # What is known of a request lives in its WSGI environ, which outlives the
-# request context (streaming re-pushes it) and is per request by construction.
-# Three keys, each written by one signal, as tuples: cheaper to make than an
-# object, and each write is one dict store.
+# request context (streaming re-pushes it) and is per request by construction:
+# three keys, each written by one signal with one dict store. The start is a
+# tuple, cheaper to make than an object.
 
 #: (start, method, scheme, route, group) from request_started; None if the
 #: request is excluded; "done" once recorded.

@@ -393,3 +393,15 @@ def test_debug_mode_serves_metrics(registry: CollectorRegistry) -> None:
     app.debug = True
     SignalMetrics(app, registry=registry)
     assert app.test_client().get("/metrics").status_code == 200
+
+
+def test_request_found_through_the_proxy_where_flask_has_no_context_variable(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(receivers, "_cv_request", receivers._ProxyContext())
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+    app.test_client().get("/item/1")
+    app.test_client().get("/boom")
+    assert requests_counted(registry, "/item/<int:item_id>", 200) == 1
+    assert requests_counted(registry, "/boom", 500, error="ValueError") == 1
