@@ -158,6 +158,13 @@ def _exclude(key: str, value: object) -> tuple[str, ...]:
                 f" ({e}); escape literal characters with re.escape()."
             ) from None
         patterns.append(item)
+    try:  # they are matched as one alternation (one regex call per request)
+        re.compile("|".join(f"(?:{p})" for p in patterns))
+    except re.error as e:
+        raise ValueError(
+            f"{key} cannot be combined into one expression ({e}); write global"
+            " flags as scoped groups, e.g. '(?i:/health)' instead of '(?i)/health'."
+        ) from None
     return tuple(patterns)
 
 

@@ -68,6 +68,7 @@ def test_good_values(key: str, given: object, expected: object) -> None:
         ("SIGNAL_METRICS_SIZE_BUCKETS", [10, 5], ValueError, "sort it"),
         ("SIGNAL_METRICS_EXCLUDE", ["/ok", "/bad("], ValueError, "re.escape"),
         ("SIGNAL_METRICS_EXCLUDE", [3], TypeError, "as strings"),
+        ("SIGNAL_METRICS_EXCLUDE", ["/a", "(?i)/b"], ValueError, "'(?i:/health)'"),
         ("SIGNAL_METRICS_LABELS", ["service"], TypeError, "dict"),
         ("SIGNAL_METRICS_LABELS", {"1x": "a"}, ValueError, "letters, digits"),
         ("SIGNAL_METRICS_LABELS", {"__x": "a"}, ValueError, "'__'"),
