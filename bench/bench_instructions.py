@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind not found: apt-get install valgrind", file=sys.stderr)
         return 2
     per_request = {}
-    for variant in ("bare", "floor", "ours", "pfe"):
+    for variant in ("bare", "floor", "ours", "lean", "pfe"):
         low = instructions(variant, 200)
         high = instructions(variant, 200 + args.requests)
         per_request[variant] = (high - low) / args.requests

@@ -25,12 +25,15 @@ def metrics_view() -> Response:
 
     The ``Accept`` header is ranked by its q-values (q=0 means "not this"),
     which ``choose_encoder`` alone ignores; a header that cannot be parsed
-    gets the Prometheus text format, never an error.
+    gets the Prometheus text format, never an error. ``?name[]=...`` limits
+    the answer to those metric families, as prometheus_client's own exporter
+    does.
     """
     state = get_state(current_app)
     ranked = sorted(request.accept_mimetypes, key=lambda item: -item[1])
     accepted = [media_range for media_range, quality in ranked if quality > 0]
-    body, content_type = prometheus.render(state.collectors, accepted)
+    names = request.args.getlist("name[]")
+    body, content_type = prometheus.render(state.collectors, accepted, names)
     response = Response(body, content_type=content_type)
     response.vary.add("Accept")
     response.vary.add("Accept-Encoding")

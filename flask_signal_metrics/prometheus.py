@@ -454,14 +454,27 @@ class Metrics:
 
 
 class _Union(Collector):
-    """Several registries exposed as one (the extension's and the default one)."""
+    """Several registries exposed as one (the extension's and the default one).
 
-    def __init__(self, collectors: cabc.Sequence[Collector]) -> None:
+    :param names: if not empty, only the families with one of these names, or
+        with a sample of one of these names (``..._bucket``), as
+        prometheus_client's ``name[]`` filter does.
+    """
+
+    def __init__(self, collectors: cabc.Sequence[Collector], names: frozenset[str]) -> None:
         self._collectors = collectors
+        self._names = names
 
     def collect(self) -> cabc.Iterable[Metric]:
         for collector in self._collectors:
-            yield from collector.collect()
+            for metric in collector.collect():
+                if not self._names or self._wanted(metric):
+                    yield metric
+
+    def _wanted(self, metric: Metric) -> bool:
+        if metric.name in self._names:
+            return True
+        return any(sample.name in self._names for sample in metric.samples)
 
 
 def new_registry() -> CollectorRegistry:
@@ -479,7 +492,11 @@ _TEXT = "text/plain"
 _ANY = ("*/*", "text/*")
 
 
-def render(collectors: cabc.Sequence[Collector], accepted: cabc.Iterable[str]) -> tuple[bytes, str]:
+def render(
+    collectors: cabc.Sequence[Collector],
+    accepted: cabc.Iterable[str],
+    names: cabc.Iterable[str] = (),
+) -> tuple[bytes, str]:
     """Encode ``collectors`` in the best format among ``accepted`` media ranges.
 
     :param accepted: the client's acceptable media ranges with their
@@ -488,6 +505,7 @@ def render(collectors: cabc.Sequence[Collector], accepted: cabc.Iterable[str]) -
         listed at all, so the preference order is decided by the caller and
         each range is handed to it alone. Anything it cannot use falls back to
         the Prometheus text format 0.0.4, as the content-negotiation spec says.
+    :param names: only these metric families (``/metrics?name[]=...``).
     :returns: the body and its ``Content-Type``.
     """
     encoder, content_type = choose_encoder("")
@@ -509,7 +527,7 @@ def render(collectors: cabc.Sequence[Collector], accepted: cabc.Iterable[str]) -
     for collector in collectors:
         if all(collector is not seen for seen in unique):
             unique.append(collector)
-    return encoder(_Union(unique)), content_type
+    return encoder(_Union(unique, frozenset(names))), content_type
 
 
 def _writable_openmetrics(media_range: str) -> bool:

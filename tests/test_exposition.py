@@ -107,3 +107,14 @@ def test_promtool_check_metrics_has_no_complaint(naming: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == b"" and result.stderr == b"", result.stdout + result.stderr
+
+
+def test_name_filter(client: FlaskClient) -> None:
+    client.get("/item/1")
+    body = client.get(
+        "/metrics?name[]=http_server_active_requests"
+        "&name[]=http_server_request_duration_seconds_count"
+    ).data.decode()
+    families = {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE")}
+    assert families == {"http_server_active_requests", "http_server_request_duration_seconds"}
+    assert "flask_signal_metrics_info" in client.get("/metrics").data.decode()
