@@ -36,6 +36,8 @@ class OutOfStockError(Exception):
 
 app = Flask(__name__)
 app.config.update(SECRET_KEY="demo-only-not-secret")
+# FLASK_SIGNAL_METRICS_NAMING=classic (say) sets SIGNAL_METRICS_NAMING.
+app.config.from_prefixed_env()
 metrics = SignalMetrics(app)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -34,10 +35,14 @@ def wait_for(url: str, seconds: float, process: subprocess.Popen[bytes] | None =
 
 
 @contextlib.contextmanager
-def running(args: list[str], log: Path, cwd: Path = ROOT) -> t.Iterator[subprocess.Popen[bytes]]:
+def running(
+    args: list[str], log: Path, cwd: Path = ROOT, env: t.Mapping[str, str] | None = None
+) -> t.Iterator[subprocess.Popen[bytes]]:
     """Run ``args`` with output to ``log``; terminate (then kill) on exit."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    environ = {**os.environ, **(env or {})}
     with log.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=environ)
         try:
             yield process
         finally:
@@ -51,7 +56,13 @@ def running(args: list[str], log: Path, cwd: Path = ROOT) -> t.Iterator[subproce
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, tmp: Path, workers: int = 1, extra: t.Sequence[str] = ()) -> t.Iterator[str]:
+def gunicorn(
+    app: str,
+    tmp: Path,
+    workers: int = 1,
+    extra: t.Sequence[str] = (),
+    env: t.Mapping[str, str] | None = None,
+) -> t.Iterator[str]:
     """Serve ``app`` under gunicorn; yields its base URL."""
     port = free_port()
     args = [
@@ -59,22 +70,43 @@ def gunicorn(app: str, tmp: Path, workers: int = 1, extra: t.Sequence[str] = ())
         "--workers", str(workers), "--worker-class", "gthread", "--threads", "4",
         "--graceful-timeout", "5", *extra, app,
     ]  # fmt: skip
-    with running(args, tmp / "gunicorn.log") as process:
+    with running(args, tmp / "gunicorn.log", env=env) as process:
         base = f"http://127.0.0.1:{port}"
         wait_for(base + "/healthz", 60, process)
         yield base
 
 
 @contextlib.contextmanager
-def prometheus(binary: str, targets: t.Sequence[str], tmp: Path) -> t.Iterator[str]:
-    """Run Debian's Prometheus scraping ``targets`` (host:port) every second."""
+def prometheus(
+    binary: str,
+    targets: t.Sequence[str] | t.Mapping[str, str],
+    tmp: Path,
+    rule_files: t.Sequence[str] = (),
+) -> t.Iterator[str]:
+    """Run Debian's Prometheus scraping ``targets`` (host:port) every second.
+
+    :param targets: host:port of job ``shop``, or job name -> host:port.
+    """
     port = free_port()
     config = tmp / "prometheus.yml"
+    jobs = targets if isinstance(targets, t.Mapping) else {"shop": targets}
+    scrape = [
+        {
+            "job_name": job,
+            "static_configs": [{"targets": [hosts] if isinstance(hosts, str) else hosts}],
+        }
+        for job, hosts in jobs.items()
+    ]
     config.write_text(
         json.dumps(  # JSON is YAML
             {
-                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-                "scrape_configs": [{"job_name": "shop", "static_configs": [{"targets": targets}]}],
+                "global": {
+                    "scrape_interval": "1s",
+                    "scrape_timeout": "1s",
+                    "evaluation_interval": "1s",
+                },
+                "rule_files": list(rule_files),
+                "scrape_configs": scrape,
             }
         )
     )
