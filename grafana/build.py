@@ -601,6 +601,16 @@ def rules(n: Naming) -> str:
         f"job:{n.duration}:p99_5m",
         f"histogram_quantile(0.99, job_le:{n.duration}_bucket:rate5m)",
     )
+    # The dashboards' heaviest queries (per-route latency and status), pre-aggregated
+    # for deployments with many instances; see README.md for the swap.
+    record(
+        f"job_instance_route_le:{n.duration}_bucket:rate5m",
+        f"sum by (job, instance, {n.route}, le) (rate({bucket}[5m]))",
+    )
+    record(
+        f"job_instance_route_status:{prefix}_requests:rate5m",
+        f"sum by (job, instance, {n.route}, {n.status}) (rate({count}[5m]))",
+    )
     lines.extend([f"  - name: {prefix}.slo.rules", "    rules:"])
     for w in WINDOWS:
         record(
@@ -777,12 +787,57 @@ def rule_tests(n: Naming) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme() -> str:
+    """grafana/README.md: README.template.md with the panel and alert tables filled in."""
+    panels = []
+    for build_one in DASHBOARDS.values():
+        board = build_one(OTEL)
+        panels.append(f"## {board['title']} (`{board['uid']}`)\n\n{board['description']}\n\n")
+        panels.append("| panel | unit | query (otel names) |\n| --- | --- | --- |\n")
+        for panel in board["panels"]:
+            if panel["type"] == "row":
+                continue
+            exprs = "<br>".join(
+                "`" + target["expr"].replace("|", "\\|") + "`" for target in panel["targets"]
+            )
+            unit = panel["fieldConfig"]["defaults"]["unit"]
+            panels.append(f"| **{panel['title']}**: {panel['description']} | {unit} | {exprs} |\n")
+        panels.append("\n")
+    alerts = [
+        f"| FlaskErrorBudgetBurn | {severity} | 5xx ratio over {long} and {short} above"
+        f" {factor} x {1 - AVAILABILITY_SLO:.3f}, for {wait} |"
+        for long, short, factor, wait, severity in BURN_TIERS
+    ]
+    alerts += [
+        f"| FlaskLatencyBudgetBurn | {severity} | share slower than {LATENCY_LE} s over"
+        f" {long} and {short} above {factor} x {1 - LATENCY_SLO:.2f}, for {wait} |"
+        for long, short, factor, wait, severity in BURN_TIERS[:2]
+    ]
+    alerts += [
+        "| FlaskUnhandledExceptions | warning | an unhandled exception in the last 10 minutes,"
+        " by route and type |",
+        "| FlaskTargetDown | critical | a target that exposed the extension's info metric in"
+        " the last day cannot be scraped, for 5m |",
+    ]
+    text = (HERE / "README.template.md").read_text()
+    for marker, value in {
+        "@PANELS@": "".join(panels),
+        "@ALERTS@": "\n".join(alerts),
+        "@AVAILABILITY@": f"{AVAILABILITY_SLO:.1%}",
+        "@LATENCY@": f"{LATENCY_SLO:.0%}",
+        "@LE@": LATENCY_LE,
+        "@WINDOWS@": ", ".join(WINDOWS),
+    }.items():
+        text = text.replace(marker, value)
+    return text
+
+
 # -- output ---------------------------------------------------------------------
 
 
 def outputs() -> dict[Path, str]:
     """Every generated file and its content."""
-    files: dict[Path, str] = {}
+    files: dict[Path, str] = {HERE / "README.md": readme()}
     for n in NAMINGS:
         for key, build in DASHBOARDS.items():
             path = HERE / "dashboards" / n.name / f"flask-{key}.json"

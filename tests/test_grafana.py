@@ -388,7 +388,7 @@ def test_every_panel_and_variable_has_data(tmp_path: Path) -> None:
             with urllib.request.urlopen(f"{prom}/api/v1/rules", timeout=10) as response:
                 groups = json.load(response)["data"]["groups"]
             loaded = [rule for group in groups for rule in group["rules"]]
-            assert len(loaded) == 52
+            assert len(loaded) == 56
             assert all(rule["health"] == "ok" for rule in loaded), [
                 (r["name"], r.get("lastError")) for r in loaded if r["health"] != "ok"
             ]
