@@ -242,8 +242,9 @@ def _quantiles(selector: str, n: Naming, by: str = "") -> list[dict[str, t.Any]]
 
 def overview(n: Naming) -> dict[str, t.Any]:
     count, bucket = f"{n.duration}_count", f"{n.duration}_bucket"
-    rate_all = f"sum(rate({count}{{{SEL}}}[{RATE}]))"
-    errors = f'sum(rate({count}{{{SEL}, {n.status}=~"5.."}}[{RATE}]))'
+    sel = f'{SEL}, {n.route}=~"$route"'
+    rate_all = f"sum(rate({count}{{{sel}}}[{RATE}]))"
+    errors = f'sum(rate({count}{{{sel}, {n.status}=~"5.."}}[{RATE}]))'
     panels = [
         _row("Overview", 0),
         _panel(
@@ -270,7 +271,7 @@ def overview(n: Naming) -> dict[str, t.Any]:
             "s",
             [
                 _target(
-                    f"histogram_quantile(0.99, sum by (le) (rate({bucket}{{{SEL}}}[{RATE}])))",
+                    f"histogram_quantile(0.99, sum by (le) (rate({bucket}{{{sel}}}[{RATE}])))",
                     exemplar=True,
                 )
             ],
@@ -289,7 +290,12 @@ def overview(n: Naming) -> dict[str, t.Any]:
             "Unhandled exceptions",
             "Exceptions per second that escaped a view (`flask_request_exceptions_total`).",
             "ops",
-            [_target(f"sum(rate(flask_request_exceptions_total{{{SEL}}}[{RATE}]))")],
+            [
+                _target(
+                    "sum(rate(flask_request_exceptions_total"
+                    f'{{{SEL}, http_route=~"$route"}}[{RATE}]))'
+                )
+            ],
             (19, 1, 5, 4),
         ),
         _row("Traffic", 5),
@@ -300,7 +306,7 @@ def overview(n: Naming) -> dict[str, t.Any]:
             "reqps",
             [
                 _target(
-                    f"sum by (status_class) (label_replace(rate({count}{{{SEL}}}[{RATE}]),"
+                    f"sum by (status_class) (label_replace(rate({count}{{{sel}}}[{RATE}]),"
                     f' "status_class", "${{1}}xx", "{n.status}", "(.).*"))',
                     "{{status_class}}",
                 )
@@ -314,7 +320,7 @@ def overview(n: Naming) -> dict[str, t.Any]:
             "reqps",
             [
                 _target(
-                    f"topk(10, sum by ({n.route}) (rate({count}{{{SEL}}}[{RATE}])))",
+                    f"topk(10, sum by ({n.route}) (rate({count}{{{sel}}}[{RATE}])))",
                     f"{{{{{n.route}}}}}",
                 )
             ],
@@ -327,7 +333,7 @@ def overview(n: Naming) -> dict[str, t.Any]:
             "Request duration percentiles over all routes, from the histogram buckets. "
             "Exemplars link to the traces of sampled requests.",
             "s",
-            _quantiles(SEL, n),
+            _quantiles(sel, n),
             (0, 15, 12, 8),
         ),
         _panel(
@@ -337,7 +343,7 @@ def overview(n: Naming) -> dict[str, t.Any]:
             "s",
             [
                 _target(
-                    f"sum by (le) (rate({bucket}{{{SEL}}}[{RATE}]))",
+                    f"sum by (le) (rate({bucket}{{{sel}}}[{RATE}]))",
                     "{{le}}",
                     format="heatmap",
                     exemplar=True,
@@ -355,7 +361,7 @@ def overview(n: Naming) -> dict[str, t.Any]:
         "Flask / Overview",
         "Rate, errors and duration of a Flask app measured by flask-signal-metrics.",
         panels,
-        route=False,
+        route=True,
     )
 
 
@@ -481,7 +487,8 @@ def internals(n: Naming) -> dict[str, t.Any]:
             "ops",
             [
                 _target(
-                    f"sum by (error_type) (rate(flask_request_exceptions_total{{{SEL}}}[{RATE}]))",
+                    "sum by (error_type) (rate(flask_request_exceptions_total"
+                    f'{{{SEL}, http_route=~"$route"}}[{RATE}]))',
                     "{{error_type}}",
                 )
             ],
@@ -564,7 +571,7 @@ def internals(n: Naming) -> dict[str, t.Any]:
         "What Flask's other signals show: unhandled exceptions, template renders, flashed "
         "messages, and the extension's own health.",
         panels,
-        route=False,
+        route=True,
     )
 
 
