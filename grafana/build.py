@@ -157,7 +157,7 @@ def _query_variable(name: str, label: str, query: str, all_value: str) -> dict[s
     }
 
 
-def _variables(n: Naming, route: bool) -> list[dict[str, t.Any]]:
+def _variables(n: Naming) -> list[dict[str, t.Any]]:
     count = f"{n.duration}_count"
     variables = [
         {
@@ -172,17 +172,14 @@ def _variables(n: Naming, route: bool) -> list[dict[str, t.Any]]:
         _query_variable(
             "instance", "Instance", f'label_values({n.info}{{job=~"$job"}}, instance)', ".+"
         ),
-    ]
-    if route:
         # ".*": "All" includes the requests that matched no route (empty label).
-        variables.append(
-            _query_variable("route", "Route", f"label_values({count}{{{SEL}}}, {n.route})", ".*")
-        )
+        _query_variable("route", "Route", f"label_values({count}{{{SEL}}}, {n.route})", ".*"),
+    ]
     return variables
 
 
 def _dashboard(
-    n: Naming, key: str, title: str, description: str, panels: list[dict[str, t.Any]], route: bool
+    n: Naming, key: str, title: str, description: str, panels: list[dict[str, t.Any]]
 ) -> dict[str, t.Any]:
     for number, panel in enumerate(panels, start=1):
         panel["id"] = number
@@ -208,7 +205,7 @@ def _dashboard(
         "timezone": "browser",
         "refresh": "30s",
         "links": links,
-        "templating": {"list": _variables(n, route)},
+        "templating": {"list": _variables(n)},
         "annotations": {
             "list": [
                 {
@@ -238,6 +235,24 @@ def _quantiles(selector: str, n: Naming, by: str = "") -> list[dict[str, t.Any]]
         )
         for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
     ]
+
+
+def _heatmap(
+    n: Naming, selector: str, description: str, grid: tuple[int, int, int, int]
+) -> dict[str, t.Any]:
+    expr = f"sum by (le) (rate({n.duration}_bucket{{{selector}}}[{RATE}]))"
+    target = _target(expr, "{{le}}", format="heatmap", exemplar=True)
+    return _panel(
+        "heatmap",
+        "Latency heatmap",
+        description,
+        "s",
+        [target],
+        grid,
+        calculate=False,
+        yAxis={"unit": "s"},
+        cellGap=1,
+    )
 
 
 def overview(n: Naming) -> dict[str, t.Any]:
@@ -336,24 +351,7 @@ def overview(n: Naming) -> dict[str, t.Any]:
             _quantiles(sel, n),
             (0, 15, 12, 8),
         ),
-        _panel(
-            "heatmap",
-            "Latency heatmap",
-            "Requests per bucket of duration.",
-            "s",
-            [
-                _target(
-                    f"sum by (le) (rate({bucket}{{{sel}}}[{RATE}]))",
-                    "{{le}}",
-                    format="heatmap",
-                    exemplar=True,
-                )
-            ],
-            (12, 15, 12, 8),
-            calculate=False,
-            yAxis={"unit": "s"},
-            cellGap=1,
-        ),
+        _heatmap(n, sel, "Requests per bucket of duration.", (12, 15, 12, 8)),
     ]
     return _dashboard(
         n,
@@ -361,12 +359,11 @@ def overview(n: Naming) -> dict[str, t.Any]:
         "Flask / Overview",
         "Rate, errors and duration of a Flask app measured by flask-signal-metrics.",
         panels,
-        route=True,
     )
 
 
 def route(n: Naming) -> dict[str, t.Any]:
-    count, bucket = f"{n.duration}_count", f"{n.duration}_bucket"
+    count = f"{n.duration}_count"
     sel = f'{SEL}, {n.route}=~"$route"'
     # The size histograms carry the semantic-convention labels in both schemes.
     size_sel = f'{SEL}, http_route=~"$route"'
@@ -406,23 +403,7 @@ def route(n: Naming) -> dict[str, t.Any]:
             _quantiles(sel, n, by=n.route),
             (0, 8, 12, 8),
         ),
-        _panel(
-            "heatmap",
-            "Latency heatmap",
-            "Requests of the selected routes per bucket of duration.",
-            "s",
-            [
-                _target(
-                    f"sum by (le) (rate({bucket}{{{sel}}}[{RATE}]))",
-                    "{{le}}",
-                    format="heatmap",
-                    exemplar=True,
-                )
-            ],
-            (12, 8, 12, 8),
-            calculate=False,
-            yAxis={"unit": "s"},
-        ),
+        _heatmap(n, sel, "Requests of the selected routes per bucket of duration.", (12, 8, 12, 8)),
         _panel(
             "timeseries",
             "Request body size p90",
@@ -473,7 +454,6 @@ def route(n: Naming) -> dict[str, t.Any]:
         "Flask / Route",
         "One route at a time: traffic, errors, latency and body sizes.",
         panels,
-        route=True,
     )
 
 
@@ -571,7 +551,6 @@ def internals(n: Naming) -> dict[str, t.Any]:
         "What Flask's other signals show: unhandled exceptions, template renders, flashed "
         "messages, and the extension's own health.",
         panels,
-        route=True,
     )
 
 
