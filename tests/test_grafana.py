@@ -231,6 +231,17 @@ def test_every_expression_parses(tmp_path: Path) -> None:
         {"record": f"dashboard:expr_{n}", "expr": _expand(expr, "shop")}
         for n, (_, expr) in enumerate(e for path in DASHBOARD_FILES for e in _exprs(_load(path)))
     ]
+    # the variables' label_values(<selector>, label) selectors too
+    selectors = {
+        re.fullmatch(r"label_values\((.+), \w+\)", v["query"]["query"]).group(1)  # type: ignore[union-attr]
+        for path in DASHBOARD_FILES
+        for v in _variables(_load(path)).values()
+        if v["type"] == "query"
+    }
+    rules += [
+        {"record": f"dashboard:variable_{n}", "expr": _expand(selector, "shop")}
+        for n, selector in enumerate(sorted(selectors))
+    ]
     path = tmp_path / "dashboards.rules.yml"
     path.write_text(json.dumps({"groups": [{"name": "dashboards", "rules": rules}]}))
     result = subprocess.run(
