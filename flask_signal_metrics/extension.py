@@ -6,7 +6,10 @@ import os
 import typing as t
 import warnings
 
+from blinker import ANY
+
 from . import config
+from . import declared
 from . import exposition
 from . import labels
 from . import prometheus
@@ -25,6 +28,8 @@ try:
     VERSION = _dist_version("flask-signal-metrics")
 except Exception:  # running from a source tree that was never installed
     VERSION = "0+unknown"
+
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 _MULTIPROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"}
 
@@ -77,6 +82,15 @@ class SignalMetrics:
             )
         self._registry = registry
         self._options = options
+        # Options are validated here too: a bad one fails where it is written.
+        max_series = config.load({}, options, environ={}).max_series
+        #: Metrics of the app's own signals, for every app of this extension.
+        self._store = _shared_registry_guard(
+            prometheus.SignalStore,
+            registry if registry is not None else prometheus.new_registry(),
+            max_series,
+        )
+        self._declared: list[str] = []
         if app is not None:
             self.init_app(app)
 
@@ -112,26 +126,18 @@ class SignalMetrics:
                 stacklevel=2,
             )
         registry = self._registry if self._registry is not None else prometheus.new_registry()
-        try:
-            metrics = prometheus.Metrics(
-                registry,
-                naming=settings.naming,
-                buckets=settings.buckets,
-                size_buckets=settings.size_buckets,
-                static_labels=settings.labels,
-                max_series=settings.max_series,
-                version=VERSION,
-                signals=receivers.SIGNAL_NAMES,
-            )
-        except ValueError as e:
-            if "Duplicated timeseries" not in str(e):
-                raise
-            raise ValueError(
-                "The registry given to SignalMetrics already holds its metrics"
-                " (is it shared with another app?); give each app its own"
-                " registry, or leave registry= unset."
-            ) from e
-        collectors: tuple[t.Any, ...] = (registry,)
+        metrics = _shared_registry_guard(
+            prometheus.Metrics,
+            registry,
+            naming=settings.naming,
+            buckets=settings.buckets,
+            size_buckets=settings.size_buckets,
+            static_labels=settings.labels,
+            max_series=settings.max_series,
+            version=VERSION,
+            signals=receivers.SIGNAL_NAMES,
+        )
+        collectors: tuple[t.Any, ...] = (registry, self._store.registry)
         if settings.serve_default_registry:
             collectors += (prometheus.default_registry(),)
         app.extensions[EXTENSION_KEY] = State(
@@ -140,6 +146,7 @@ class SignalMetrics:
             collectors=collectors,
             exclude_path=compile_exclude(settings.exclude),
             methods=labels.method_table(settings.known_methods),
+            declared=self._declared,
         )
         if settings.path is not None:
             app.add_url_rule(
@@ -149,6 +156,106 @@ class SignalMetrics:
                 methods=["GET"],
             )
         receivers.connect(app)
+
+    def count(
+        self,
+        signal: t.Any,
+        *,
+        name: str | None = None,
+        documentation: str | None = None,
+        labels: t.Mapping[str, declared.LabelFunction] | None = None,
+        allowed: t.Mapping[str, t.Collection[str]] | None = None,
+        sender: t.Any = ANY,
+    ) -> t.Callable[[F], F]:
+        """Count the sends of one of the app's own blinker signals.
+
+        :param signal: a blinker signal with a name (``Namespace().signal("model-saved")``).
+        :param name: the metric name; default ``flask_signal_<signal name>``
+            (``_total`` is added on exposition).
+        :param labels: label name -> function of ``(sender, **kwargs)`` giving its value.
+        :param allowed: label name -> the values it may take; others become ``_OTHER``.
+            Labels without an allow-list are capped by ``max_series``.
+        :param sender: count only this sender's sends (default: any sender).
+        :returns: a decorator that connects a receiver of yours to the same
+            signal (held strongly), so one line declares both:
+
+            .. code-block:: python
+
+                @signal_metrics.count(model_saved)
+                def on_model_saved(sender, **extra): ...
+
+        :raises TypeError, ValueError: a bad name, label or allow-list, naming the fix.
+        """
+        counted = declared.Counted(
+            self._store,
+            signal,
+            name=name,
+            documentation=documentation,
+            labels=labels,
+            allowed=allowed,
+        )
+        receivers.connect_declared(signal, counted, sender)
+        self._declared.append(counted.signal_name)
+
+        def also_connect(receiver: F) -> F:
+            receivers.connect_declared(signal, receiver, sender)
+            return receiver
+
+        return also_connect
+
+    def time(
+        self,
+        start: t.Any,
+        end: t.Any,
+        *,
+        key: declared.LabelFunction,
+        name: str | None = None,
+        documentation: str | None = None,
+        labels: t.Mapping[str, declared.LabelFunction] | None = None,
+        allowed: t.Mapping[str, t.Collection[str]] | None = None,
+        buckets: t.Sequence[float] | None = None,
+        sender: t.Any = ANY,
+    ) -> None:
+        """Time the span between two of the app's signals, matched by a key.
+
+        A send of ``start`` notes the time under ``key(sender, **kwargs)``; a
+        send of ``end`` with the same key observes the duration in
+        ``flask_signal_<start>_to_<end>_duration_seconds`` (or ``name``), with
+        labels from the end's sender and keyword arguments. An end without a
+        start, and starts still waiting when 10 000 others are, are counted in
+        ``flask_signal_metrics_signal_unmatched_total{metric,reason}``.
+        """
+        timed = declared.Timed(
+            self._store,
+            start,
+            end,
+            key=key,
+            name=name,
+            documentation=documentation,
+            labels=labels,
+            allowed=allowed,
+            buckets=buckets,
+        )
+        receivers.connect_declared(start, timed.on_start, sender)
+        receivers.connect_declared(end, timed.on_end, sender)
+        self._declared += [timed.start_name, timed.end_name]
+
+
+T = t.TypeVar("T")
+
+
+def _shared_registry_guard(make: t.Callable[..., T], *args: t.Any, **kwargs: t.Any) -> T:
+    """Create metrics in a registry; a clear error if it already holds them."""
+    try:
+        return make(*args, **kwargs)
+    except ValueError as e:
+        if "Duplicated timeseries" not in str(e):
+            raise
+        raise ValueError(
+            "The registry given to SignalMetrics already holds its metrics"
+            " (is it shared with another app or extension?); give each its own"
+            " registry, or leave registry= unset."
+        ) from e
 
 
 def _check_route_free(app: Flask, path: str) -> None:

@@ -74,6 +74,8 @@ class Family(t.Generic[M]):
 
     def child(self, key: tuple[str, ...]) -> M:
         """The series for ``key`` (label values without the static labels)."""
+        if not key and not self._static:
+            return self._metric  # a metric without labels is its own series
         found = self._children.get(key)
         if found is not None:
             return found
@@ -541,3 +543,56 @@ def _writable_openmetrics(media_range: str) -> bool:
         if name.strip().lower() == "version":
             return version.strip().split(".")[0] == "1"
     return True
+
+
+class SignalStore:
+    """The metrics declared on an extension for the app's own signals.
+
+    One registry per extension: the app's signals have any sender, so a send
+    made outside any request or app context still knows where to record.
+    """
+
+    def __init__(self, registry: CollectorRegistry, max_series: int) -> None:
+        self.registry = registry
+        self._cap = max_series
+        self._overflow = Counter(
+            "flask_signal_metrics_signal_overflow",
+            "Recordings of declared signal metrics folded into their overflow series.",
+            ("metric",),
+            registry=registry,
+        )
+        self.errors = Counter(
+            "flask_signal_metrics_signal_errors",
+            "Failures while recording a declared signal (the sender went on unharmed).",
+            ("signal",),
+            registry=registry,
+        )
+        self.unmatched = Counter(
+            "flask_signal_metrics_signal_unmatched",
+            "Ends of timed signal pairs without a start (no_start), and starts dropped"
+            " unmatched (dropped).",
+            ("metric", "reason"),
+            registry=registry,
+        )
+
+    def counter(
+        self, name: str, documentation: str, labelnames: cabc.Sequence[str]
+    ) -> Family[t.Any]:
+        metric = Counter(name, documentation, tuple(labelnames), registry=self.registry)
+        return Family(metric, (), self._cap, self._overflow.labels(name + "_total"))
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: cabc.Sequence[str],
+        buckets: cabc.Sequence[float],
+    ) -> Family[t.Any]:
+        metric = Histogram(
+            name,
+            documentation,
+            tuple(labelnames),
+            registry=self.registry,
+            buckets=(*buckets, float("inf")),
+        )
+        return Family(metric, (), self._cap, self._overflow.labels(name))

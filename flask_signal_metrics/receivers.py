@@ -339,3 +339,13 @@ def connect(app: Flask) -> None:
     """Connect every receiver for ``app`` only (``sender=app``)."""
     for signal, receiver in RECEIVERS:
         signal.connect(receiver, sender=app, weak=False)
+
+
+def connect_declared(signal: t.Any, receiver: t.Callable[..., None], sender: t.Any) -> None:
+    """Connect a declaration (or the user's receiver it decorates) to the app's signal.
+
+    Held strongly (``weak=False``): a declaration may be the only reference to
+    its receiver. Unlike Flask's signals, the app's have any sender: ``sender``
+    is blinker's ``ANY`` unless the user names one.
+    """
+    signal.connect(receiver, sender=sender, weak=False)

@@ -46,6 +46,8 @@ class State:
     rules: dict[int, tuple[str, bool]] = dataclasses.field(default_factory=dict)
     #: (signal, exception type, file, line) of failures already logged.
     logged_failures: set[tuple[str, str, str, int]] = dataclasses.field(default_factory=set)
+    #: Names of the app's own signals declared on the extension (shared list).
+    declared: list[str] = dataclasses.field(default_factory=list)
 
     def rule_info(self, app: Flask, rule: Rule) -> tuple[str, bool]:
         """The route template of ``rule`` and whether its view is excluded.

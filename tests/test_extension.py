@@ -106,7 +106,7 @@ def test_unknown_option_is_a_type_error() -> None:
 
 def test_shared_registry_is_a_clear_error(registry: CollectorRegistry) -> None:
     SignalMetrics(make_app("one"), registry=registry)
-    with pytest.raises(ValueError, match="give each app its own registry"):
+    with pytest.raises(ValueError, match="give each its own registry"):
         SignalMetrics(make_app("two"), registry=registry)
 
 
