@@ -8,6 +8,7 @@ import warnings
 
 from blinker import ANY
 
+from . import cli
 from . import config
 from . import declared
 from . import exposition
@@ -156,6 +157,7 @@ class SignalMetrics:
                 methods=["GET"],
             )
         receivers.connect(app)
+        app.cli.add_command(cli.group)
 
     def count(
         self,

@@ -8,6 +8,7 @@ media types the client accepts.
 from __future__ import annotations
 
 import collections.abc as cabc
+import dataclasses
 import itertools
 import threading
 import typing as t
@@ -23,6 +24,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import CounterMetricFamily
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -596,3 +599,72 @@ class SignalStore:
             buckets=(*buckets, float("inf")),
         )
         return Family(metric, (), self._cap, self._overflow.labels(name))
+
+
+# -- reading metrics back (the report command) -------------------------------------
+
+
+@dataclasses.dataclass
+class FamilySummary:
+    """One metric family as the report shows it."""
+
+    name: str
+    type: str
+    #: Distinct label sets (a histogram's buckets, sum and count are one series).
+    series: int
+    #: Label name -> number of distinct values.
+    labels: dict[str, int]
+    #: Sum of the samples by label values, for counters (overflow, errors).
+    totals: dict[tuple[tuple[str, str], ...], float]
+
+
+_SERIES_LABELS_IGNORED = {"le", "quantile"}
+
+
+def summarize(metrics: cabc.Iterable[Metric]) -> list[FamilySummary]:
+    """Series and label counts per family, merging families of the same name."""
+    by_name: dict[str, tuple[str, set[t.Any], dict[str, set[str]], dict[t.Any, float]]] = {}
+    for metric in metrics:
+        _, series, values, totals = by_name.setdefault(metric.name, (metric.type, set(), {}, {}))
+        for sample in metric.samples:
+            if sample.name.endswith("_created"):
+                continue
+            key = tuple(
+                sorted((k, v) for k, v in sample.labels.items() if k not in _SERIES_LABELS_IGNORED)
+            )
+            series.add(key)
+            for label, label_value in key:
+                values.setdefault(label, set()).add(label_value)
+            if metric.type == "counter" and sample.name.endswith("_total"):
+                totals[key] = totals.get(key, 0.0) + sample.value
+    return [
+        FamilySummary(
+            name,
+            kind,
+            len(series),
+            {label: len(v) for label, v in sorted(values.items())},
+            totals,
+        )
+        for name, (kind, series, values, totals) in sorted(by_name.items())
+    ]
+
+
+def collect(collectors: cabc.Sequence[Collector]) -> list[Metric]:
+    """What ``/metrics`` would serve, as metric families."""
+    unique: list[Collector] = []
+    for collector in collectors:
+        if all(collector is not seen for seen in unique):
+            unique.append(collector)
+    return list(_Union(unique, frozenset()).collect())
+
+
+def parse_text(text: str) -> list[Metric]:
+    """Metric families from a Prometheus text exposition (a scraped ``/metrics``)."""
+    return list(text_string_to_metric_families(text))
+
+
+def read_multiprocess(path: str) -> list[Metric]:
+    """Metric families aggregated from a prometheus_client multiprocess directory."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return list(registry.collect())

@@ -1,0 +1,146 @@
+"""``flask signal-metrics report``: what an app measures, from live numbers.
+
+Run in a shell on the production box:
+
+.. code-block:: text
+
+    flask --app shop signal-metrics report --url http://127.0.0.1:8000/metrics
+    flask --app shop signal-metrics report --multiproc-dir /run/prometheus --json
+
+It prints the signals the app listens to, every metric family with its series
+count, the metrics nearest their series cap (and their widest label), and
+the overflow and receiver-error counts. Without ``--url`` or
+``--multiproc-dir`` it reads this process's own registries, which in a shell
+only shows what is declared.
+"""
+
+from __future__ import annotations
+
+import json
+import typing as t
+import urllib.request
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from . import prometheus
+from .receivers import SIGNAL_NAMES
+from .state import get_state
+
+group = AppGroup("signal-metrics", help="Inspect what flask-signal-metrics measures.")
+
+_OVERFLOW = ("flask_signal_metrics_series_overflow", "flask_signal_metrics_signal_overflow")
+_ERRORS = ("flask_signal_metrics_receiver_errors", "flask_signal_metrics_signal_errors")
+
+
+@group.command("report")
+@click.option("--url", help="Read a running app's metrics from this URL (its /metrics).")
+@click.option(
+    "--multiproc-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Read a gunicorn deployment's prometheus_client multiprocess directory.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--top", default=5, show_default=True, help="How many metrics nearest the cap.")
+def report(url: str | None, multiproc_dir: str | None, as_json: bool, top: int) -> None:
+    """Signals listened to, metric families and their series, caps, overflow, errors."""
+    state = get_state(current_app)
+    if url and multiproc_dir:
+        raise click.UsageError("Give --url or --multiproc-dir, not both.")
+    if url:
+        source = url
+        metrics = prometheus.parse_text(_fetch(url))
+    elif multiproc_dir:
+        source = multiproc_dir
+        metrics = prometheus.read_multiprocess(multiproc_dir)
+    else:
+        source = "this process"
+        metrics = prometheus.collect(state.collectors)
+    families = prometheus.summarize(metrics)
+    cap = state.settings.max_series
+    data = {
+        "app": current_app.name,
+        "source": source,
+        "max_series": cap,
+        "signals": {
+            "flask": list(SIGNAL_NAMES) if state.metrics is not None else [],
+            "app": sorted(set(state.declared)),
+        },
+        "families": [
+            {"name": f.name, "type": f.type, "series": f.series, "labels": f.labels}
+            for f in families
+        ],
+        "nearest_cap": _nearest_cap(families, cap, top),
+        "overflow": _totals(families, _OVERFLOW, "metric"),
+        "receiver_errors": _totals(families, _ERRORS, "signal"),
+    }
+    click.echo(json.dumps(data, indent=2) if as_json else _text(data))
+
+
+def _fetch(url: str) -> str:
+    request = urllib.request.Request(url, headers={"Accept": "text/plain"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return t.cast(bytes, response.read()).decode()
+    except OSError as e:
+        raise click.ClickException(f"Cannot read {url}: {e}") from None
+
+
+def _nearest_cap(
+    families: list[prometheus.FamilySummary], cap: int, top: int
+) -> list[dict[str, t.Any]]:
+    ranked = sorted((f for f in families if f.labels), key=lambda f: -f.series)[:top]
+    return [
+        {
+            "metric": f.name,
+            "series": f.series,
+            "of_cap": round(f.series / cap, 4),
+            "widest_label": max(f.labels, key=lambda label: f.labels[label]),
+            "values": max(f.labels.values()),
+        }
+        for f in ranked
+    ]
+
+
+def _totals(
+    families: list[prometheus.FamilySummary], names: tuple[str, ...], label: str
+) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for family in families:
+        if family.name in names:
+            for key, value in family.totals.items():
+                name = dict(key).get(label, "")
+                totals[name] = totals.get(name, 0.0) + value
+    return totals
+
+
+def _text(data: dict[str, t.Any]) -> str:
+    lines = [
+        f"flask-signal-metrics report for app {data['app']!r} (from {data['source']})",
+        "",
+        "Signals listened to:",
+        "  Flask: " + (", ".join(data["signals"]["flask"]) or "none (disabled)"),
+        "  the app's own: " + (", ".join(data["signals"]["app"]) or "none declared"),
+        "",
+        f"Metric families ({len(data['families'])}):",
+    ]
+    width = max((len(f["name"]) for f in data["families"]), default=0)
+    for f in data["families"]:
+        lines.append(f"  {f['name']:{width}}  {f['type']:9}  {f['series']:>6} series")
+    lines += ["", f"Nearest the cap of {data['max_series']} series per metric:"]
+    for n in data["nearest_cap"]:
+        lines.append(
+            f"  {n['metric']}: {n['series']} series ({n['of_cap']:.1%}),"
+            f" widest label {n['widest_label']} with {n['values']} values"
+        )
+    for title, key in (
+        ("Overflow (recordings folded)", "overflow"),
+        ("Receiver errors", "receiver_errors"),
+    ):
+        nonzero = {k: v for k, v in data[key].items() if v}
+        lines += [
+            "",
+            f"{title}: " + (", ".join(f"{k} {v:g}" for k, v in nonzero.items()) or "none"),
+        ]
+    return "\n".join(lines)

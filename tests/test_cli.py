@@ -1,0 +1,128 @@
+"""``flask signal-metrics report`` against in-process, live and multiprocess numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from blinker import Namespace
+from prometheus_client import CollectorRegistry
+
+from examples import traffic
+from flask_signal_metrics import SignalMetrics
+
+from .conftest import make_app
+from .conftest import ROOT
+from .servers import gunicorn
+
+
+def _flask(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real ``flask`` command line, as a user runs it in a shell."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_report_in_process() -> None:
+    saved = Namespace().signal("model-saved")
+    app = make_app()
+    ext = SignalMetrics(app, registry=CollectorRegistry(), max_series=50)
+    ext.count(saved)
+    client = app.test_client()
+    for path in ["/item/1", "/item/2", "/nope", "/boom"]:
+        client.get(path)
+    saved.send(None)
+    result = app.test_cli_runner().invoke(args=["signal-metrics", "report", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["signals"]["flask"][0] == "request-started"
+    assert data["signals"]["app"] == ["model-saved"]
+    families = {f["name"]: f for f in data["families"]}
+    duration = families["http_server_request_duration_seconds"]
+    assert duration["series"] == 3  # /item/<int:item_id> 200, unmatched 404, /boom 500
+    assert duration["labels"]["http_route"] == 3
+    assert families["flask_signal_model_saved"]["series"] == 1
+    assert data["max_series"] == 50
+    assert data["nearest_cap"][0]["of_cap"] > 0
+    assert set(data["receiver_errors"]) >= {"request-started", "request-tearing-down"}
+    assert not any(data["receiver_errors"].values())
+    text = app.test_cli_runner().invoke(args=["signal-metrics", "report"]).output
+    assert "the app's own: model-saved" in text
+    assert "Receiver errors: none" in text
+
+
+@pytest.mark.real
+def test_report_on_a_running_app(tmp_path: Path) -> None:
+    with gunicorn("examples.app:app", tmp_path) as base:
+        expected = traffic.drive(base)
+        result = _flask(
+            "--app",
+            "examples.app",
+            "signal-metrics",
+            "report",
+            "--url",
+            base + "/metrics",
+            "--json",
+        )
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        families = {f["name"]: f for f in data["families"]}
+        # one series per (method, route, status, error type) the traffic produced
+        assert families["http_server_request_duration_seconds"]["series"] == len(expected)
+        assert families["flask_template_render_duration_seconds"]["series"] == 2
+        assert data["overflow"] == {name: 0 for name in data["overflow"]}
+        assert data["source"] == base + "/metrics"
+        text = _flask(
+            "--app", "examples.app", "signal-metrics", "report", "--url", base + "/metrics"
+        )
+        assert "http_server_request_duration_seconds" in text.stdout
+        assert f"{len(expected)} series" in text.stdout
+
+
+def test_report_on_a_multiprocess_directory(tmp_path: Path) -> None:
+    # A worker process in prometheus_client's multiprocess mode records app
+    # signals; the report reads the directory it leaves behind.
+    worker = (
+        "from examples.model_saved import app\n"
+        "c = app.test_client()\n"
+        "for item in ('a', 'b', 'c'):\n"
+        "    assert c.post('/orders/' + item).status_code == 201\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-W", "ignore::RuntimeWarning", "-c", worker],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+    )
+    assert run.returncode == 0, run.stderr
+    assert list(tmp_path.glob("*.db"))
+    result = _flask(
+        "--app", "examples.model_saved", "signal-metrics", "report",
+        "--multiproc-dir", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    families = {f["name"]: f for f in data["families"]}
+    assert families["flask_signal_model_saved"]["series"] == 1
+    assert families["flask_signal_model_saved"]["labels"] == {"model": 1}
+
+
+def test_unreachable_url_is_a_clear_error() -> None:
+    app = make_app()
+    SignalMetrics(app, registry=CollectorRegistry())
+    result = app.test_cli_runner().invoke(
+        args=["signal-metrics", "report", "--url", "http://127.0.0.1:9/metrics"]
+    )
+    assert result.exit_code == 1
+    assert "Cannot read http://127.0.0.1:9/metrics" in result.output
