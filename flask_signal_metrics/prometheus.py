@@ -482,6 +482,15 @@ class _Union(Collector):
         return any(sample.name in self._names for sample in metric.samples)
 
 
+def _unique(collectors: cabc.Sequence[Collector]) -> list[Collector]:
+    """The collectors once each (a registry given twice would duplicate families)."""
+    unique: list[Collector] = []
+    for collector in collectors:
+        if all(collector is not seen for seen in unique):
+            unique.append(collector)
+    return unique
+
+
 def new_registry() -> CollectorRegistry:
     """A registry of the extension's own, so apps and tests never collide."""
     return CollectorRegistry(auto_describe=True)
@@ -528,11 +537,7 @@ def render(
             continue
         encoder, content_type = chosen, chosen_type
         break
-    unique: list[Collector] = []
-    for collector in collectors:
-        if all(collector is not seen for seen in unique):
-            unique.append(collector)
-    return encoder(_Union(unique, frozenset(names))), content_type
+    return encoder(_Union(_unique(collectors), frozenset(names))), content_type
 
 
 def _writable_openmetrics(media_range: str) -> bool:
@@ -651,11 +656,7 @@ def summarize(metrics: cabc.Iterable[Metric]) -> list[FamilySummary]:
 
 def collect(collectors: cabc.Sequence[Collector]) -> list[Metric]:
     """What ``/metrics`` would serve, as metric families."""
-    unique: list[Collector] = []
-    for collector in collectors:
-        if all(collector is not seen for seen in unique):
-            unique.append(collector)
-    return list(_Union(unique, frozenset()).collect())
+    return list(_Union(_unique(collectors), frozenset()).collect())
 
 
 def parse_text(text: str) -> list[Metric]:
