@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import typing as t
-import warnings
 
 from blinker import ANY
 
@@ -31,8 +29,6 @@ except Exception:  # running from a source tree that was never installed
     VERSION = "0+unknown"
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
-
-_MULTIPROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"}
 
 #: The endpoint name of the metrics view.
 ENDPOINT = "signal_metrics.metrics"
@@ -117,15 +113,6 @@ class SignalMetrics:
             return
         if settings.path is not None:
             _check_route_free(app, settings.path)
-        if _MULTIPROCESS_ENV & os.environ.keys():
-            warnings.warn(
-                "PROMETHEUS_MULTIPROC_DIR is set, but flask-signal-metrics does not"
-                " aggregate metrics across worker processes yet: /metrics shows the"
-                " requests of the worker that answers it. Run one worker process"
-                " (threads are fine) until it does.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
         registry = self._registry if self._registry is not None else prometheus.new_registry()
         metrics = _shared_registry_guard(
             prometheus.Metrics,

@@ -19,6 +19,7 @@ from prometheus_client import Counter
 from prometheus_client import Gauge
 from prometheus_client import Histogram
 from prometheus_client import REGISTRY
+from prometheus_client import values
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import CounterMetricFamily
@@ -368,6 +369,172 @@ def _add_histogram(
     t.cast(HistogramMetricFamily, family).add_metric(values, buckets, total)
 
 
+def multiprocess() -> bool:
+    """Whether prometheus_client writes its values to ``PROMETHEUS_MULTIPROC_DIR``.
+
+    Decided by the client when it was first imported, from the environment then.
+    """
+    return values.ValueClass is not values.MutexValue
+
+
+class _Starting:
+    """``next()`` on it counts a request in flight: the receivers' one start call."""
+
+    __slots__ = ("_gauge",)
+
+    def __init__(self, gauge: Gauge) -> None:
+        self._gauge = gauge
+
+    def __iter__(self) -> _Starting:
+        return self
+
+    def __next__(self) -> int:
+        self._gauge.inc()
+        return 0
+
+
+class ClientGroup:
+    """The requests of one (method, scheme) in multiprocess mode."""
+
+    __slots__ = ("gauge", "started")
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self.started = _Starting(gauge)
+
+
+class ClientRequestStats:
+    """The request metrics recorded with prometheus_client's own classes.
+
+    Used in multiprocess mode, where every value lives in a per-process file
+    that ``MultiProcessCollector`` sums at scrape time. Same names, labels and
+    cap as :class:`RequestStats`; the in-flight gauge is ``livesum``, so the
+    gauges of dead workers drop out once ``mark_process_dead`` ran.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        naming: str,
+        buckets: cabc.Sequence[float],
+        size_buckets: cabc.Sequence[float],
+        static_labels: cabc.Sequence[tuple[str, str]],
+        max_series: int,
+        overflowed: cabc.Sequence[Counter],
+    ) -> None:
+        static_names = tuple(name for name, _ in static_labels)
+        static = tuple(value for _, value in static_labels)
+        self._classic = naming == "classic"
+        request_overflow, response_overflow, duration_overflow = overflowed
+
+        def histogram(
+            name: str,
+            doc: str,
+            names: cabc.Sequence[str],
+            bounds: cabc.Sequence[float],
+            over: Counter,
+        ) -> Family[Histogram]:
+            metric = Histogram(
+                name,
+                doc,
+                (*names, *static_names),
+                registry=registry,
+                buckets=(*bounds, float("inf")),
+            )
+            return Family(metric, static, max_series, over)
+
+        if self._classic:
+            self._duration = histogram(
+                CLASSIC_DURATION,
+                "Flask HTTP request duration in seconds",
+                ("method", "path", "status"),
+                buckets,
+                duration_overflow,
+            )
+            count = Counter(
+                CLASSIC_COUNT,
+                "Total number of HTTP requests",
+                ("method", "status", *static_names),
+                registry=registry,
+            )
+            self._count: Family[Counter] | None = Family(
+                count, static, max_series, duration_overflow
+            )
+        else:
+            self._duration = histogram(
+                DURATION,
+                "Duration of HTTP server requests.",
+                HTTP_LABELS,
+                buckets,
+                duration_overflow,
+            )
+            self._count = None
+        self._request = histogram(
+            REQUEST_SIZE, "Size of HTTP server request bodies.", HTTP_LABELS, size_buckets,
+            request_overflow,
+        )  # fmt: skip
+        self._response = histogram(
+            RESPONSE_SIZE, "Size of HTTP server response bodies.", HTTP_LABELS, size_buckets,
+            response_overflow,
+        )  # fmt: skip
+        self._active = Gauge(
+            "http_server_active_requests",
+            "Number of active HTTP server requests.",
+            ("http_request_method", "url_scheme", *static_names),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._static = static
+        #: (method, scheme) -> ClientGroup; read directly on the request path.
+        self.groups: dict[tuple[str, str], ClientGroup] = {}
+        self._lock = threading.Lock()
+
+    def group(self, method: str, scheme: str) -> ClientGroup:
+        found = self.groups.get((method, scheme))
+        if found is None:
+            with self._lock:
+                found = self.groups.setdefault(
+                    (method, scheme),
+                    ClientGroup(self._active.labels(method, scheme, *self._static)),
+                )
+        return found
+
+    def record(
+        self,
+        key: RequestKey,
+        group: ClientGroup | None,
+        duration: float,
+        request_size: int | None,
+        response_size: int | None,
+    ) -> None:
+        if self._count is not None:
+            self._duration.child((key[0], key[1], key[2])).observe(duration)
+            self._count.child((key[0], key[2])).inc()
+        else:
+            self._duration.child(key).observe(duration)
+        if request_size is not None:
+            self._request.child(key).observe(request_size)
+        if response_size is not None:
+            self._response.child(key).observe(response_size)
+        if group is not None:
+            group.gauge.dec()
+
+
+def exposed(collectors: cabc.Sequence[Collector]) -> list[Collector]:
+    """What a scrape reads: the collectors, or in multiprocess mode every worker's files.
+
+    In multiprocess mode the live registries hold only this worker's values;
+    prometheus_client's documented way is a fresh registry per scrape with a
+    ``MultiProcessCollector`` over the directory.
+    """
+    if not multiprocess():
+        return _unique(collectors)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return [registry]
+
+
 class Metrics:
     """Every metric the extension records for one app, in one registry."""
 
@@ -405,15 +572,30 @@ class Metrics:
 
         request_families = [REQUEST_SIZE, RESPONSE_SIZE]
         request_families.append(CLASSIC_DURATION if naming == "classic" else DURATION)
-        self.requests = RequestStats(
-            naming=naming,
-            buckets=buckets,
-            size_buckets=size_buckets,
-            static_labels=static_labels,
-            max_series=max_series,
-            overflowed=[self._overflow.labels(n, *self._static) for n in request_families],
-        )
-        registry.register(self.requests)
+        overflowed = [self._overflow.labels(n, *self._static) for n in request_families]
+        self.requests: RequestStats | ClientRequestStats
+        if multiprocess():
+            # Worker processes share numbers only through prometheus_client's
+            # files, which only its own metric classes write.
+            self.requests = ClientRequestStats(
+                registry,
+                naming=naming,
+                buckets=buckets,
+                size_buckets=size_buckets,
+                static_labels=static_labels,
+                max_series=max_series,
+                overflowed=overflowed,
+            )
+        else:
+            self.requests = RequestStats(
+                naming=naming,
+                buckets=buckets,
+                size_buckets=size_buckets,
+                static_labels=static_labels,
+                max_series=max_series,
+                overflowed=overflowed,
+            )
+            registry.register(self.requests)
         #: prometheus-flask-exporter's exception counter (classic naming only).
         self.escaped: Family[Counter] | None = None
         if naming == "classic":
@@ -537,7 +719,7 @@ def render(
             continue
         encoder, content_type = chosen, chosen_type
         break
-    return encoder(_Union(_unique(collectors), frozenset(names))), content_type
+    return encoder(_Union(exposed(collectors), frozenset(names))), content_type
 
 
 def _writable_openmetrics(media_range: str) -> bool:
@@ -656,7 +838,7 @@ def summarize(metrics: cabc.Iterable[Metric]) -> list[FamilySummary]:
 
 def collect(collectors: cabc.Sequence[Collector]) -> list[Metric]:
     """What ``/metrics`` would serve, as metric families."""
-    return list(_Union(_unique(collectors), frozenset()).collect())
+    return list(_Union(exposed(collectors), frozenset()).collect())
 
 
 def parse_text(text: str) -> list[Metric]:

@@ -37,6 +37,7 @@ if t.TYPE_CHECKING:
     from flask import Response
     from jinja2 import Template
 
+    from .prometheus import ClientGroup
     from .prometheus import Group
     from .prometheus import Metrics
 
@@ -58,7 +59,7 @@ _MISSING = object()
 
 _perf_counter = time.perf_counter
 
-_Start = tuple[float, str, str, str, "Group | None"]
+_Start = tuple[float, str, str, str, "Group | ClientGroup | None"]
 
 
 class _ProxyContext:

@@ -160,9 +160,3 @@ def test_registry_given_as_the_default_one_is_served_once() -> None:
             names = REGISTRY._collector_to_names[collector]
             if any(n.startswith(("http_server", "flask_")) for n in names):
                 REGISTRY.unregister(collector)
-
-
-def test_multiprocess_directory_is_not_silently_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent")
-    with pytest.warns(RuntimeWarning, match="does not aggregate metrics across worker processes"):
-        SignalMetrics(make_app())

@@ -193,3 +193,35 @@ def test_render_negotiation(accepted: list[str], expected: str) -> None:
     assert content_type.startswith(expected)
     if expected.startswith("application/openmetrics-text"):
         assert body.endswith(b"# EOF\n")
+
+
+@pytest.mark.parametrize("naming", ["otel", "classic"])
+def test_multiprocess_backend_exposes_the_same(
+    naming: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prometheus_client's own classes (multiprocess mode) and our cells must
+    # expose the same families, labels and values for the same traffic.
+    from flask_signal_metrics import prometheus
+
+    def run() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        registry = CollectorRegistry()
+        app = make_app()
+        SignalMetrics(app, registry=registry, naming=naming)
+        client = app.test_client()
+        for path in ["/item/1", "/item/2", "/boom", "/nope", "/page", "/stream", "/dir"]:
+            client.get(path).close()
+        client.post("/echo", data=b"x" * 700)
+        for i in range(4):
+            client.get(f"/abort?{i}")
+            client.put("/echo")
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for m in registry.collect()
+            for s in m.samples
+            if not s.name.endswith(("_created", "_sum"))
+        }
+
+    ours = run()
+    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    clients = run()
+    assert ours == clients

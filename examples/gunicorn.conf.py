@@ -1,0 +1,41 @@
+"""gunicorn settings for several worker processes: all the set-up a deployment needs.
+
+    gunicorn -c examples/gunicorn.conf.py examples.app:app
+
+Every worker records into prometheus_client's multiprocess directory, and
+whichever worker answers ``/metrics`` sums all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import typing as t
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+worker_class = os.environ.get("WORKER_CLASS", "gthread")
+threads = 4
+
+# prometheus_client decides when it is first imported whether it runs in
+# multiprocess mode, from this variable. gunicorn reads this file before it
+# loads the app (also with preload_app), so setting it here is early enough;
+# nothing above imports prometheus_client.
+multiproc_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR",
+    os.path.join(tempfile.gettempdir(), f"flask-signal-metrics-{os.getpid()}"),
+)
+
+
+def on_starting(server: t.Any) -> None:
+    # Files left by an earlier run are earlier numbers: start empty.
+    shutil.rmtree(multiproc_dir, ignore_errors=True)
+    os.makedirs(multiproc_dir)
+
+
+def child_exit(server: t.Any, worker: t.Any) -> None:
+    # A dead worker's in-flight gauge must not count any more (livesum).
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,148 @@
+"""Several gunicorn workers: every scrape sums them all, exactly, through kills and recycling."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import free_port
+from .conftest import real_binary
+from .conftest import ROOT
+from .servers import prometheus
+from .servers import query
+from .servers import running
+from .servers import wait_for
+from .servers import wait_for_value
+
+pytestmark = pytest.mark.real
+
+ROUTE = "/items/<int:item_id>"
+
+
+def _workers(master: int) -> list[int]:
+    path = Path(f"/proc/{master}/task/{master}/children")
+    return [int(pid) for pid in path.read_text().split()]
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except (OSError, http.client.HTTPException):
+        return 0  # the connection died with its worker: not a completed request
+
+
+def _counts(base: str) -> tuple[float, float]:
+    """(requests counted for ROUTE 200, in flight) from one scrape of /metrics."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    count = in_flight = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "http_server_request_duration_seconds_count"
+                and sample.labels.get("http_route") == ROUTE
+                and sample.labels.get("http_response_status_code") == "200"
+            ):
+                count += sample.value
+            if sample.name == "http_server_active_requests":
+                in_flight += sample.value
+    return count, in_flight
+
+
+@pytest.mark.parametrize(
+    ("worker_class", "extra"),
+    [
+        ("sync", ()),
+        ("gthread", ()),
+        ("gthread", ("--max-requests", "40", "--max-requests-jitter", "10")),
+    ],
+    ids=["sync-kill", "gthread-kill", "gthread-max-requests"],
+)
+def test_exact_counts_across_workers(
+    tmp_path: Path, worker_class: str, extra: tuple[str, ...]
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
+        "BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "4",
+        "WORKER_CLASS": worker_class,
+    }
+    args = [
+        sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
+        "--graceful-timeout", "5", *extra, "examples.app:app",
+    ]  # fmt: skip
+    with running(args, tmp_path / "gunicorn.log", env=env) as master:
+        wait_for(base + "/healthz", 60, master)
+        deadline = time.monotonic() + 30
+        while len(_workers(master.pid)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = set(_workers(master.pid))
+        total, completed, killed = 400, 0, 0
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            futures = [pool.submit(_get, f"{base}/items/{1 + n % 3}") for n in range(total)]
+            if not extra:  # kill a worker mid-run; gunicorn replaces it
+                time.sleep(0.3)
+                killed = _workers(master.pid)[0]
+                os.kill(killed, signal.SIGKILL)
+            for future in futures:
+                completed += future.result(timeout=120) == 200
+        interrupted = total - completed
+        assert interrupted <= 8  # at most the requests the killed worker held
+        # Whichever worker answers, every scrape sums every process that ever
+        # ran: no completed request is lost. A request cut off by the kill
+        # may have been recorded (its teardown ran before the body was sent).
+        for _ in range(8):
+            count, in_flight = _counts(base)
+            assert completed <= count <= completed + interrupted
+            if not extra:
+                assert count == completed or interrupted > 0
+            else:
+                assert count == completed == total  # recycling loses nothing
+            assert in_flight == 0  # dead workers' gauges are gone
+        deadline = time.monotonic() + 30
+        while len(_workers(master.pid)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        now = set(_workers(master.pid))
+        assert len(now) == 4
+        if extra:
+            assert not first & now  # every first worker was recycled
+        else:
+            assert killed in first and killed not in now
+
+
+def test_prometheus_sees_the_sum(tmp_path: Path) -> None:
+    binary = real_binary("prometheus")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
+        "BIND": f"127.0.0.1:{port}",
+    }
+    args = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
+            "examples.app:app"]  # fmt: skip
+    with running(args, tmp_path / "gunicorn.log", env=env) as master:
+        wait_for(base + "/healthz", 60, master)
+        with prometheus(binary, [f"127.0.0.1:{port}"], tmp_path) as prom:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+                statuses = list(pool.map(_get, [f"{base}/items/2"] * 200))
+            assert statuses.count(200) == 200
+            count = "http_server_request_duration_seconds_count"
+            promql = f'sum({count}{{job="shop", http_route="{ROUTE}"}})'
+            assert wait_for_value(prom, promql, 200, 30) == 200
+            assert float(query(prom, "sum(http_server_active_requests)")[0]["value"][1]) == 0
