@@ -623,6 +623,23 @@ class Metrics:
         self.flashes = self._counter(
             "flask_flashed_messages", "Messages flashed, by category.", ("category",)
         )
+        self.stream_ready = self._family(
+            Histogram(
+                "flask_response_ready_duration_seconds",
+                "Streamed responses: time from the request's start to its response object"
+                " (the body follows; http_server_request_duration_seconds ends with it).",
+                (
+                    "http_request_method",
+                    "http_route",
+                    "http_response_status_code",
+                    *self._static_names,
+                ),
+                registry=registry,
+                buckets=(*buckets, float("inf")),
+                unit="seconds",
+            ),
+            "flask_response_ready_duration_seconds",
+        )
         info = Gauge(
             "flask_exporter_info" if naming == "classic" else "flask_signal_metrics_info",
             "Version of flask-signal-metrics.",

@@ -20,6 +20,7 @@ Rules every receiver here keeps (see Flask's and blinker's sources):
 from __future__ import annotations
 
 import contextvars
+import functools
 import time
 import typing as t
 
@@ -37,8 +38,6 @@ if t.TYPE_CHECKING:
     from flask import Response
     from jinja2 import Template
 
-    from .prometheus import ClientGroup
-    from .prometheus import Group
     from .prometheus import Metrics
 
 # What is known of a request lives in its WSGI environ, which outlives the
@@ -53,13 +52,18 @@ START_KEY = "flask_signal_metrics.start"
 RESPONSE_KEY = "flask_signal_metrics.response"
 #: The exception from got_request_exception.
 ERROR_KEY = "flask_signal_metrics.error"
+#: When request_finished saw a response whose body is not yet produced.
+READY_KEY = "flask_signal_metrics.ready"
 
 _DONE = "done"
+#: The environ value while a streamed body is being sent.
+_STREAMING = "streaming"
 _MISSING = object()
 
 _perf_counter = time.perf_counter
 
-_Start = tuple[float, str, str, str, "Group | ClientGroup | None"]
+# (start, method, scheme, route, the metrics backend's in-flight group or None)
+_Start = tuple[float, str, str, str, t.Any]
 
 
 class _ProxyContext:
@@ -125,17 +129,9 @@ def _started(app: Flask, request: Request) -> _Start | None:
     found = request.environ.get(START_KEY, _MISSING)
     if found is _MISSING:
         return _begin(app, request, False)
-    if found is None or found is _DONE:
+    if found is None or found is _DONE or found is _STREAMING:
         return None
     return t.cast(_Start, found)
-
-
-def _response_size(response: Response) -> int | None:
-    """The body size sent; None for a stream of unknown length (not guessed)."""
-    body = response.response
-    if type(body) is list:  # a buffered body: its bytes are the truth
-        return sum(map(len, body))
-    return response.content_length
 
 
 #: CONTENT_LENGTH values of a request without a body (absent, empty, zero).
@@ -164,7 +160,12 @@ def _on_request_finished(sender: Flask, response: Response, **extra: object) -> 
     try:
         # Sent again with the 500 when one of its receivers raised: the last
         # one is what the server sends. What it says is read once, at teardown.
-        _cv_request.get().request.environ[RESPONSE_KEY] = response
+        environ = _cv_request.get().request.environ
+        environ[RESPONSE_KEY] = response
+        if type(response.response) is not list:
+            # Maybe a stream, whose body may be produced before teardown
+            # (Flask 3.0 with stream_with_context): note when it was ready.
+            environ[READY_KEY] = _perf_counter()
     except Exception as e:
         _failed(sender, signals.request_finished.name, e)
 
@@ -193,45 +194,85 @@ def _on_request_tearing_down(
         start = environ.get(START_KEY, _MISSING)
         if start is _MISSING:
             start = _started(sender, request)
+        elif start is _STREAMING:
+            # The second teardown of a stream_with_context body: it ended, maybe raising.
+            if exc is not None:
+                environ[ERROR_KEY] = exc
+            return
         environ[START_KEY] = _DONE
         if start is None or start is _DONE:
             return
-        began, method, scheme, route, group = start
-        duration = _perf_counter() - began
         response: Response | None = environ.get(RESPONSE_KEY)
-        response_size: int | None
         if response is None:
             # request_finished was never sent: the exception propagated
             # (testing/debug mode) and the server answers 500.
-            status, response_size = 500, None
-        else:
-            status = response.status_code
-            body = response.response
-            if method == "HEAD":
-                response_size = 0
-            elif type(body) is list and len(body) == 1:  # the common case, inline
-                response_size = len(body[0])
-            else:
-                response_size = _response_size(response)
-        exception = environ.get(ERROR_KEY) or exc
-        error = "" if exception is None and status < 500 else labels.error_type(status, exception)
-        status_label = str(status)
-        if environ.get("CONTENT_LENGTH") in _EMPTY and "HTTP_TRANSFER_ENCODING" not in environ:
-            request_size: int | None = 0  # the common case, inline
-        else:
-            request_size = _request_size(environ)
-        metrics: Metrics = sender.extensions[EXTENSION_KEY].metrics
-        metrics.requests.record(
-            (method, route, status_label, scheme, error),
-            group,
-            duration,
-            request_size,
-            response_size,
+            _record(sender, environ, start, 500, None, exc)
+            return
+        body = response.response
+        if type(body) is list or start[1] == "HEAD":
+            # A buffered body (the common case, inline): its bytes are the truth.
+            size = 0 if start[1] == "HEAD" else sum(map(len, body))
+            _record(sender, environ, start, response.status_code, size, exc)
+            return
+        length = response.content_length
+        if length is not None:
+            # An iterable of declared length (an error page, a file): recorded
+            # now; sending it is the server's business.
+            _record(sender, environ, start, response.status_code, length, exc)
+            return
+        # A stream of unknown length: the server produces the body after
+        # teardown. The request ends when the server closes the body, and
+        # stays in flight until then.
+        environ[START_KEY] = _STREAMING
+        response.call_on_close(
+            functools.partial(_close_stream, sender, environ, start, response, exc)
         )
-        if exception is not None and metrics.escaped is not None:  # classic naming
-            metrics.escaped.child((method, status_label)).inc()
+        metrics: Metrics = sender.extensions[EXTENSION_KEY].metrics
+        ready = metrics.stream_ready.child((start[1], start[3], str(response.status_code)))
+        ready.observe(environ.get(READY_KEY, start[0]) - start[0])
     except Exception as e:
         _failed(sender, signals.request_tearing_down.name, e)
+
+
+def _close_stream(
+    app: Flask,
+    environ: dict[str, t.Any],
+    start: _Start,
+    response: Response,
+    exc: BaseException | None,
+) -> None:
+    """Record a streamed request when the server closes its body."""
+    try:
+        environ[START_KEY] = _DONE
+        _record(app, environ, start, response.status_code, None, exc)
+    except Exception as e:
+        _failed(app, signals.request_tearing_down.name, e)
+
+
+def _record(
+    app: Flask,
+    environ: dict[str, t.Any],
+    start: _Start,
+    status: int,
+    response_size: int | None,
+    exc: BaseException | None,
+) -> None:
+    """Record one finished request (the duration ends now)."""
+    began, method, scheme, route, group = start
+    duration = _perf_counter() - began
+    exception = environ.get(ERROR_KEY) or exc
+    error = "" if exception is None and status < 500 else labels.error_type(status, exception)
+    status_label = str(status)
+    if environ.get("CONTENT_LENGTH") in _EMPTY and "HTTP_TRANSFER_ENCODING" not in environ:
+        request_size: int | None = 0  # the common case, inline
+    else:
+        request_size = _request_size(environ)
+    metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
+    metrics.requests.record(
+        (method, route, status_label, scheme, error), group, duration, request_size, response_size
+    )
+    if exception is not None and metrics.escaped is not None:  # classic naming
+        metrics.escaped.child((method, status_label)).inc()
 
 
 #: Start times of the templates being rendered in this context, innermost last.

@@ -405,3 +405,116 @@ def test_request_found_through_the_proxy_where_flask_has_no_context_variable(
     app.test_client().get("/boom")
     assert requests_counted(registry, "/item/<int:item_id>", 200) == 1
     assert requests_counted(registry, "/boom", 500, error="ValueError") == 1
+
+
+def _stream_app(registry: CollectorRegistry, fail: bool = False) -> Flask:
+    import time
+
+    from flask import Response
+    from flask import stream_with_context
+
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+    seen: list[float] = []
+
+    @app.get("/events")
+    def events() -> Response:
+        def chunks() -> t.Iterator[str]:
+            for n in range(3):
+                time.sleep(0.1)
+                seen.append(
+                    value(
+                        registry,
+                        "http_server_active_requests",
+                        http_request_method="GET",
+                        url_scheme="http",
+                    )
+                )
+                if fail and n == 1:
+                    raise ConnectionError("the backend went away mid-stream")
+                yield f"data: {n}\n\n"
+
+        return Response(stream_with_context(chunks()), mimetype="text/event-stream")
+
+    app.config["SEEN"] = seen
+    return app
+
+
+def _call_wsgi(app: Flask, path: str) -> tuple[bytes, BaseException | None]:
+    from werkzeug.test import EnvironBuilder
+
+    chunks: list[bytes] = []
+    body = app.wsgi_app(EnvironBuilder(path=path).get_environ(), lambda *a: lambda d: None)
+    error = None
+    try:
+        for chunk in body:
+            chunks.append(chunk)
+    except Exception as e:  # what a WSGI server sees when the generator raises
+        error = e
+    finally:
+        body.close()  # type: ignore[attr-defined]  # every WSGI server calls it
+    return b"".join(chunks), error
+
+
+def test_stream_is_measured_until_its_last_byte(registry: CollectorRegistry) -> None:
+    app = _stream_app(registry)
+    data, error = _call_wsgi(app, "/events")
+    assert error is None and data.count(b"data:") == 3
+    labels = {
+        "http_request_method": "GET",
+        "http_route": "/events",
+        "http_response_status_code": "200",
+        "url_scheme": "http",
+        "error_type": "",
+    }
+    total = value(registry, "http_server_request_duration_seconds_sum", **labels)
+    assert value(registry, "http_server_request_duration_seconds_count", **labels) == 1
+    assert total >= 0.3  # three chunks, 0.1 s apart
+    ready = value(
+        registry,
+        "flask_response_ready_duration_seconds_sum",
+        http_request_method="GET",
+        http_route="/events",
+        http_response_status_code="200",
+    )
+    assert 0 <= ready < 0.1  # the response object came before the body
+    assert app.config["SEEN"] == [1.0, 1.0, 1.0]  # in flight while streaming
+    assert value(registry, "http_server_active_requests", http_request_method="GET",
+                 url_scheme="http") == 0  # fmt: skip
+    assert value(registry, "http_server_response_body_size_bytes_count", **labels) == 0
+
+
+def test_stream_that_fails_midway_carries_the_error(registry: CollectorRegistry) -> None:
+    app = _stream_app(registry, fail=True)
+    data, error = _call_wsgi(app, "/events")
+    assert isinstance(error, ConnectionError) and data == b"data: 0\n\n"
+    labels = {
+        "http_request_method": "GET",
+        "http_route": "/events",
+        "http_response_status_code": "200",
+        "url_scheme": "http",
+        "error_type": "ConnectionError",
+    }
+    assert value(registry, "http_server_request_duration_seconds_count", **labels) == 1
+    assert total_requests(registry) == 1
+    assert value(registry, "http_server_active_requests", http_request_method="GET",
+                 url_scheme="http") == 0  # fmt: skip
+
+
+def test_error_pages_are_not_streams(client: FlaskClient, registry: CollectorRegistry) -> None:
+    # Flask turns an HTTPException into an iterable of declared length: it is
+    # recorded at teardown, also when a test never closes the response.
+    client.get("/nope")
+    assert requests_counted(registry, "", 404) == 1
+    assert (
+        value(
+            registry,
+            "http_server_response_body_size_bytes_count",
+            http_request_method="GET",
+            http_route="",
+            http_response_status_code="404",
+            url_scheme="http",
+            error_type="",
+        )
+        == 1
+    )
