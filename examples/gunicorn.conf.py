@@ -20,18 +20,16 @@ threads = 4
 
 # prometheus_client decides when it is first imported whether it runs in
 # multiprocess mode, from this variable. gunicorn reads this file before it
-# loads the app (also with preload_app), so setting it here is early enough;
-# nothing above imports prometheus_client.
+# loads the app (also with preload_app, which loads it before any server
+# hook runs), so this is the place; nothing above imports prometheus_client.
 multiproc_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR",
     os.path.join(tempfile.gettempdir(), f"flask-signal-metrics-{os.getpid()}"),
 )
-
-
-def on_starting(server: t.Any) -> None:
-    # Files left by an earlier run are earlier numbers: start empty.
-    shutil.rmtree(multiproc_dir, ignore_errors=True)
-    os.makedirs(multiproc_dir)
+# Files left by an earlier run are earlier numbers: start empty. (Here and not
+# in on_starting, which runs after preload_app has written its first files.)
+shutil.rmtree(multiproc_dir, ignore_errors=True)
+os.makedirs(multiproc_dir)
 
 
 def child_exit(server: t.Any, worker: t.Any) -> None:

@@ -1,0 +1,102 @@
+"""Request shapes and servers: async views, the debug reloader, gunicorn's preload_app."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from prometheus_client import CollectorRegistry
+
+from flask_signal_metrics import SignalMetrics
+
+from .conftest import free_port
+from .conftest import make_app
+from .conftest import requests_counted
+from .conftest import ROOT
+from .conftest import value
+from .servers import running
+from .servers import wait_for
+
+
+def _async_app(registry: CollectorRegistry) -> Flask:
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+
+    @app.get("/async/<int:n>")
+    async def slow_async(n: int) -> str:
+        await asyncio.sleep(0.05)
+        return f"async {n}"
+
+    @app.get("/async-boom")
+    async def async_boom() -> str:
+        await asyncio.sleep(0)
+        raise KeyError("async")
+
+    return app
+
+
+def test_async_views_are_measured_like_sync_ones(registry: CollectorRegistry) -> None:
+    client = _async_app(registry).test_client()
+    assert client.get("/async/1").text == "async 1"
+    assert client.get("/async-boom").status_code == 500
+    assert requests_counted(registry, "/async/<int:n>", 200) == 1
+    assert requests_counted(registry, "/async-boom", 500, error="KeyError") == 1
+    labels = {
+        "http_request_method": "GET",
+        "http_route": "/async/<int:n>",
+        "http_response_status_code": "200",
+        "url_scheme": "http",
+        "error_type": "",
+    }
+    assert value(registry, "http_server_request_duration_seconds_sum", **labels) >= 0.05
+
+
+@pytest.mark.real
+def test_debug_reloader_serves_metrics(tmp_path: Path) -> None:
+    # prometheus-flask-exporter answers 404 here unless DEBUG_METRICS is set.
+    port = free_port()
+    args = [sys.executable, "-m", "flask", "--app", "examples.app", "run", "--debug",
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with running(args, tmp_path / "flask-run.log", env={"FLASK_RUN_RELOAD": "1"}) as server:
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(base + "/healthz", 60, server)
+            urllib.request.urlopen(base + "/items/1", timeout=5).read()
+            with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+                body = response.read().decode()
+            assert response.status == 200
+            assert 'http_route="/items/<int:item_id>"' in body
+        finally:
+            # the reloader serves from a child process: stop it with its parent
+            children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+            for pid in children.read_text().split() if children.exists() else []:
+                os.kill(int(pid), signal.SIGTERM)
+
+
+@pytest.mark.real
+def test_gunicorn_preload_app(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "BIND": f"127.0.0.1:{port}"}
+    args = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
+            "--preload", "examples.app:app"]  # fmt: skip
+    with running(args, tmp_path / "gunicorn.log", env=env) as master:
+        wait_for(base + "/healthz", 60, master)
+        for n in range(60):
+            urllib.request.urlopen(f"{base}/items/{n % 3 + 1}", timeout=5).read()
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+            body = response.read().decode()
+        line = [
+            row
+            for row in body.splitlines()
+            if row.startswith("http_server_request_duration_seconds_count")
+            and 'http_route="/items/<int:item_id>"' in row
+            and 'http_response_status_code="200"' in row
+        ]
+        assert len(line) == 1 and line[0].endswith(" 60.0"), line
