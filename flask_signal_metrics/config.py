@@ -86,6 +86,9 @@ class Settings:
     max_series: int = 2000
     serve_default_registry: bool = True
     known_methods: frozenset[str] = KNOWN_METHODS
+    basic_auth: tuple[str, str] | None = None
+    bearer_token: str | None = None
+    decorator: t.Callable[..., t.Any] | None = None
 
 
 #: config key -> (Settings field, parser). The parser gets the key for its messages.
@@ -206,6 +209,38 @@ def _known_methods(key: str, value: object) -> frozenset[str]:
     return methods
 
 
+def _basic_auth(key: str, value: object) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, str) and v for v in value)
+    ):
+        raise TypeError(
+            f"{key} must be a (username, password) pair of non-empty strings, or None;"
+            " read them from the environment, not from source code."
+        )
+    return (value[0], value[1])
+
+
+def _bearer_token(key: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) < 16:
+        raise ValueError(
+            f"{key} must be a string of at least 16 characters, or None; generate one with"
+            " python -c 'import secrets; print(secrets.token_urlsafe(32))'."
+        )
+    return value
+
+
+def _decorator(key: str, value: object) -> t.Callable[..., t.Any] | None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{key} must be a view decorator (a callable), or None; got {value!r}.")
+    return t.cast("t.Callable[..., t.Any] | None", value)
+
+
 _KEYS: dict[str, tuple[str, _Parser]] = {
     "SIGNAL_METRICS_ENABLED": ("enabled", _bool),
     "SIGNAL_METRICS_PATH": ("path", _path),
@@ -216,6 +251,9 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "SIGNAL_METRICS_LABELS": ("labels", _labels),
     "SIGNAL_METRICS_MAX_SERIES": ("max_series", _max_series),
     "SIGNAL_METRICS_SERVE_DEFAULT_REGISTRY": ("serve_default_registry", _bool),
+    "SIGNAL_METRICS_BASIC_AUTH": ("basic_auth", _basic_auth),
+    "SIGNAL_METRICS_BEARER_TOKEN": ("bearer_token", _bearer_token),
+    "SIGNAL_METRICS_DECORATOR": ("decorator", _decorator),
 }
 
 #: Keyword option name (as accepted by ``SignalMetrics``) -> config key.

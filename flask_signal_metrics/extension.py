@@ -14,6 +14,7 @@ from . import labels
 from . import prometheus
 from . import receivers
 from .state import compile_exclude
+from .state import exclude
 from .state import EXTENSION_KEY
 from .state import State
 
@@ -137,12 +138,12 @@ class SignalMetrics:
             declared=self._declared,
         )
         if settings.path is not None:
-            app.add_url_rule(
-                settings.path,
-                endpoint=ENDPOINT,
-                view_func=exposition.metrics_view,
-                methods=["GET"],
-            )
+            view = exposition.metrics_view
+            if settings.decorator is not None:
+                # The user's own guard (login_required, an IP check, ...); the
+                # result stays excluded from the metrics whatever it copies.
+                view = exclude(settings.decorator(view))
+            app.add_url_rule(settings.path, endpoint=ENDPOINT, view_func=view, methods=["GET"])
         receivers.connect(app)
         app.cli.add_command(cli.group)
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import base64
 import gzip
+import re
 import subprocess
+import typing as t
 
 import pytest
 from flask import Flask
@@ -12,6 +15,7 @@ from flask_signal_metrics import SignalMetrics
 
 from .conftest import make_app
 from .conftest import real_binary
+from .conftest import total_requests
 
 PROMETHEUS_2_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
@@ -118,3 +122,77 @@ def test_name_filter(client: FlaskClient) -> None:
     families = {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE")}
     assert families == {"http_server_active_requests", "http_server_request_duration_seconds"}
     assert "flask_signal_metrics_info" in client.get("/metrics").data.decode()
+
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def _auth_app(registry: CollectorRegistry, **options: object) -> FlaskClient:
+    app = make_app()
+    SignalMetrics(app, registry=registry, **options)
+    return app.test_client()
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Basic " + base64.b64encode(b"scraper:pw-123").decode()}, 200),
+        ({"Authorization": "Basic " + base64.b64encode(b"scraper:wrong").decode()}, 401),
+        ({"Authorization": "Basic " + base64.b64encode(b"other:pw-123").decode()}, 401),
+        ({"Authorization": f"Bearer {TOKEN}"}, 200),
+        ({"Authorization": "Bearer nope"}, 401),
+        ({"Authorization": "Basic !!!not-base64"}, 401),
+        ({"Authorization": "Digest username=x"}, 401),
+    ],
+)
+def test_basic_and_bearer_auth(
+    registry: CollectorRegistry, headers: dict[str, str], status: int
+) -> None:
+    client = _auth_app(registry, basic_auth=("scraper", "pw-123"), bearer_token=TOKEN)
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == status
+    if status == 401:
+        challenge = response.headers["WWW-Authenticate"]
+        assert 'Basic realm="metrics"' in challenge and 'Bearer realm="metrics"' in challenge
+        assert b"http_server" not in response.data
+    else:
+        assert b"http_server_request_duration_seconds" in response.data
+    # neither the scrapes nor the refusals are measured
+    client.get("/item/1")
+    assert total_requests(registry) == 1
+
+
+def test_users_own_decorator(registry: CollectorRegistry) -> None:
+    import functools
+
+    from flask import abort
+    from flask import request
+
+    def local_only(view: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
+        @functools.wraps(view)
+        def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            if request.headers.get("X-From") != "prometheus":
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    client = _auth_app(registry, decorator=local_only)
+    assert client.get("/metrics").status_code == 403
+    assert client.get("/metrics", headers={"X-From": "prometheus"}).status_code == 200
+    assert total_requests(registry) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [
+        ({"basic_auth": ("user", "")}, "(username, password) pair"),
+        ({"basic_auth": "user:pw"}, "(username, password) pair"),
+        ({"bearer_token": "short"}, "token_urlsafe"),
+        ({"decorator": "login_required"}, "view decorator"),
+    ],
+)
+def test_bad_auth_settings(options: dict[str, t.Any], fix: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=re.escape(fix)):
+        SignalMetrics(make_app(), **options)
