@@ -37,3 +37,13 @@ def child_exit(server: t.Any, worker: t.Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def when_ready(server: t.Any) -> None:
+    # METRICS_PORT=9100: serve the metrics of every worker on a port of their
+    # own, from the master, instead of (or besides) the app's /metrics.
+    port = os.environ.get("METRICS_PORT")
+    if port:
+        from flask_signal_metrics import start_metrics_server
+
+        start_metrics_server(int(port), os.environ.get("METRICS_ADDR", "127.0.0.1"))

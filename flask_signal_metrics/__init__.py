@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .config import Settings as Settings
 from .extension import SignalMetrics as SignalMetrics
+from .extension import start_metrics_server as start_metrics_server
 from .extension import VERSION as __version__
 from .state import exclude as exclude
 
-__all__ = ["Settings", "SignalMetrics", "__version__", "exclude"]
+__all__ = ["Settings", "SignalMetrics", "__version__", "exclude", "start_metrics_server"]

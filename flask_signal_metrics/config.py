@@ -89,6 +89,8 @@ class Settings:
     basic_auth: tuple[str, str] | None = None
     bearer_token: str | None = None
     decorator: t.Callable[..., t.Any] | None = None
+    port: int | None = None
+    addr: str = "127.0.0.1"
 
 
 #: config key -> (Settings field, parser). The parser gets the key for its messages.
@@ -241,6 +243,24 @@ def _decorator(key: str, value: object) -> t.Callable[..., t.Any] | None:
     return t.cast("t.Callable[..., t.Any] | None", value)
 
 
+def _port(key: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError(
+            f"{key} must be a TCP port (1-65535), or None for no server; got {value!r}."
+        )
+    return value
+
+
+def _addr(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(
+            f"{key} must be an address to listen on, such as '127.0.0.1'; got {value!r}."
+        )
+    return value
+
+
 _KEYS: dict[str, tuple[str, _Parser]] = {
     "SIGNAL_METRICS_ENABLED": ("enabled", _bool),
     "SIGNAL_METRICS_PATH": ("path", _path),
@@ -254,6 +274,8 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "SIGNAL_METRICS_BASIC_AUTH": ("basic_auth", _basic_auth),
     "SIGNAL_METRICS_BEARER_TOKEN": ("bearer_token", _bearer_token),
     "SIGNAL_METRICS_DECORATOR": ("decorator", _decorator),
+    "SIGNAL_METRICS_PORT": ("port", _port),
+    "SIGNAL_METRICS_ADDR": ("addr", _addr),
 }
 
 #: Keyword option name (as accepted by ``SignalMetrics``) -> config key.

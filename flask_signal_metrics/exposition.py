@@ -1,28 +1,52 @@
-"""The ``/metrics`` view: content negotiation and compression over HTTP.
+"""Serving metrics over HTTP: the ``/metrics`` view and the separate-port server.
 
-Flask-side only; the encoding itself is :func:`prometheus.render`.
+Content negotiation, compression and authentication, on Werkzeug's request
+and response objects; the encoding itself is :func:`prometheus.render`. Both
+ways of serving go through :func:`respond`, so they answer alike.
 """
 
 from __future__ import annotations
 
+import collections.abc as cabc
 import gzip
 import hmac
+import logging
+import socketserver
+import threading
+import typing as t
+from wsgiref.simple_server import make_server
+from wsgiref.simple_server import WSGIRequestHandler
+from wsgiref.simple_server import WSGIServer
 
 from flask import current_app
 from flask import request
-from flask import Response
+from werkzeug.wrappers import Request
+from werkzeug.wrappers import Response
 
 from . import prometheus
 from .state import exclude
 from .state import get_state
 
+if t.TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
+    from .config import Settings
+
 #: Bodies shorter than this are sent as they are: gzip would not pay.
 _GZIP_MIN_BYTES = 1024
+
+logger = logging.getLogger("flask_signal_metrics")
 
 
 @exclude
 def metrics_view() -> Response:
-    """Serve the app's metrics in the format the scraper prefers.
+    """The app's ``/metrics`` route."""
+    state = get_state(current_app)
+    return respond(request, state.collectors, state.settings)
+
+
+def respond(req: Request, collectors: cabc.Sequence[Collector], settings: Settings) -> Response:
+    """Serve ``collectors`` in the format the scraper prefers.
 
     The ``Accept`` header is ranked by its q-values (q=0 means "not this"),
     which ``choose_encoder`` alone ignores; a header that cannot be parsed
@@ -30,32 +54,33 @@ def metrics_view() -> Response:
     the answer to those metric families, as prometheus_client's own exporter
     does.
     """
-    state = get_state(current_app)
-    denied = _check_credentials(state.settings.basic_auth, state.settings.bearer_token)
+    denied = _check_credentials(req, settings.basic_auth, settings.bearer_token)
     if denied is not None:
         return denied
-    ranked = sorted(request.accept_mimetypes, key=lambda item: -item[1])
+    ranked = sorted(req.accept_mimetypes, key=lambda item: -item[1])
     accepted = [media_range for media_range, quality in ranked if quality > 0]
-    names = request.args.getlist("name[]")
-    body, content_type = prometheus.render(state.collectors, accepted, names)
+    names = req.args.getlist("name[]")
+    body, content_type = prometheus.render(collectors, accepted, names)
     response = Response(body, content_type=content_type)
     response.vary.add("Accept")
     response.vary.add("Accept-Encoding")
     response.cache_control.no_store = True
-    if len(body) >= _GZIP_MIN_BYTES and request.accept_encodings["gzip"] > 0:
+    if len(body) >= _GZIP_MIN_BYTES and req.accept_encodings["gzip"] > 0:
         response.set_data(gzip.compress(body, compresslevel=6))
         response.content_encoding = "gzip"
     return response
 
 
-def _check_credentials(basic: tuple[str, str] | None, token: str | None) -> Response | None:
+def _check_credentials(
+    req: Request, basic: tuple[str, str] | None, token: str | None
+) -> Response | None:
     """None when the request may read the metrics, else the 401 to send.
 
     Credentials are compared with ``hmac.compare_digest``, in constant time.
     """
     if basic is None and token is None:
         return None
-    given = request.authorization
+    given = req.authorization
     if given is not None:
         if basic is not None and given.type == "basic":
             user_ok = _same(given.username or "", basic[0])
@@ -76,3 +101,50 @@ def _check_credentials(basic: tuple[str, str] | None, token: str | None) -> Resp
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+# -- the separate-port server ------------------------------------------------------
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds the process up
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: t.Any) -> None:
+        pass  # one line per scrape on stderr helps nobody
+
+
+def metrics_app(
+    collectors: cabc.Sequence[Collector], settings: Settings
+) -> t.Callable[..., t.Iterable[bytes]]:
+    """A WSGI app serving the metrics on any path, as ``/metrics`` does."""
+
+    def app(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) -> t.Any:
+        req = Request(environ)
+        if req.method not in ("GET", "HEAD"):
+            response = Response("Method Not Allowed\n", status=405, headers={"Allow": "GET, HEAD"})
+        else:
+            response = respond(req, collectors, settings)
+        return response(environ, start_response)
+
+    return app
+
+
+def start_server(
+    addr: str, port: int, collectors: cabc.Sequence[Collector], settings: Settings
+) -> WSGIServer:
+    """Serve the metrics on ``addr:port`` from a daemon thread; returns the server."""
+    server = make_server(
+        addr,
+        port,
+        metrics_app(collectors, settings),
+        server_class=_ThreadingServer,
+        handler_class=_QuietHandler,
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, name=f"flask-signal-metrics:{port}", daemon=True
+    )
+    thread.start()
+    logger.info("flask-signal-metrics: serving metrics on http://%s:%d/", addr, port)
+    return server

@@ -114,6 +114,13 @@ class SignalMetrics:
             return
         if settings.path is not None:
             _check_route_free(app, settings.path)
+        if settings.port is not None and prometheus.multiprocess():
+            raise ValueError(
+                "SIGNAL_METRICS_PORT is set, but several worker processes cannot all"
+                " listen on it; start one server for the process group instead: call"
+                " flask_signal_metrics.start_metrics_server(port) in gunicorn's when_ready"
+                " hook (see examples/gunicorn.conf.py), and unset SIGNAL_METRICS_PORT."
+            )
         registry = self._registry if self._registry is not None else prometheus.new_registry()
         metrics = _shared_registry_guard(
             prometheus.Metrics,
@@ -146,6 +153,11 @@ class SignalMetrics:
             app.add_url_rule(settings.path, endpoint=ENDPOINT, view_func=view, methods=["GET"])
         receivers.connect(app)
         app.cli.add_command(cli.group)
+        if settings.port is not None:
+            state = app.extensions[EXTENSION_KEY]
+            state.server = exposition.start_server(
+                settings.addr, settings.port, collectors, settings
+            )
 
     def count(
         self,
@@ -229,6 +241,24 @@ class SignalMetrics:
         receivers.connect_declared(start, timed.on_start, sender)
         receivers.connect_declared(end, timed.on_end, sender)
         self._declared += [timed.start_name, timed.end_name]
+
+
+def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
+    """Serve metrics on ``addr:port`` from this process, for a whole process group.
+
+    For gunicorn with several workers: call it in the ``when_ready`` hook, in
+    the master. In multiprocess mode every scrape sums the files of every
+    worker, so the master needs no app. (With one process, set
+    ``SIGNAL_METRICS_PORT`` instead.)
+
+    .. code-block:: python
+
+        def when_ready(server):
+            from flask_signal_metrics import start_metrics_server
+            start_metrics_server(9100)
+    """
+    settings = config.load({}, {"port": port, "addr": addr}, environ={})
+    exposition.start_server(settings.addr, port, (prometheus.default_registry(),), settings)
 
 
 T = t.TypeVar("T")

@@ -48,6 +48,8 @@ class State:
     logged_failures: set[tuple[str, str, str, int]] = dataclasses.field(default_factory=set)
     #: Names of the app's own signals declared on the extension (shared list).
     declared: list[str] = dataclasses.field(default_factory=list)
+    #: The separate-port metrics server (SIGNAL_METRICS_PORT), if started.
+    server: t.Any = None
 
     def rule_info(self, app: Flask, rule: Rule) -> tuple[str, bool]:
         """The route template of ``rule`` and whether its view is excluded.

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -100,3 +101,76 @@ def test_gunicorn_preload_app(tmp_path: Path) -> None:
             and 'http_response_status_code="200"' in row
         ]
         assert len(line) == 1 and line[0].endswith(" 60.0"), line
+
+
+def _fetch(url: str, **headers: str) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read().decode()
+
+
+def test_metrics_on_a_separate_port(registry: CollectorRegistry) -> None:
+    port = free_port()
+    token = "a-token-long-enough-1234"
+    app = make_app()
+    SignalMetrics(app, registry=registry, path=None, port=port, bearer_token=token)
+    server = app.extensions["signal_metrics"].server
+    try:
+        app.test_client().get("/item/1")
+        assert app.test_client().get("/metrics").status_code == 404  # not public
+        base = f"http://127.0.0.1:{port}"
+        assert _fetch(base + "/metrics")[0] == 401
+        status, body = _fetch(base + "/metrics", Authorization=f"Bearer {token}")
+        assert status == 200
+        assert 'http_route="/item/<int:item_id>"' in body
+        status, body = _fetch(
+            base + "/", Authorization=f"Bearer {token}", Accept="application/openmetrics-text"
+        )
+        assert status == 200 and body.endswith("# EOF\n")
+        req = urllib.request.Request(base + "/metrics", data=b"", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=5)
+        assert info.value.code == 405
+        info.value.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_separate_port_is_refused_with_several_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flask_signal_metrics import prometheus
+
+    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    with pytest.raises(ValueError, match="start_metrics_server"):
+        SignalMetrics(make_app(), port=free_port())
+
+
+@pytest.mark.real
+def test_process_group_server_sums_every_worker(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
+        "BIND": f"127.0.0.1:{port}",
+        "METRICS_PORT": str(metrics_port),
+    }
+    args = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
+            "examples.app:app"]  # fmt: skip
+    with running(args, tmp_path / "gunicorn.log", env=env) as master:
+        wait_for(base + "/healthz", 60, master)
+        for n in range(40):
+            urllib.request.urlopen(f"{base}/items/{n % 3 + 1}", timeout=5).read()
+        status, body = _fetch(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200
+        rows = [
+            row
+            for row in body.splitlines()
+            if row.startswith("http_server_request_duration_seconds_count")
+            and 'http_route="/items/<int:item_id>"' in row
+        ]
+        assert len(rows) == 1 and rows[0].endswith(" 40.0"), rows
