@@ -102,6 +102,12 @@ def test_exact_counts_across_workers(
                 os.kill(killed, signal.SIGKILL)
             for future in futures:
                 completed += future.result(timeout=120) == 200
+        # gunicorn reaps a dead worker (child_exit) before it spawns the next
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (
+            len(_workers(master.pid)) < 4 or killed in _workers(master.pid)
+        ):
+            time.sleep(0.1)
         interrupted = total - completed
         assert interrupted <= 8  # at most the requests the killed worker held
         # Whichever worker answers, every scrape sums every process that ever
@@ -115,9 +121,6 @@ def test_exact_counts_across_workers(
             else:
                 assert count == completed == total  # recycling loses nothing
             assert in_flight == 0  # dead workers' gauges are gone
-        deadline = time.monotonic() + 30
-        while len(_workers(master.pid)) < 4 and time.monotonic() < deadline:
-            time.sleep(0.1)
         now = set(_workers(master.pid))
         assert len(now) == 4
         # dead workers' files were folded into the compacted ones
