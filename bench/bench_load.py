@@ -1,0 +1,144 @@
+"""Requests per second under gunicorn, instrumented vs bare, driven by wrk on loopback.
+
+    python bench/bench_load.py [--seconds 10] [--connections 16]
+
+The demo shop under gunicorn (4 gthread workers, multiprocess mode, the
+examples/gunicorn.conf.py settings), once with the extension and once with
+SIGNAL_METRICS_ENABLED=false, each loaded by Debian's ``wrk`` on
+GET /items/1 for the same time. Prints requests/s, the ratio (target: at
+least 0.9), and checks that the instrumented run counted every request wrk
+saw completed. Needs wrk (apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import typing as t
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTE = 'http_route="/items/<int:item_id>"'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def shop(instrumented: bool, workers: int = 4) -> t.Iterator[str]:
+    port = _free_port()
+    directory = tempfile.mkdtemp(prefix="bench-load-")
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": directory,
+        "BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": str(workers),
+        "FLASK_SIGNAL_METRICS_ENABLED": "true" if instrumented else "false",
+    }
+    args = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
+            "--log-level", "warning", "examples.app:app"]  # fmt: skip
+    server = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("gunicorn did not start") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
+    """Run wrk; returns requests completed, requests/s, and failures."""
+    out = subprocess.run(
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
+    done = re.search(r"(\d+) requests in", out)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if done is None or rate is None:
+        raise RuntimeError(out)
+    failed = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests": float(done.group(1)),
+        "rate": float(rate.group(1)),
+        "failed": float(failed + (int(non_2xx.group(1)) if non_2xx else 0)),
+    }
+
+
+def counted(base: str) -> float:
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("http_server_request_duration_seconds_count") and ROUTE in line
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    rates: dict[str, list[float]] = {"bare": [], "instrumented": []}
+    exact = True
+    for _ in range(args.rounds):
+        for name in ("bare", "instrumented"):
+            with shop(instrumented=name == "instrumented") as base:
+                result = wrk(base + "/items/1", args.seconds, args.connections)
+                rates[name].append(result["rate"])
+                if name == "instrumented":
+                    got = counted(base)
+                    # wrk stops with up to one request per connection in flight:
+                    # the server may have counted those too.
+                    ok = result["requests"] <= got <= result["requests"] + args.connections
+                    exact = exact and ok and result["failed"] == 0
+                    print(
+                        f"instrumented: wrk completed {result['requests']:.0f}, /metrics"
+                        f" counted {got:.0f}, failures {result['failed']:.0f}"
+                    )
+    bare, ours = max(rates["bare"]), max(rates["instrumented"])
+    print(f"gunicorn 4 gthread workers, wrk {args.connections} connections, {args.seconds} s,"
+          f" best of {args.rounds}")  # fmt: skip
+    print(f"bare          {bare:10.0f} req/s")
+    print(f"instrumented  {ours:10.0f} req/s")
+    print(f"ratio instrumented/bare: {ours / bare:.3f}")
+    return 0 if exact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
