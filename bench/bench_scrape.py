@@ -80,7 +80,9 @@ def _samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
-        if family.name != "http_server_active_requests"  # dead workers' gauges go, by design
+        # dead workers' live gauges (in flight, per-worker process metrics) go, by design
+        if family.name != "http_server_active_requests"
+        and not family.name.startswith("flask_worker_")
     }
 
 

@@ -153,6 +153,8 @@ class SignalMetrics:
             app.add_url_rule(settings.path, endpoint=ENDPOINT, view_func=view, methods=["GET"])
         receivers.connect(app)
         app.cli.add_command(cli.group)
+        if metrics.workers is not None:
+            metrics.workers.start()
         if settings.port is not None:
             state = app.extensions[EXTENSION_KEY]
             state.server = exposition.start_server(

@@ -13,8 +13,10 @@ import dataclasses
 import fcntl
 import glob
 import itertools
+import logging
 import os
 import threading
+import time
 import typing as t
 from bisect import bisect_left
 
@@ -22,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
 from prometheus_client import Gauge
 from prometheus_client import Histogram
+from prometheus_client import ProcessCollector
 from prometheus_client import REGISTRY
 from prometheus_client import values
 from prometheus_client.exposition import choose_encoder
@@ -37,6 +40,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from . import labels
+
+logger = logging.getLogger("flask_signal_metrics")
 
 if t.TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -527,6 +532,67 @@ class ClientRequestStats:
             group.gauge.dec()
 
 
+#: The process collector's sample -> our per-worker gauge (set, not added).
+WORKER_METRICS = {
+    "process_cpu_seconds_total": "flask_worker_cpu_seconds",
+    "process_resident_memory_bytes": "flask_worker_resident_memory_bytes",
+    "process_virtual_memory_bytes": "flask_worker_virtual_memory_bytes",
+    "process_open_fds": "flask_worker_open_fds",
+    "process_start_time_seconds": "flask_worker_start_time_seconds",
+}
+
+
+class WorkerStats:
+    """Each worker's process metrics in multiprocess mode, one series per live worker.
+
+    prometheus_client's process collector cannot be aggregated across
+    processes, so each worker copies its figures into ``liveall`` gauges
+    (a ``pid`` label each; a dead worker's series go with
+    ``mark_process_dead``) from a daemon thread, every ``interval`` seconds.
+    """
+
+    def __init__(self, registry: CollectorRegistry, interval: float = 5.0) -> None:
+        self._gauges = {
+            sample: Gauge(
+                name,
+                f"This worker's {sample} (process metrics per worker, multiprocess mode).",
+                registry=registry,
+                multiprocess_mode="liveall",
+            )
+            for sample, name in WORKER_METRICS.items()
+        }
+        self._process = ProcessCollector(registry=None)
+        self._interval = interval
+
+    def refresh(self) -> None:
+        for metric in self._process.collect():
+            for sample in metric.samples:
+                gauge = self._gauges.get(sample.name)
+                if gauge is not None:
+                    gauge.set(sample.value)
+
+    def start(self) -> None:
+        """Refresh now and from a daemon thread, in this process and every fork of it."""
+        self._start_thread()
+        # gunicorn's preload_app forks workers from a process that ran this:
+        # threads do not survive a fork, so each child starts its own.
+        os.register_at_fork(after_in_child=self._start_thread)
+
+    def _start_thread(self) -> None:
+        self.refresh()
+        threading.Thread(
+            target=self._loop, name="flask-signal-metrics:workers", daemon=True
+        ).start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            try:
+                self.refresh()
+            except Exception:  # a vanished /proc entry: try again next time
+                logger.debug("refreshing worker metrics failed", exc_info=True)
+
+
 def exposed(collectors: cabc.Sequence[Collector]) -> list[Collector]:
     """What a scrape reads: the collectors, or in multiprocess mode every worker's files.
 
@@ -657,6 +723,7 @@ class Metrics:
         if multiprocess():
             # Worker processes share numbers only through prometheus_client's
             # files, which only its own metric classes write.
+            self.workers: WorkerStats | None = WorkerStats(registry)
             self.requests = ClientRequestStats(
                 registry,
                 naming=naming,
@@ -667,6 +734,7 @@ class Metrics:
                 overflowed=overflowed,
             )
         else:
+            self.workers = None
             self.requests = RequestStats(
                 naming=naming,
                 buckets=buckets,

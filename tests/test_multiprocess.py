@@ -170,7 +170,7 @@ def test_compaction_keeps_every_count() -> None:
     assert "same exposition after: True" in result.stdout
     rows = {line.split("  ")[0]: line.split() for line in result.stdout.splitlines()}
     compacted = next(v for k, v in rows.items() if k.endswith("dead, compacted"))
-    assert int(compacted[-3]) <= 4 * 4 + 4  # the live workers' files and the compacted ones
+    assert int(compacted[-3]) <= 4 * 5 + 4  # the live workers' files and the compacted ones
 
 
 def test_load_loses_no_request() -> None:
@@ -189,3 +189,29 @@ def test_load_loses_no_request() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "failures 0" in result.stdout
+
+
+def test_process_metrics_per_worker(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "BIND": f"127.0.0.1:{port}"}
+    args = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
+            "examples.app:app"]  # fmt: skip
+    with running(args, tmp_path / "gunicorn.log", env=env) as master:
+        wait_for(base + "/healthz", 60, master)
+        deadline = time.monotonic() + 30
+        while len(_workers(master.pid)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = {str(pid) for pid in _workers(master.pid)}
+        seen: set[str] = set()
+        while time.monotonic() < deadline and seen != workers:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+                text = response.read().decode()
+            seen = {
+                sample.labels["pid"]
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "flask_worker_resident_memory_bytes" and sample.value > 0
+            }
+            time.sleep(0.5)
+        assert seen == workers  # one memory series per live worker, whichever answers
