@@ -87,7 +87,11 @@ def test_exact_counts_across_workers(
         sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
         "--graceful-timeout", "5", *extra, "examples.app:app",
     ]  # fmt: skip
-    with running(args, tmp_path / "gunicorn.log", env=env) as master:
+    binary = real_binary("prometheus")
+    with (
+        running(args, tmp_path / "gunicorn.log", env=env) as master,
+        prometheus(binary, [f"127.0.0.1:{port}"], tmp_path) as prom,
+    ):
         wait_for(base + "/healthz", 60, master)
         deadline = time.monotonic() + 30
         while len(_workers(master.pid)) < 4 and time.monotonic() < deadline:
@@ -121,6 +125,10 @@ def test_exact_counts_across_workers(
             else:
                 assert count == completed == total  # recycling loses nothing
             assert in_flight == 0  # dead workers' gauges are gone
+        # and through Prometheus's HTTP API, scraping the group every second
+        promql = f'sum(http_server_request_duration_seconds_count{{http_route="{ROUTE}"}})'
+        seen = wait_for_value(prom, promql, count, 30)
+        assert seen == count and completed <= seen <= completed + interrupted
         now = set(_workers(master.pid))
         assert len(now) == 4
         # dead workers' files were folded into the compacted ones
