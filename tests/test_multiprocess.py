@@ -162,21 +162,27 @@ def test_prometheus_sees_the_sum(tmp_path: Path) -> None:
             assert float(query(prom, "sum(http_server_active_requests)")[0]["value"][1]) == 0
 
 
-def test_compaction_keeps_every_count() -> None:
-    # 4 live and 20 dead workers' files; worker_exited folds the dead ones;
-    # the exposition must be the same (the script checks it sample by sample).
+def _bench(script: str, *args: str) -> str:
+    """Run one of bench/'s scripts, which check what they measure; return its output."""
     import subprocess
 
     result = subprocess.run(
-        [sys.executable, "bench/bench_scrape.py", "--dead", "20", "--rounds", "1"],
+        [sys.executable, f"bench/{script}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "same exposition after: True" in result.stdout
-    rows = {line.split("  ")[0]: line.split() for line in result.stdout.splitlines()}
+    return result.stdout
+
+
+def test_compaction_keeps_every_count() -> None:
+    # 4 live and 20 dead workers' files; worker_exited folds the dead ones;
+    # the exposition must be the same (the script checks it sample by sample).
+    output = _bench("bench_scrape.py", "--dead", "20", "--rounds", "1")
+    assert "same exposition after: True" in output
+    rows = {line.split("  ")[0]: line.split() for line in output.splitlines()}
     compacted = next(v for k, v in rows.items() if k.endswith("dead, compacted"))
     assert int(compacted[-3]) <= 4 * 5 + 4  # the live workers' files and the compacted ones
 
@@ -185,18 +191,8 @@ def test_load_loses_no_request() -> None:
     # wrk against 4 gunicorn workers: no failure, and /metrics counts every
     # request wrk saw completed (the script checks; its req/s are reported,
     # not asserted).
-    import subprocess
-
     real_binary("wrk")
-    result = subprocess.run(
-        [sys.executable, "bench/bench_load.py", "--seconds", "3", "--rounds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "failures 0" in result.stdout
+    assert "failures 0" in _bench("bench_load.py", "--seconds", "3", "--rounds", "1")
 
 
 def test_process_metrics_per_worker(tmp_path: Path) -> None:
