@@ -719,30 +719,23 @@ class Metrics:
         request_families = [REQUEST_SIZE, RESPONSE_SIZE]
         request_families.append(CLASSIC_DURATION if naming == "classic" else DURATION)
         overflowed = [self._overflow.labels(n, *self._static) for n in request_families]
+        request_options: dict[str, t.Any] = {
+            "naming": naming,
+            "buckets": buckets,
+            "size_buckets": size_buckets,
+            "static_labels": static_labels,
+            "max_series": max_series,
+            "overflowed": overflowed,
+        }
         self.requests: RequestStats | ClientRequestStats
+        self.workers: WorkerStats | None = None
         if multiprocess():
             # Worker processes share numbers only through prometheus_client's
             # files, which only its own metric classes write.
-            self.workers: WorkerStats | None = WorkerStats(registry)
-            self.requests = ClientRequestStats(
-                registry,
-                naming=naming,
-                buckets=buckets,
-                size_buckets=size_buckets,
-                static_labels=static_labels,
-                max_series=max_series,
-                overflowed=overflowed,
-            )
+            self.workers = WorkerStats(registry)
+            self.requests = ClientRequestStats(registry, **request_options)
         else:
-            self.workers = None
-            self.requests = RequestStats(
-                naming=naming,
-                buckets=buckets,
-                size_buckets=size_buckets,
-                static_labels=static_labels,
-                max_series=max_series,
-                overflowed=overflowed,
-            )
+            self.requests = RequestStats(**request_options)
             registry.register(self.requests)
         #: prometheus-flask-exporter's exception counter (classic naming only).
         self.escaped: Family[Counter] | None = None

@@ -203,35 +203,47 @@ def _on_request_tearing_down(
         if start is None or start is _DONE:
             return
         response: Response | None = environ.get(RESPONSE_KEY)
+        size: int | None
         if response is None:
             # request_finished was never sent: the exception propagated
             # (testing/debug mode) and the server answers 500.
-            _record(sender, environ, start, 500, None, exc)
-            return
-        body = response.response
-        if type(body) is list or start[1] == "HEAD":
-            # A buffered body (the common case, inline): its bytes are the truth.
-            size = 0 if start[1] == "HEAD" else sum(map(len, body))
-            _record(sender, environ, start, response.status_code, size, exc)
-            return
-        length = response.content_length
-        if length is not None:
-            # An iterable of declared length (an error page, a file): recorded
-            # now; sending it is the server's business.
-            _record(sender, environ, start, response.status_code, length, exc)
-            return
-        # A stream of unknown length: the server produces the body after
-        # teardown. The request ends when the server closes the body, and
-        # stays in flight until then.
-        environ[START_KEY] = _STREAMING
-        response.call_on_close(
-            functools.partial(_close_stream, sender, environ, start, response, exc)
-        )
-        metrics: Metrics = sender.extensions[EXTENSION_KEY].metrics
-        ready = metrics.stream_ready.child((start[1], start[3], str(response.status_code)))
-        ready.observe(environ.get(READY_KEY, start[0]) - start[0])
+            status, size = 500, None
+        else:
+            status = response.status_code
+            body = response.response
+            if start[1] == "HEAD":
+                size = 0
+            elif type(body) is list:  # a buffered body: its bytes are the truth
+                size = sum(map(len, body))
+            else:
+                # An iterable of declared length (an error page, a file) is
+                # recorded now; sending it is the server's business.
+                size = response.content_length
+                if size is None:
+                    _defer_to_close(sender, environ, start, response, exc)
+                    return
+        _record(sender, environ, start, status, size, exc)
     except Exception as e:
         _failed(sender, signals.request_tearing_down.name, e)
+
+
+def _defer_to_close(
+    app: Flask,
+    environ: dict[str, t.Any],
+    start: _Start,
+    response: Response,
+    exc: BaseException | None,
+) -> None:
+    """A stream of unknown length: the server produces the body after teardown.
+
+    The request ends when the server closes the body, and stays in flight
+    until then; the time to the response object is recorded now.
+    """
+    environ[START_KEY] = _STREAMING
+    response.call_on_close(functools.partial(_close_stream, app, environ, start, response, exc))
+    metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
+    ready = metrics.stream_ready.child((start[1], start[3], str(response.status_code)))
+    ready.observe(environ.get(READY_KEY, start[0]) - start[0])
 
 
 def _close_stream(
