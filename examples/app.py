@@ -9,6 +9,8 @@ slow route, and a health check that is not measured.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 import typing as t
 
@@ -23,8 +25,10 @@ from flask import stream_with_context
 from flask import url_for
 from flask.typing import ResponseReturnValue
 
+from flask_signal_metrics import configure_otlp
 from flask_signal_metrics import exclude
 from flask_signal_metrics import SignalMetrics
+from flask_signal_metrics import TraceContextFilter
 
 ITEMS = {1: "teapot", 2: "kettle", 3: "cup"}
 STOCK = {1: 5, 2: 0, 3: 12}
@@ -39,6 +43,21 @@ app.config.update(SECRET_KEY="demo-only-not-secret")
 # FLASK_SIGNAL_METRICS_NAMING=classic (say) sets SIGNAL_METRICS_NAMING.
 app.config.from_prefixed_env()
 metrics = SignalMetrics(app)
+
+if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    # Spans and metrics over OTLP as well, configured by the standard
+    # OTEL_* variables. Safe here also under gunicorn's preload_app: each
+    # worker restarts the export threads and gets its own service.instance.id;
+    # each flushes what it holds when it exits.
+    configure_otlp()
+
+# Log lines carry the trace and span ids of the request they were logged in.
+_handler = logging.StreamHandler()
+_handler.addFilter(TraceContextFilter())
+_handler.setFormatter(
+    logging.Formatter("%(levelname)s [trace_id=%(trace_id)s span_id=%(span_id)s] %(message)s")
+)
+app.logger.addHandler(_handler)
 
 
 @app.errorhandler(OutOfStockError)

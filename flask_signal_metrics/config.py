@@ -46,6 +46,12 @@ KNOWN_METHODS: frozenset[str] = frozenset(
 #: :data:`KNOWN_METHODS` (a full override, comma separated, case sensitive).
 KNOWN_METHODS_ENV = "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"
 
+#: The standard variables for capturing headers as span attributes
+#: (comma-separated names or regular expressions, case-insensitive).
+CAPTURE_REQUEST_ENV = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"
+CAPTURE_RESPONSE_ENV = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE"
+SANITIZE_ENV = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
+
 NAMING_SCHEMES = ("otel", "classic")
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -67,6 +73,7 @@ RESERVED_LABELS = frozenset(
         "category",
         "version",
         "signal",
+        "reason",
         "metric",
     )
 )
@@ -91,6 +98,10 @@ class Settings:
     decorator: t.Callable[..., t.Any] | None = None
     port: int | None = None
     addr: str = "127.0.0.1"
+    tracing: bool = True
+    capture_request_headers: tuple[str, ...] = ()
+    capture_response_headers: tuple[str, ...] = ()
+    sanitize_headers: tuple[str, ...] = ()
 
 
 #: config key -> (Settings field, parser). The parser gets the key for its messages.
@@ -261,6 +272,21 @@ def _addr(key: str, value: object) -> str:
     return value
 
 
+def _header_patterns(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a comma-separated string of header names.")
+    patterns = tuple(p.strip() for p in value.split(",") if p.strip())
+    for pattern in patterns:
+        try:
+            re.compile(pattern, re.IGNORECASE)
+        except re.error as e:
+            raise ValueError(
+                f"{key}: {pattern!r} is not a valid regular expression ({e}); list header"
+                " names such as 'X-Request-Id,User-Agent', or regexes such as 'X-.*'."
+            ) from None
+    return patterns
+
+
 _KEYS: dict[str, tuple[str, _Parser]] = {
     "SIGNAL_METRICS_ENABLED": ("enabled", _bool),
     "SIGNAL_METRICS_PATH": ("path", _path),
@@ -276,6 +302,15 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "SIGNAL_METRICS_DECORATOR": ("decorator", _decorator),
     "SIGNAL_METRICS_PORT": ("port", _port),
     "SIGNAL_METRICS_ADDR": ("addr", _addr),
+    "SIGNAL_METRICS_TRACING": ("tracing", _bool),
+}
+
+#: Standard environment variable -> (Settings field, parser).
+_ENVIRON: dict[str, tuple[str, _Parser]] = {
+    KNOWN_METHODS_ENV: ("known_methods", _known_methods),
+    CAPTURE_REQUEST_ENV: ("capture_request_headers", _header_patterns),
+    CAPTURE_RESPONSE_ENV: ("capture_response_headers", _header_patterns),
+    SANITIZE_ENV: ("sanitize_headers", _header_patterns),
 }
 
 #: Keyword option name (as accepted by ``SignalMetrics``) -> config key.
@@ -292,7 +327,8 @@ def load(
     :param config: the app's config; only ``SIGNAL_METRICS_*`` keys are read.
     :param options: keyword options given to the extension, named as the
         :class:`Settings` fields; they take precedence over ``config``.
-    :param environ: where :data:`KNOWN_METHODS_ENV` is read from.
+    :param environ: where the standard ``OTEL_INSTRUMENTATION_HTTP_*``
+        variables are read from.
     :raises TypeError, ValueError: naming the key and the fix.
     """
     for name in config:
@@ -306,6 +342,7 @@ def load(
             values[field] = parse(f"{key} (the {field}= option)", options[field])
         elif key in config:
             values[field] = parse(key, config[key])
-    if KNOWN_METHODS_ENV in environ:
-        values["known_methods"] = _known_methods(KNOWN_METHODS_ENV, environ[KNOWN_METHODS_ENV])
+    for variable, (field, parse) in _ENVIRON.items():
+        if variable in environ:
+            values[field] = parse(variable, environ[variable])
     return Settings(**values)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing as t
 
 from blinker import ANY
@@ -13,13 +14,16 @@ from . import exposition
 from . import labels
 from . import prometheus
 from . import receivers
+from . import tracing
 from .state import compile_exclude
 from .state import exclude
 from .state import EXTENSION_KEY
+from .state import INSTANCES
 from .state import State
 
 if t.TYPE_CHECKING:
     from flask import Flask
+    from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
 
 try:
@@ -70,15 +74,23 @@ class SignalMetrics:
         app: Flask | None = None,
         *,
         registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
         **options: t.Any,
     ) -> None:
         unknown = sorted(set(options) - set(config.OPTIONS))
         if unknown:
             raise TypeError(
                 f"SignalMetrics got unknown option(s) {', '.join(unknown)}; the"
-                f" options are: registry, {', '.join(sorted(config.OPTIONS))}."
+                f" options are: registry, tracer_provider, {', '.join(sorted(config.OPTIONS))}."
+            )
+        if tracer_provider is not None and not hasattr(tracer_provider, "get_tracer"):
+            raise TypeError(
+                "tracer_provider must be an OpenTelemetry TracerProvider (such as"
+                f" opentelemetry.sdk.trace.TracerProvider()), or None for the global one;"
+                f" got {tracer_provider!r}."
             )
         self._registry = registry
+        self._tracer_provider = tracer_provider
         self._options = options
         # Options are validated here too: a bad one fails where it is written.
         max_series = config.load({}, options, environ={}).max_series
@@ -136,14 +148,16 @@ class SignalMetrics:
         collectors: tuple[t.Any, ...] = (registry, self._store.registry)
         if settings.serve_default_registry:
             collectors += (prometheus.default_registry(),)
-        app.extensions[EXTENSION_KEY] = State(
+        app.extensions[EXTENSION_KEY] = state = State(
             settings=settings,
             metrics=metrics,
             collectors=collectors,
             exclude_path=compile_exclude(settings.exclude),
             methods=labels.method_table(settings.known_methods),
             declared=self._declared,
+            tracing=_tracing(settings, self._tracer_provider),
         )
+        INSTANCES.add(state)
         if settings.path is not None:
             view = exposition.metrics_view
             if settings.decorator is not None:
@@ -156,7 +170,6 @@ class SignalMetrics:
         if metrics.workers is not None:
             metrics.workers.start()
         if settings.port is not None:
-            state = app.extensions[EXTENSION_KEY]
             state.server = exposition.start_server(
                 settings.addr, settings.port, collectors, settings
             )
@@ -288,6 +301,23 @@ def _shared_registry_guard(make: t.Callable[..., T], *args: t.Any, **kwargs: t.A
             " (is it shared with another app or extension?); give each its own"
             " registry, or leave registry= unset."
         ) from e
+
+
+def _tracing(settings: config.Settings, provider: TracerProvider | None) -> tracing.Tracing | None:
+    if not settings.tracing:
+        return None
+
+    def pattern(entries: tuple[str, ...]) -> re.Pattern[str] | None:
+        if not entries:
+            return None
+        return re.compile("|".join(f"(?:{e})" for e in entries), re.IGNORECASE)
+
+    capture = tracing.Capture(
+        request=pattern(settings.capture_request_headers),
+        response=pattern(settings.capture_response_headers),
+        sanitize=pattern(settings.sanitize_headers),
+    )
+    return tracing.Tracing(provider, VERSION, capture)
 
 
 def _check_route_free(app: Flask, path: str) -> None:

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import typing as t
+import weakref
 from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry
@@ -37,6 +38,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from . import labels
@@ -48,8 +50,17 @@ if t.TYPE_CHECKING:
 
 M = t.TypeVar("M", bound=MetricWrapperBase)
 
+_time = time.time
+
 #: The label values of one request: method, route, status, scheme, error type.
 RequestKey = tuple[str, str, str, str, str]
+
+#: (trace id, span id) of the sampled span a request's duration links to.
+TraceIds = tuple[int, int]
+
+#: A bucket's exemplar as kept: (trace id, span id, value, unix time). Its
+#: labels are formatted at scrape time, not on the request path.
+_Kept = tuple[int, int, float, float]
 
 #: The request-metric label names of the ``otel`` scheme, in key order.
 HTTP_LABELS = (
@@ -145,6 +156,7 @@ class _Cells:
     __slots__ = (
         "duration",
         "duration_sum",
+        "exemplars",
         "group",
         "request",
         "request_sum",
@@ -156,12 +168,16 @@ class _Cells:
         self.group = group
         self.duration = [0] * duration_buckets  # per bucket, not cumulative
         self.duration_sum = 0.0
+        #: The latest exemplar of each duration bucket (OpenMetrics keeps one).
+        self.exemplars: list[_Kept | None] = [None] * duration_buckets
         self.request = [0] * size_buckets
         self.request_sum = 0.0
         self.response = [0] * size_buckets
         self.response_sum = 0.0
 
-    def snapshot(self) -> tuple[list[int], float, list[int], float, list[int], float]:
+    def snapshot(
+        self,
+    ) -> tuple[list[int], float, list[int], float, list[int], float, list[_Kept | None]]:
         with self.group.lock:
             return (
                 list(self.duration),
@@ -170,6 +186,7 @@ class _Cells:
                 self.request_sum,
                 list(self.response),
                 self.response_sum,
+                list(self.exemplars),
             )
 
 
@@ -222,6 +239,7 @@ class RequestStats(Collector):
         duration: float,
         request_size: int | None,
         response_size: int | None,
+        exemplar: TraceIds | None = None,
     ) -> None:
         """Record one finished request.
 
@@ -229,6 +247,7 @@ class RequestStats(Collector):
             flight, or ``None`` if it was not counted.
         :param request_size: ``None`` when unknown: not recorded.
         :param response_size: ``None`` when unknown: not recorded.
+        :param exemplar: the sampled span the duration links to, if any.
         """
         cells = self._cells.get(key) or self._add(key)
         owner = cells.group
@@ -238,6 +257,8 @@ class RequestStats(Collector):
                 owner.finished += 1
             cells.duration[index] += 1
             cells.duration_sum += duration
+            if exemplar is not None:
+                cells.exemplars[index] = (*exemplar, duration, _time())
             if request_size is not None:
                 # Most requests have no body: bucket 0 without a search.
                 index = bisect_left(self._size_bounds, request_size) if request_size else 0
@@ -287,26 +308,27 @@ class RequestStats(Collector):
             t.cast(GaugeMetricFamily, active).add_metric([method, scheme, *self._static], in_flight)
         classic: dict[tuple[str, str, str], list[t.Any]] = {}
         for key, cells in series:
-            durations, duration_sum, requests, request_sum, responses, response_sum = (
+            (durations, duration_sum, requests, request_sum, responses, response_sum, kept) = (
                 cells.snapshot()
             )
             values = [*key, *self._static]
             if not self._classic:
-                _add_histogram(duration, values, self._bounds, durations, duration_sum)
+                _add_histogram(duration, values, self._bounds, durations, duration_sum, kept)
             elif (key[0], key[1], key[2]) in classic:
                 merged = classic[(key[0], key[1], key[2])]
                 merged[0] = [a + b for a, b in zip(merged[0], durations, strict=True)]
                 merged[1] += duration_sum
+                merged[2] = [_latest(a, b) for a, b in zip(merged[2], kept, strict=True)]
             else:
-                classic[(key[0], key[1], key[2])] = [durations, duration_sum]
+                classic[(key[0], key[1], key[2])] = [durations, duration_sum, kept]
             if sum(requests):
                 _add_histogram(request, values, self._size_bounds, requests, request_sum)
             if sum(responses):
                 _add_histogram(response, values, self._size_bounds, responses, response_sum)
         totals: dict[tuple[str, str], int] = {}
-        for (method, path, status), (counts, total) in classic.items():
+        for (method, path, status), (counts, total, kept) in classic.items():
             values = [method, path, status, *self._static]
-            _add_histogram(duration, values, self._bounds, counts, total)
+            _add_histogram(duration, values, self._bounds, counts, total, kept)
             totals[(method, status)] = totals.get((method, status), 0) + sum(counts)
         for (method, status), n in totals.items():
             t.cast(CounterMetricFamily, families[2]).add_metric([method, status, *self._static], n)
@@ -370,14 +392,30 @@ def _add_histogram(
     bounds: list[float],
     counts: list[int],
     total: float,
+    kept: list[_Kept | None] | None = None,
 ) -> None:
     cumulative = 0
-    buckets: list[tuple[str, float]] = []
-    for bound, count in zip(bounds, counts, strict=True):
+    buckets: list[t.Any] = []
+    for i, (bound, count) in enumerate(zip(bounds, counts, strict=True)):
         cumulative += count
         # The client's own formatting of ``le`` ("0.005", "1.0", "+Inf").
-        buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+        le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+        exemplar = None if kept is None else kept[i]
+        if exemplar is None:
+            buckets.append((le, cumulative))
+        else:
+            # 32 + 16 hex digits and two short names: 62 runes, always within
+            # OpenMetrics' 128, so the encoder can never reject it.
+            trace_id, span_id, value, when = exemplar
+            ids = {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}
+            buckets.append((le, cumulative, Exemplar(ids, value, when)))
     t.cast(HistogramMetricFamily, family).add_metric(values, buckets, total)
+
+
+def _latest(a: _Kept | None, b: _Kept | None) -> _Kept | None:
+    if a is None or (b is not None and b[3] > a[3]):
+        return b
+    return a
 
 
 def multiprocess() -> bool:
@@ -518,7 +556,9 @@ class ClientRequestStats:
         duration: float,
         request_size: int | None,
         response_size: int | None,
+        exemplar: TraceIds | None = None,
     ) -> None:
+        # prometheus_client keeps no exemplars in multiprocess mode: not passed.
         if self._count is not None:
             self._duration.child((key[0], key[1], key[2])).observe(duration)
             self._count.child((key[0], key[2])).inc()
@@ -789,6 +829,16 @@ class Metrics:
             multiprocess_mode="max",
         )
         info.labels(version, *self._static).set(1)
+        self.otlp_dropped = self._counter(
+            "flask_signal_metrics_otlp_dropped",
+            "Spans and metric points the OTLP export of this process dropped (collector"
+            " down, slow or refusing, or the span queue full); requests never wait.",
+            ("signal", "reason"),
+        )
+        for signal in ("traces", "metrics"):
+            for reason in ("export_failed", "queue_full"):
+                self.otlp_dropped.child((signal, reason))  # 0 for series known in advance
+        _ALL.add(self)
 
     def _family(self, metric: M, name: str) -> Family[M]:
         return Family(metric, self._static, self._cap, self._overflow.labels(name, *self._static))
@@ -1009,3 +1059,99 @@ def read_multiprocess(path: str) -> list[Metric]:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return list(registry.collect())
+
+
+# -- this process's own values, for the OTLP bridge ----------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """One series of this process, in neutral terms (no prometheus_client types).
+
+    Counters and gauges carry ``value``; histograms carry ``value`` (their
+    sum), ``count``, the finite ``bounds`` and ``counts`` per bucket (not
+    cumulative; the last one is ``+Inf``'s).
+    """
+
+    family: str
+    kind: str
+    documentation: str
+    labels: dict[str, str]
+    value: float
+    count: int = 0
+    bounds: tuple[float, ...] = ()
+    counts: tuple[int, ...] = ()
+
+
+def readings(metrics: Metrics) -> list[Reading]:
+    """What this process recorded for one app, series by series.
+
+    The app's registry holds this process's values in either mode: in
+    multiprocess mode its metrics read this process's own files, so each
+    worker exports what it measured and the collector adds the workers up.
+    """
+    found: list[Reading] = []
+    for family in metrics.registry.collect():
+        if family.type == "histogram":
+            found += _histogram_readings(family)
+        elif family.type in ("counter", "gauge"):
+            suffix = "_total" if family.type == "counter" else ""
+            for sample in family.samples:
+                if sample.name == family.name + suffix:
+                    found.append(
+                        Reading(
+                            family.name,
+                            family.type,
+                            family.documentation,
+                            dict(sample.labels),
+                            sample.value,
+                        )
+                    )
+    return found
+
+
+def _histogram_readings(family: Metric) -> list[Reading]:
+    series: dict[tuple[tuple[str, str], ...], dict[str, t.Any]] = {}
+    for sample in family.samples:
+        labels_ = {k: v for k, v in sample.labels.items() if k != "le"}
+        entry = series.setdefault(tuple(sorted(labels_.items())), {"buckets": []})
+        if sample.name.endswith("_bucket"):
+            entry["buckets"].append((float(sample.labels["le"]), sample.value))
+        elif sample.name.endswith("_sum"):
+            entry["sum"] = sample.value
+        elif sample.name.endswith("_count"):
+            entry["count"] = int(sample.value)
+    found = []
+    for key, entry in series.items():
+        cumulative = sorted(entry["buckets"])
+        counts, previous = [], 0.0
+        for _, value in cumulative:
+            counts.append(int(value - previous))
+            previous = value
+        found.append(
+            Reading(
+                family.name,
+                "histogram",
+                family.documentation,
+                dict(key),
+                entry.get("sum", 0.0),
+                entry.get("count", int(previous)),
+                tuple(bound for bound, _ in cumulative[:-1]),
+                tuple(counts),
+            )
+        )
+    return found
+
+
+# -- telemetry the OTLP export had to drop ---------------------------------------
+
+#: Every app's metrics in this process: OTLP export is process-wide, so each
+#: app's /metrics shows what the process dropped.
+_ALL: weakref.WeakSet[Metrics] = weakref.WeakSet()
+
+
+def otlp_dropped(signal: str, reason: str, amount: int) -> None:
+    """Count telemetry the OTLP export lost (called off the request path)."""
+    if amount > 0:
+        for metrics in list(_ALL):
+            metrics.otlp_dropped.child((signal, reason)).inc(amount)

@@ -31,6 +31,7 @@ from . import labels
 from .state import EXTENSION_KEY
 from .state import logger
 from .state import State
+from .tracing import Tracing
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -45,8 +46,8 @@ if t.TYPE_CHECKING:
 # three keys, each written by one signal with one dict store. The start is a
 # tuple, cheaper to make than an object.
 
-#: (start, method, scheme, route, group) from request_started; None if the
-#: request is excluded; "done" once recorded.
+#: (start, method, scheme, route, group, traced) from request_started; None
+#: if the request is excluded; "done" once recorded.
 START_KEY = "flask_signal_metrics.start"
 #: The response from request_finished (the last one wins); read at teardown.
 RESPONSE_KEY = "flask_signal_metrics.response"
@@ -54,6 +55,8 @@ RESPONSE_KEY = "flask_signal_metrics.response"
 ERROR_KEY = "flask_signal_metrics.error"
 #: When request_finished saw a response whose body is not yet produced.
 READY_KEY = "flask_signal_metrics.ready"
+#: The ids of another library's sampled server span, seen in request_finished.
+EXEMPLAR_KEY = "flask_signal_metrics.exemplar"
 
 _DONE = "done"
 #: The environ value while a streamed body is being sent.
@@ -61,9 +64,11 @@ _STREAMING = "streaming"
 _MISSING = object()
 
 _perf_counter = time.perf_counter
+_time_ns = time.time_ns
 
-# (start, method, scheme, route, the metrics backend's in-flight group or None)
-_Start = tuple[float, str, str, str, t.Any]
+#: (start, method, scheme, route, the metrics backend's in-flight group or
+#: None, the server span: (span, context token, start in ns), "external" or None)
+_Start = tuple[float, str, str, str, t.Any, t.Any]
 
 
 class _ProxyContext:
@@ -107,12 +112,27 @@ def _begin(app: Flask, request: Request, in_flight: bool) -> _Start | None:
     method = state.methods.get(request.method, labels.OTHER)
     scheme = labels.SCHEMES.get(request.scheme, labels.OTHER)
     group = None
+    traced: t.Any = None
     if in_flight:
         assert state.metrics is not None
         requests = state.metrics.requests
         group = requests.groups.get((method, scheme)) or requests.group(method, scheme)
         next(group.started)
-    start = (_perf_counter(), method, scheme, route, group)
+    began = _perf_counter()
+    if in_flight and state.tracing is not None:
+        # The span's start is the duration's: span and histogram agree, as
+        # the conventions ask.
+        start_ns = _time_ns()
+        traced = state.tracing.start(
+            request,
+            method,
+            route,
+            start_ns,
+            getattr(app, "_is_instrumented_by_opentelemetry", False),
+        )
+        if type(traced) is tuple:
+            traced = (*traced, start_ns)
+    start = (began, method, scheme, route, group, traced)
     environ[START_KEY] = start
     return start
 
@@ -162,6 +182,10 @@ def _on_request_finished(sender: Flask, response: Response, **extra: object) -> 
         # one is what the server sends. What it says is read once, at teardown.
         environ = _cv_request.get().request.environ
         environ[RESPONSE_KEY] = response
+        start = environ.get(START_KEY)
+        if type(start) is tuple and start[5] == "external":
+            # opentelemetry-instrumentation-flask's span: current until its teardown.
+            environ[EXEMPLAR_KEY] = Tracing.sampled_ids()
         if type(response.response) is not list:
             # Maybe a stream, whose body may be produced before teardown
             # (Flask 3.0 with stream_with_context): note when it was ready.
@@ -202,6 +226,8 @@ def _on_request_tearing_down(
         environ[START_KEY] = _DONE
         if start is None or start is _DONE:
             return
+        if start[5] is not None:
+            _end_context(start[5])
         response: Response | None = environ.get(RESPONSE_KEY)
         size: int | None
         if response is None:
@@ -222,7 +248,7 @@ def _on_request_tearing_down(
                 if size is None:
                     _defer_to_close(sender, environ, start, response, exc)
                     return
-        _record(sender, environ, start, status, size, exc)
+        _record(sender, environ, start, status, size, exc, response)
     except Exception as e:
         _failed(sender, signals.request_tearing_down.name, e)
 
@@ -256,7 +282,7 @@ def _close_stream(
     """Record a streamed request when the server closes its body."""
     try:
         environ[START_KEY] = _DONE
-        _record(app, environ, start, response.status_code, None, exc)
+        _record(app, environ, start, response.status_code, None, exc, response)
     except Exception as e:
         _failed(app, signals.request_tearing_down.name, e)
 
@@ -268,9 +294,10 @@ def _record(
     status: int,
     response_size: int | None,
     exc: BaseException | None,
+    response: Response | None,
 ) -> None:
-    """Record one finished request (the duration ends now)."""
-    began, method, scheme, route, group = start
+    """Record one finished request (the duration ends now) and end its span."""
+    began, method, scheme, route, group, traced = start
     duration = _perf_counter() - began
     exception = environ.get(ERROR_KEY) or exc
     error = "" if exception is None and status < 500 else labels.error_type(status, exception)
@@ -279,16 +306,54 @@ def _record(
         request_size: int | None = 0  # the common case, inline
     else:
         request_size = _request_size(environ)
-    metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
+    state: State = app.extensions[EXTENSION_KEY]
+    exemplar = None
+    if traced is not None:
+        if traced == "external":
+            exemplar = environ.get(EXEMPLAR_KEY)
+        else:
+            span, _, start_ns = traced
+            exemplar = Tracing.sampled_ids(span)
+            assert state.tracing is not None
+            end_ns = start_ns + int(duration * 1e9)
+            state.tracing.finish(span, status, error, exception, response, end_ns)
+    metrics: Metrics = t.cast("Metrics", state.metrics)
     metrics.requests.record(
-        (method, route, status_label, scheme, error), group, duration, request_size, response_size
+        (method, route, status_label, scheme, error),
+        group,
+        duration,
+        request_size,
+        response_size,
+        exemplar,
     )
     if exception is not None and metrics.escaped is not None:  # classic naming
         metrics.escaped.child((method, status_label)).inc()
 
 
-#: Start times of the templates being rendered in this context, innermost last.
-_renders: contextvars.ContextVar[list[tuple[int, float]]] = contextvars.ContextVar(
+def _end_context(traced: t.Any) -> None:
+    """At the request's (first) teardown: end what the request made current.
+
+    Renders whose template raised never sent template_rendered: their spans
+    end here, as failed, innermost first, so that each context token is
+    reset in order and the request's own parent context is current again.
+    """
+    stack = _renders.get(None)
+    if stack:
+        _end_renders(stack)
+    if type(traced) is tuple:
+        Tracing.detach(traced[1])
+
+
+def _end_renders(stack: list[tuple[int, float, t.Any]]) -> None:
+    while stack:
+        render = stack.pop()[2]
+        if render is not None:
+            Tracing.render_ended(render, failed=True)
+
+
+#: (id, start time, span) of the templates being rendered in this context,
+#: innermost last.
+_renders: contextvars.ContextVar[list[tuple[int, float, t.Any]]] = contextvars.ContextVar(
     "flask_signal_metrics_renders"
 )
 #: A render that raised never sends template_rendered; past this depth the
@@ -309,8 +374,12 @@ def _on_before_render_template(sender: Flask, template: Template, **extra: objec
             stack = []
             _renders.set(stack)
         elif len(stack) >= _MAX_RENDER_DEPTH:
-            stack.clear()
-        stack.append((id(template), _perf_counter()))
+            _end_renders(stack)
+        render = None
+        tracing: Tracing | None = sender.extensions[EXTENSION_KEY].tracing
+        if tracing is not None and not _in_excluded_request():
+            render = tracing.render_started(labels.template(template.name))
+        stack.append((id(template), _perf_counter(), render))
     except Exception as e:
         _failed(sender, signals.before_render_template.name, e)
 
@@ -320,7 +389,10 @@ def _on_template_rendered(sender: Flask, template: Template, **extra: object) ->
         end = _perf_counter()
         stack = _renders.get(None)
         while stack:
-            template_id, start = stack.pop()
+            template_id, start, render = stack.pop()
+            if render is not None:
+                # An entry left by a render that raised ends as failed.
+                Tracing.render_ended(render, failed=template_id != id(template))
             if template_id == id(template):
                 if not _in_excluded_request():
                     state: State = sender.extensions[EXTENSION_KEY]
@@ -338,6 +410,8 @@ def _on_message_flashed(sender: Flask, category: object = "message", **extra: ob
             state: State = sender.extensions[EXTENSION_KEY]
             assert state.metrics is not None
             state.metrics.flashes.child((str(category),)).inc()
+            if state.tracing is not None:
+                state.tracing.flashed(str(category))
     except Exception as e:
         _failed(sender, signals.message_flashed.name, e)
 

@@ -12,9 +12,11 @@ import dataclasses
 import logging
 import re
 import typing as t
+import weakref
 
 from .config import Settings
 from .prometheus import Metrics
+from .tracing import Tracing
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -50,6 +52,8 @@ class State:
     declared: list[str] = dataclasses.field(default_factory=list)
     #: The separate-port metrics server (SIGNAL_METRICS_PORT), if started.
     server: t.Any = None
+    #: The app's spans; None when SIGNAL_METRICS_TRACING is false.
+    tracing: Tracing | None = None
 
     def rule_info(self, app: Flask, rule: Rule) -> tuple[str, bool]:
         """The route template of ``rule`` and whether its view is excluded.
@@ -63,6 +67,10 @@ class State:
         info = (rule.rule, bool(getattr(view, EXCLUDE_ATTR, False)))
         self.rules[id(rule)] = info
         return info
+
+
+#: Every enabled app's state in this process, for the OTLP metrics bridge.
+INSTANCES: weakref.WeakSet[State] = weakref.WeakSet()
 
 
 def compile_exclude(patterns: cabc.Sequence[str]) -> re.Pattern[str] | None:

@@ -14,6 +14,11 @@ from flask import render_template_string
 from flask import Response
 from flask import stream_with_context
 from flask.testing import FlaskClient
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from flask_signal_metrics import SignalMetrics
@@ -156,3 +161,36 @@ def real_binary(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+class Traced(t.NamedTuple):
+    """An app traced through its own SDK provider, and what it exported."""
+
+    app: Flask
+    client: FlaskClient
+    exporter: InMemorySpanExporter
+    provider: TracerProvider
+    registry: CollectorRegistry
+
+    def spans(self, kind: SpanKind | None = SpanKind.SERVER) -> list[ReadableSpan]:
+        return [s for s in self.exporter.get_finished_spans() if kind is None or s.kind == kind]
+
+
+@pytest.fixture
+def tracer_provider() -> t.Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    """A fresh SDK provider per test, exporting to memory synchronously."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+@pytest.fixture
+def traced(
+    registry: CollectorRegistry, tracer_provider: tuple[TracerProvider, InMemorySpanExporter]
+) -> Traced:
+    provider, exporter = tracer_provider
+    app = make_app()
+    SignalMetrics(app, registry=registry, serve_default_registry=False, tracer_provider=provider)
+    return Traced(app, app.test_client(), exporter, provider, registry)

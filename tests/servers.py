@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -144,3 +145,133 @@ def wait_for_value(base: str, promql: str, expected: float, seconds: float) -> f
                 return got
         time.sleep(0.5)
     return got
+
+
+# -- rotel: a real OTLP collector ---------------------------------------------------
+
+
+class Rotel(t.NamedTuple):
+    http: str  # base URL of the OTLP/HTTP receiver
+    grpc: str  # URL of the OTLP/gRPC receiver
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def spans(self) -> list[dict[str, t.Any]]:
+        return parse_rotel(self.text())[0]
+
+    def points(self) -> list[dict[str, t.Any]]:
+        return parse_rotel(self.text())[1]
+
+    def wait(self, predicate: t.Callable[[Rotel], bool], seconds: float, what: str) -> None:
+        """Poll what rotel printed until ``predicate`` holds; fail after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rotel did not receive {what} within {seconds} s")
+            time.sleep(0.2)
+
+
+def rotel_binary() -> str:
+    import rotel
+
+    return str(Path(rotel.__file__).parent / "rotel-agent")
+
+
+@contextlib.contextmanager
+def rotel(tmp: Path, extra: t.Sequence[str] = ()) -> t.Iterator[Rotel]:
+    """rotel-agent with OTLP HTTP and gRPC receivers, printing what it receives."""
+    http_port, grpc_port = free_port(), free_port()
+    args = [
+        rotel_binary(), "start",
+        "--otlp-http-endpoint", f"127.0.0.1:{http_port}",
+        "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}",
+        "--exporter", "blackhole",
+        "--debug-log", "traces", "--debug-log", "metrics",
+        "--debug-log-verbosity", "detailed",
+        "--pid-file", str(tmp / "rotel.pid"), "--log-file", str(tmp / "rotel-agent.log"),
+        *extra,
+    ]  # fmt: skip
+    log = tmp / "rotel.out"
+    with running(args, log, env={"NO_COLOR": "1"}) as process:
+        collector = Rotel(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{grpc_port}", log)
+        collector.wait(lambda c: "Starting Rotel" in c.text(), 30, "its start")
+        if process.poll() is not None:
+            raise RuntimeError(f"rotel exited: {collector.text()}")
+        yield collector
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_VALUE = re.compile(r"^(Str|Int|Double|Bool)\((.*)\)$")
+
+
+def _attribute(text: str) -> tuple[str, t.Any]:
+    key, _, raw = text.partition(": ")
+    match = _VALUE.match(raw)
+    if match is None:
+        return key, raw
+    kind, found = match.groups()
+    if kind == "Int":
+        return key, int(found)
+    if kind == "Double":
+        return key, float(found)
+    if kind == "Bool":
+        return key, found == "true"
+    return key, found
+
+
+def parse_rotel(text: str) -> tuple[list[dict[str, t.Any]], list[dict[str, t.Any]]]:
+    """Spans and metric data points from rotel's detailed debug output.
+
+    Each span: name, kind, trace_id, parent_id, id, status, attributes,
+    resource. Each point: metric, type, unit, attributes, resource and its
+    numbers (count, sum, value, bucket_counts).
+    """
+    spans: list[dict[str, t.Any]] = []
+    points: list[dict[str, t.Any]] = []
+    resource: dict[str, t.Any] = {}
+    current: dict[str, t.Any] | None = None
+    metric: dict[str, t.Any] = {}
+    target: dict[str, t.Any] | None = None  # where "-> key: value" lines go
+    for raw in _ANSI.sub("", text).splitlines():
+        line = raw.strip()
+        if line.startswith(("ResourceSpans #", "ResourceMetrics #")):
+            resource, current, target = {}, None, None
+        elif line == "Resource attributes:":
+            target = resource
+        elif line.startswith("Span #"):
+            current = {"attributes": {}, "resource": resource, "events": []}
+            spans.append(current)
+            target = None
+        elif current is not None and " : " in line and target is None and "attributes" in current:
+            key, _, found = line.partition(" : ")
+            current[key.strip().lower().replace(" ", "_")] = found.strip()
+        elif line == "Attributes:" and current is not None:
+            target = current["attributes"]
+        elif line.startswith("Metric #"):
+            metric, current, target = {}, None, None
+        elif line == "Descriptor:":
+            target = metric
+        elif re.match(r"^(Histogram|Number)DataPoints #", line):
+            current = {"metric": metric.get("Name"), "unit": metric.get("Unit"),
+                       "type": metric.get("DataType"), "attributes": {},
+                       "resource": resource, "bucket_counts": []}  # fmt: skip
+            points.append(current)
+            target = None
+        elif line == "Data point attributes:" and current is not None:
+            target = current["attributes"]
+        elif line.startswith("-> ") and target is not None:
+            key, found = _attribute(line[3:])
+            target[key] = found
+        elif current is not None and "metric" in current:
+            key, _, found = line.partition(": ")
+            if key == "Count":
+                current["count"] = int(found)
+            elif key == "Sum":
+                current["sum"] = float(found)
+            elif key == "Value":
+                current["value"] = float(found)
+            elif key.startswith("Buckets #"):
+                current["bucket_counts"].append(int(found))
+    return spans, points

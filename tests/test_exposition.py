@@ -127,7 +127,7 @@ def test_name_filter(client: FlaskClient) -> None:
 TOKEN = "s3cret-token-0123456789"
 
 
-def _auth_app(registry: CollectorRegistry, **options: object) -> FlaskClient:
+def _auth_app(registry: CollectorRegistry, **options: t.Any) -> FlaskClient:
     app = make_app()
     SignalMetrics(app, registry=registry, **options)
     return app.test_client()

@@ -1,0 +1,454 @@
+"""OTLP export of spans and metrics: the only module importing the OpenTelemetry SDK.
+
+Opt-in, through :func:`configure_otlp` (the ``[otlp]`` extra). Everything here
+runs off the request path: spans go through the SDK's batch processor, and
+metrics through a bridge thread that reads, every export interval, what the
+receivers already recorded for ``/metrics`` and sends it as OTLP metrics under
+the semantic conventions' names.
+
+Why a bridge rather than recording every request a second time through an OTel
+meter: recording the same request into SDK instruments costs about 9 µs more
+per request (``bench/bench_requests.py --otel-meter``), a third of the whole
+extension's cost; the bridge costs the request nothing, and OTLP and
+``/metrics`` then agree by construction.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections.abc as cabc
+import logging
+import os
+import threading
+import time
+import typing as t
+import weakref
+
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import AggregationTemporality
+from opentelemetry.sdk.metrics.export import Gauge
+from opentelemetry.sdk.metrics.export import Histogram
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
+from opentelemetry.sdk.metrics.export import Metric
+from opentelemetry.sdk.metrics.export import MetricExporter
+from opentelemetry.sdk.metrics.export import MetricExportResult
+from opentelemetry.sdk.metrics.export import MetricsData
+from opentelemetry.sdk.metrics.export import NumberDataPoint
+from opentelemetry.sdk.metrics.export import ResourceMetrics
+from opentelemetry.sdk.metrics.export import ScopeMetrics
+from opentelemetry.sdk.metrics.export import Sum
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.semconv._incubating.metrics import http_metrics as incubating_http
+from opentelemetry.semconv.attributes import error_attributes
+from opentelemetry.semconv.attributes import http_attributes
+from opentelemetry.semconv.attributes import url_attributes
+from opentelemetry.semconv.metrics import http_metrics
+
+from . import prometheus
+from .extension import VERSION
+from .state import INSTANCES
+from .tracing import TRACER_NAME
+
+logger = logging.getLogger("flask_signal_metrics")
+
+#: The protocols the Python exporters speak. ``http/protobuf`` is the OTLP
+#: specification's default.
+PROTOCOLS = ("http/protobuf", "grpc")
+
+#: Prometheus family -> (OTel metric name, UCUM unit). Classic naming's
+#: duration maps to the same instrument; its request counter repeats the
+#: histogram's count and is not sent.
+NAMES: dict[str, tuple[str, str]] = {
+    prometheus.DURATION: (http_metrics.HTTP_SERVER_REQUEST_DURATION, "s"),
+    prometheus.CLASSIC_DURATION: (http_metrics.HTTP_SERVER_REQUEST_DURATION, "s"),
+    "http_server_active_requests": (incubating_http.HTTP_SERVER_ACTIVE_REQUESTS, "{request}"),
+    prometheus.REQUEST_SIZE: (incubating_http.HTTP_SERVER_REQUEST_BODY_SIZE, "By"),
+    prometheus.RESPONSE_SIZE: (incubating_http.HTTP_SERVER_RESPONSE_BODY_SIZE, "By"),
+    "flask_request_exceptions": ("flask.request.exceptions", "{exception}"),
+    "flask_template_render_duration_seconds": ("flask.template.render.duration", "s"),
+    "flask_flashed_messages": ("flask.flashed_messages", "{message}"),
+    "flask_response_ready_duration_seconds": ("flask.response.ready.duration", "s"),
+    "flask_signal_metrics_series_overflow": ("flask_signal_metrics.series_overflow", "1"),
+    "flask_signal_metrics_receiver_errors": ("flask_signal_metrics.receiver_errors", "{error}"),
+    "flask_signal_metrics_otlp_dropped": ("flask_signal_metrics.otlp.dropped", "1"),
+}
+_SKIPPED = frozenset((prometheus.CLASSIC_COUNT,))
+
+#: Prometheus label -> OTel attribute, for the request metrics of both namings.
+ATTRIBUTES: dict[str, str] = {
+    "http_request_method": http_attributes.HTTP_REQUEST_METHOD,
+    "http_route": http_attributes.HTTP_ROUTE,
+    "http_response_status_code": http_attributes.HTTP_RESPONSE_STATUS_CODE,
+    "url_scheme": url_attributes.URL_SCHEME,
+    "error_type": error_attributes.ERROR_TYPE,
+    "method": http_attributes.HTTP_REQUEST_METHOD,
+    "path": http_attributes.HTTP_ROUTE,
+    "status": http_attributes.HTTP_RESPONSE_STATUS_CODE,
+}
+_INTEGERS = frozenset((http_attributes.HTTP_RESPONSE_STATUS_CODE,))
+#: Gauges that are UpDownCounters in the conventions (a non-monotonic sum).
+_UP_DOWN = frozenset((incubating_http.HTTP_SERVER_ACTIVE_REQUESTS,))
+
+
+def _env_int(environ: cabc.Mapping[str, str], key: str, default: int) -> int:
+    value = environ.get(key, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise ValueError(
+            f"{key} must be a positive integer; got {value!r}. Unset it for {default}."
+        )
+    return number
+
+
+def _protocol(environ: cabc.Mapping[str, str], signal: str) -> str:
+    for key in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = environ.get(key, "").strip()
+        if value:
+            if value not in PROTOCOLS:
+                raise ValueError(
+                    f"{key}={value!r} is not supported; use 'http/protobuf' (the default)"
+                    " or 'grpc'."
+                )
+            return value
+    return "http/protobuf"
+
+
+def _span_exporter(protocol: str) -> SpanExporter:
+    # Each exporter reads its endpoint, headers, timeout, compression and
+    # certificates from the standard variables itself.
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+
+        return Grpc()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+    return Http()
+
+
+def _metric_exporter(protocol: str) -> MetricExporter:
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as Grpc,
+        )
+
+        return Grpc()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+
+    return Http()
+
+
+def _at_fork(method: t.Callable[[], None]) -> None:
+    """Call a bound method in a forked child, without keeping its object alive."""
+    reference = weakref.WeakMethod(method)
+
+    def forked() -> None:
+        found = reference()
+        if found is not None:
+            found()
+
+    os.register_at_fork(after_in_child=forked)
+
+
+# -- spans ------------------------------------------------------------------------
+
+
+class _Counted(SpanExporter):
+    """The exporter, counting the spans of batches that failed (they are lost)."""
+
+    def __init__(self, exporter: SpanExporter, queue: _Queue) -> None:
+        self._exporter = exporter
+        self._queue = queue
+
+    def export(self, spans: cabc.Sequence[ReadableSpan]) -> SpanExportResult:
+        self._queue.left(len(spans))
+        try:
+            result = self._exporter.export(spans)
+        except Exception:
+            logger.warning("OTLP span export raised; %d spans dropped", len(spans), exc_info=True)
+            result = SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS:
+            prometheus.otlp_dropped("traces", "export_failed", len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
+class _Queue(SpanProcessor):
+    """Counts the spans the batch processor's full queue drops.
+
+    The SDK's batch processor keeps sampled spans in a deque of
+    ``max_queue_size`` and, when it is full, drops the oldest; it reports this
+    only in a log line. Counting spans in and out here gives the number
+    without reaching into its internals.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._queued = 0
+        self._lock = threading.Lock()
+        _at_fork(self._forked)
+
+    def _forked(self) -> None:
+        # The batch processor empties its queue in a forked child.
+        self._lock = threading.Lock()
+        self._queued = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is None or not span.context.trace_flags.sampled:
+            return  # the batch processor ignores these too
+        with self._lock:
+            full = self._queued >= self._capacity
+            if not full:
+                self._queued += 1
+        if full:
+            prometheus.otlp_dropped("traces", "queue_full", 1)
+
+    def left(self, amount: int) -> None:
+        with self._lock:
+            self._queued = max(self._queued - amount, 0)
+
+
+# -- metrics ----------------------------------------------------------------------
+
+
+class MetricsBridge:
+    """Sends what the receivers recorded as OTLP metrics, every interval.
+
+    Cumulative temporality from the bridge's start (in a forked worker, from
+    the fork). One thread per process; a forked child starts its own, with a
+    resource of its own (``service.instance.id``), so each worker's series
+    are told apart and add up at the collector.
+    """
+
+    def __init__(
+        self,
+        exporter: MetricExporter,
+        resource: t.Callable[[], Resource],
+        interval: float,
+        timeout: float,
+    ) -> None:
+        self._exporter = exporter
+        self._resource = resource
+        self._interval = interval
+        self._timeout = timeout
+        self._scope = InstrumentationScope(TRACER_NAME, VERSION)
+        self._start_ns = time.time_ns()
+        self._stop = threading.Event()
+        self._export_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        _at_fork(self._forked)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name="flask-signal-metrics-otlp", daemon=True
+        )
+        self._thread.start()
+
+    def _forked(self) -> None:
+        self._start_ns = time.time_ns()
+        self._export_lock = threading.Lock()
+        if self._thread is not None and not self._stop.is_set():
+            self.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.export()
+
+    def collect(self) -> MetricsData:
+        """This process's series of every instrumented app, as OTLP data."""
+        now = time.time_ns()
+        metrics: dict[str, tuple[str, str, str, list[t.Any]]] = {}
+        for state in list(INSTANCES):
+            if state.metrics is None:
+                continue
+            for reading in prometheus.readings(state.metrics):
+                if reading.family in _SKIPPED:
+                    continue
+                name, unit = NAMES.get(reading.family, (reading.family, ""))
+                entry = metrics.setdefault(name, (reading.kind, unit, reading.documentation, []))
+                entry[3].append(self._point(reading, now))
+        built = [
+            Metric(name, description, unit, _data(name, kind, points))
+            for name, (kind, unit, description, points) in metrics.items()
+        ]
+        return MetricsData(
+            [ResourceMetrics(self._resource(), [ScopeMetrics(self._scope, built, "")], "")]
+        )
+
+    def _point(self, reading: prometheus.Reading, now: int) -> t.Any:
+        attributes: dict[str, str | int] = {}
+        for label, value in reading.labels.items():
+            if value == "":
+                continue  # an empty label is an absent attribute
+            key = ATTRIBUTES.get(label, label)
+            attributes[key] = int(value) if key in _INTEGERS and value.isdigit() else value
+        if reading.kind == "histogram":
+            return HistogramDataPoint(
+                attributes,
+                self._start_ns,
+                now,
+                reading.count,
+                reading.value,
+                list(reading.counts),
+                list(reading.bounds),
+                min=None,  # type: ignore[arg-type]  # not tracked: left out of the OTLP point
+                max=None,  # type: ignore[arg-type]
+            )
+        return NumberDataPoint(attributes, self._start_ns, now, reading.value)
+
+    def export(self) -> bool:
+        """Send the current values now; False (and counted) when the collector failed."""
+        with self._export_lock:
+            data = self.collect()
+            points = sum(
+                len(metric.data.data_points)
+                for resource in data.resource_metrics
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+            )
+            try:
+                result = self._exporter.export(data, timeout_millis=self._timeout * 1000)
+            except Exception:
+                logger.warning("OTLP metric export raised", exc_info=True)
+                result = MetricExportResult.FAILURE
+            if result is not MetricExportResult.SUCCESS:
+                prometheus.otlp_dropped("metrics", "export_failed", points)
+                return False
+            return True
+
+    def shutdown(self) -> None:
+        """Stop the thread, send the last values, close the exporter."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(self._timeout)
+        self.export()
+        self._exporter.shutdown()
+
+
+def _data(name: str, kind: str, points: list[t.Any]) -> t.Any:
+    cumulative = AggregationTemporality.CUMULATIVE
+    if kind == "histogram":
+        return Histogram(points, cumulative)
+    if kind == "counter":
+        return Sum(points, cumulative, True)
+    if name in _UP_DOWN:
+        return Sum(points, cumulative, False)
+    return Gauge(points)
+
+
+# -- the helper ---------------------------------------------------------------------
+
+
+class OTLPExport:
+    """What :func:`configure_otlp` started; ``shutdown()`` flushes and stops it."""
+
+    def __init__(self, tracer_provider: TracerProvider | None, bridge: MetricsBridge | None):
+        self.tracer_provider = tracer_provider
+        self.metrics = bridge
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Send every span and the current metric values now."""
+        ok = True
+        if self.tracer_provider is not None:
+            ok = self.tracer_provider.force_flush(timeout_millis)
+        if self.metrics is not None:
+            ok = self.metrics.export() and ok
+        return ok
+
+    def shutdown(self) -> None:
+        """Flush and stop (also run at interpreter exit, e.g. when a worker exits)."""
+        if self.metrics is not None:
+            self.metrics.shutdown()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+
+
+def configure_otlp(
+    *,
+    traces: bool = True,
+    metrics: bool = True,
+    environ: cabc.Mapping[str, str] | None = None,
+) -> OTLPExport:
+    """Export spans and metrics over OTLP, configured by the standard variables.
+
+    Sets the global tracer provider (an SDK ``TracerProvider`` with a batch
+    processor; its resource from ``OTEL_SERVICE_NAME`` and
+    ``OTEL_RESOURCE_ATTRIBUTES``, its sampler from ``OTEL_TRACES_SAMPLER``) and
+    starts the metrics bridge (every ``OTEL_METRIC_EXPORT_INTERVAL`` ms, 60000
+    by default). Endpoints, headers, timeouts and compression are read by the
+    exporters from ``OTEL_EXPORTER_OTLP_*``; ``OTEL_EXPORTER_OTLP_PROTOCOL``
+    (or the per-signal variable) picks ``http/protobuf`` (default) or ``grpc``.
+
+    Safe before a fork (gunicorn's ``preload_app``): each worker re-creates the
+    export threads and gets its own ``service.instance.id``.
+
+    :raises ValueError: a variable has a value this helper cannot use.
+    :raises RuntimeError: a global tracer provider is already set.
+    """
+    env = os.environ if environ is None else environ
+    trace_protocol = _protocol(env, "TRACES")
+    metric_protocol = _protocol(env, "METRICS")
+    interval = _env_int(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000
+    timeout = _env_int(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000
+    capacity = _env_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+    provider = None
+    if traces:
+        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            raise RuntimeError(
+                "A global TracerProvider is already set, and OpenTelemetry allows only"
+                " one; call configure_otlp(traces=False) and add an OTLP exporter to"
+                " your provider yourself, or drop your own set-up."
+            )
+        queue = _Queue(capacity)
+        # Shut down by the handle (at exit too), after the last metrics.
+        provider = TracerProvider(shutdown_on_exit=False)
+        provider.add_span_processor(queue)
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                _Counted(_span_exporter(trace_protocol), queue), max_queue_size=capacity
+            )
+        )
+        trace.set_tracer_provider(provider)
+    bridge = None
+    if metrics:
+        resource = _ProcessResource(provider)
+        bridge = MetricsBridge(_metric_exporter(metric_protocol), resource, interval, timeout)
+        bridge.start()
+    handle = OTLPExport(provider, bridge)
+    atexit.register(handle.shutdown)
+    return handle
+
+
+class _ProcessResource:
+    """The resource of this process: the tracer provider's, or one made per pid."""
+
+    def __init__(self, provider: TracerProvider | None) -> None:
+        self._provider = provider
+        self._pid = -1
+        self._resource = Resource.get_empty()
+
+    def __call__(self) -> Resource:
+        if self._provider is not None:
+            return self._provider.resource  # the SDK renews it in a forked child
+        if self._pid != os.getpid():
+            self._resource = Resource.create()  # a new service.instance.id per process
+            self._pid = os.getpid()
+        return self._resource

@@ -1,0 +1,357 @@
+"""OpenTelemetry spans of requests, renders and flashes: the only module using the OTel API.
+
+One :class:`Tracing` per app. The receivers call it; it never connects to a
+signal and never touches the app. It uses the tracer provider the user
+configured (passed to the extension, or the global one, looked up per request
+so that a provider set after ``init_app`` is used), and never sets one: that is
+left to the user or to the opt-in :func:`flask_signal_metrics.configure_otlp`.
+
+With no SDK configured the global provider is the API's proxy: then no span is
+made, no header is read and no context is attached, so tracing costs one
+function call per request.
+
+Names, attributes and status follow the stable HTTP semantic conventions for
+server spans; the attribute names are the semantic-conventions package's.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import dataclasses
+import logging
+import re
+import typing as t
+
+from opentelemetry import context
+from opentelemetry import propagate
+from opentelemetry import trace
+from opentelemetry.semconv.attributes import client_attributes
+from opentelemetry.semconv.attributes import error_attributes
+from opentelemetry.semconv.attributes import http_attributes
+from opentelemetry.semconv.attributes import network_attributes
+from opentelemetry.semconv.attributes import server_attributes
+from opentelemetry.semconv.attributes import url_attributes
+from opentelemetry.semconv.attributes import user_agent_attributes
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Status
+from opentelemetry.trace import StatusCode
+
+from . import labels
+
+if t.TYPE_CHECKING:
+    from contextvars import Token
+
+    from flask import Request
+    from flask import Response
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+    from opentelemetry.trace import Tracer
+    from opentelemetry.trace import TracerProvider
+
+logger = logging.getLogger("flask_signal_metrics")
+
+#: The instrumentation scope of every span made here.
+TRACER_NAME = "flask_signal_metrics"
+
+#: Query keys whose values the conventions say to replace with ``REDACTED``.
+SENSITIVE_QUERY_KEYS = frozenset(
+    (
+        "AWSAccessKeyId",
+        "Signature",
+        "sig",
+        "X-Goog-Signature",
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "X-Amz-Security-Token",
+    )
+)
+
+#: What a sanitized captured header's value becomes (as in the contrib instrumentations).
+REDACTED_HEADER = "[REDACTED]"
+
+#: A span event per flashed message carries only this attribute: the category.
+FLASH_EVENT = "flask.message_flashed"
+FLASH_CATEGORY = "flask.flash.category"
+TEMPLATE_NAME = "flask.template.name"
+
+#: The ``start`` slot of a request whose server span another library makes
+#: (opentelemetry-instrumentation-flask): templates and flashes still nest
+#: under it, and exemplars link to it.
+EXTERNAL = "external"
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+_HTTP_ROUTE = http_attributes.HTTP_ROUTE
+_STATUS_CODE = http_attributes.HTTP_RESPONSE_STATUS_CODE
+_ERROR_TYPE = error_attributes.ERROR_TYPE
+
+#: (span, context token) of a request's server span.
+ServerSpan = tuple["Span", object]
+
+
+@dataclasses.dataclass(frozen=True)
+class Capture:
+    """Which headers become span attributes, from the standard variables.
+
+    Each entry of the request and response lists is a case-insensitive
+    regular expression matched against the whole header name; values of
+    headers matching ``sanitize`` become :data:`REDACTED_HEADER`.
+    """
+
+    request: re.Pattern[str] | None = None
+    response: re.Pattern[str] | None = None
+    sanitize: re.Pattern[str] | None = None
+
+    def headers(
+        self, prefix: str, pattern: re.Pattern[str], headers: cabc.Iterable[tuple[str, str]]
+    ) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for name, value in headers:
+            if pattern.fullmatch(name):
+                if self.sanitize is not None and self.sanitize.fullmatch(name):
+                    value = REDACTED_HEADER
+                found.setdefault(prefix + name.lower(), []).append(value)
+        return found
+
+
+class Tracing:
+    """The spans of one app's requests, templates and flashed messages."""
+
+    def __init__(
+        self,
+        provider: TracerProvider | None,
+        version: str,
+        capture: Capture,
+    ) -> None:
+        self._fixed = provider
+        self._version = version
+        self._capture = capture
+        self._seen: object = None
+        self._tracer: Tracer | None = None
+        self._warned_external = False
+
+    def tracer(self) -> Tracer | None:
+        """The tracer to use now, or None when no SDK is configured."""
+        provider = self._fixed if self._fixed is not None else trace.get_tracer_provider()
+        if provider is not self._seen:
+            # A new global provider (set after init_app): resolve once more.
+            tracer: Tracer | None = None
+            if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+                tracer = provider.get_tracer(TRACER_NAME, self._version)
+                if isinstance(tracer, trace.NoOpTracer):  # OTEL_SDK_DISABLED
+                    tracer = None
+            self._tracer = tracer
+            self._seen = provider
+        return self._tracer
+
+    # -- server spans ---------------------------------------------------------
+
+    def start(
+        self,
+        request: Request,
+        method: str,
+        route: str,
+        start_ns: int,
+        instrumented: bool,
+    ) -> ServerSpan | str | None:
+        """Start the request's SERVER span and make it current.
+
+        :param method: the normalised method (``_OTHER`` for unknown ones).
+        :param route: the route template with the app root, ``""`` if none matched.
+        :param instrumented: opentelemetry-instrumentation-flask instruments
+            the app: it makes the server span, so none is made here.
+        :returns: the span and its context token, :data:`EXTERNAL`, or None
+            when there is no tracer.
+        """
+        tracer = self.tracer()
+        if tracer is None:
+            return None
+        if instrumented:
+            if not self._warned_external:
+                self._warned_external = True
+                logger.warning(
+                    "flask-signal-metrics: opentelemetry-instrumentation-flask already"
+                    " makes this app's server spans; flask-signal-metrics makes none (no"
+                    " duplicates), nests its template spans and flash events under that"
+                    " span and links its exemplars to it."
+                )
+            return EXTERNAL
+        parent = propagate.extract(request.headers)
+        span = tracer.start_span(
+            _span_name(method, route),
+            parent,
+            SpanKind.SERVER,
+            self._attributes(request, method, route),
+            start_time=start_ns,
+        )
+        return span, context.attach(trace.set_span_in_context(span, parent))
+
+    def _attributes(self, request: Request, method: str, route: str) -> dict[str, t.Any]:
+        """The attributes known at the start (all read from the request).
+
+        Read from ``request`` rather than the raw environ, so that a
+        ``ProxyFix`` the user applied (forwarded scheme, host, client) counts.
+        """
+        environ = request.environ
+        scheme = request.scheme
+        attributes: dict[str, t.Any] = {
+            http_attributes.HTTP_REQUEST_METHOD: method,
+            url_attributes.URL_PATH: request.root_path + request.path,
+            url_attributes.URL_SCHEME: scheme,
+        }
+        if method == labels.OTHER:
+            attributes[http_attributes.HTTP_REQUEST_METHOD_ORIGINAL] = environ.get(
+                "REQUEST_METHOD", request.method
+            )
+        if route:
+            attributes[_HTTP_ROUTE] = route
+        query = environ.get("QUERY_STRING")
+        if query:
+            attributes[url_attributes.URL_QUERY] = redact_query(query)
+        host, port = split_host(request.host, scheme)
+        if host:
+            attributes[server_attributes.SERVER_ADDRESS] = host
+            if port is not None:
+                attributes[server_attributes.SERVER_PORT] = port
+        if request.remote_addr:
+            attributes[client_attributes.CLIENT_ADDRESS] = request.remote_addr
+        protocol = environ.get("SERVER_PROTOCOL", "")
+        if protocol.startswith("HTTP/"):
+            attributes[network_attributes.NETWORK_PROTOCOL_VERSION] = protocol[5:]
+        agent = environ.get("HTTP_USER_AGENT")
+        if agent:
+            attributes[user_agent_attributes.USER_AGENT_ORIGINAL] = agent
+        capture = self._capture
+        if capture.request is not None:
+            attributes.update(
+                capture.headers("http.request.header.", capture.request, request.headers.items())
+            )
+        return attributes
+
+    def finish(
+        self,
+        span: Span,
+        status: int,
+        error: str,
+        exception: BaseException | None,
+        response: Response | None,
+        end_ns: int,
+    ) -> None:
+        """End a server span: status code, error, captured response headers."""
+        span.set_attribute(_STATUS_CODE, status)
+        if error:
+            span.set_attribute(_ERROR_TYPE, error)
+            # 5xx and escaped exceptions are errors; a 4xx is the client's and stays unset.
+            description = None if exception is None else f"{error}: {exception}"
+            span.set_status(Status(StatusCode.ERROR, description))
+        if exception is not None:
+            span.record_exception(exception)
+        capture = self._capture
+        if capture.response is not None and response is not None:
+            span.set_attributes(
+                capture.headers("http.response.header.", capture.response, response.headers.items())
+            )
+        span.end(end_ns)
+
+    @staticmethod
+    def detach(token: object) -> None:
+        """Make the request's parent context current again (at its teardown)."""
+        context.detach(t.cast("Token[Context]", token))
+
+    # -- templates and flashes ------------------------------------------------
+
+    def render_started(self, name: str) -> ServerSpan | None:
+        """A child span for a template render, made current while it renders."""
+        tracer = self.tracer()
+        if tracer is None:
+            return None
+        span = tracer.start_span(f"render {name}", attributes={TEMPLATE_NAME: name})
+        return span, context.attach(trace.set_span_in_context(span))
+
+    @staticmethod
+    def render_ended(handle: ServerSpan, failed: bool = False) -> None:
+        span, token = handle
+        if failed:
+            # template_rendered never came: the render raised.
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+        context.detach(t.cast("Token[Context]", token))
+
+    def flashed(self, category: str) -> None:
+        """An event on the current span: the category only, never the message."""
+        if self.tracer() is not None:
+            trace.get_current_span().add_event(FLASH_EVENT, {FLASH_CATEGORY: category})
+
+    # -- exemplars --------------------------------------------------------------
+
+    @staticmethod
+    def sampled_ids(span: Span | None = None) -> tuple[int, int] | None:
+        """(trace id, span id) of a sampled span (the current one by default)."""
+        found = trace.get_current_span() if span is None else span
+        span_context = found.get_span_context()
+        if span_context.trace_flags.sampled and span_context.is_valid:
+            return span_context.trace_id, span_context.span_id
+        return None
+
+
+def _span_name(method: str, route: str) -> str:
+    if method == labels.OTHER:
+        method = "HTTP"
+    return f"{method} {route}" if route else method
+
+
+def redact_query(query: str) -> str:
+    """The query string with the values of :data:`SENSITIVE_QUERY_KEYS` redacted."""
+    if "=" not in query:
+        return query
+    parts = query.split("&")
+    changed = False
+    for i, part in enumerate(parts):
+        key, equals, _ = part.partition("=")
+        if equals and key in SENSITIVE_QUERY_KEYS:
+            parts[i] = key + "=REDACTED"
+            changed = True
+    return "&".join(parts) if changed else query
+
+
+def split_host(host: str, scheme: str) -> tuple[str, int | None]:
+    """``server.address`` and ``server.port`` from a Host value (IPv6 aware)."""
+    name, port = host, ""
+    if host.startswith("["):  # [::1]:8080
+        end = host.find("]")
+        name, rest = host[1:end], host[end + 1 :]
+        port = rest[1:] if rest.startswith(":") else ""
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    if port.isdigit():
+        return name, int(port)
+    return name, _DEFAULT_PORTS.get(scheme)
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds the current span's ids to log records, so that logs join traces.
+
+    Sets ``trace_id`` (32 hex digits), ``span_id`` (16) and ``trace_sampled``
+    on every record, empty strings and False outside a span:
+
+    .. code-block:: python
+
+        handler = logging.StreamHandler()
+        handler.addFilter(TraceContextFilter())
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s [trace_id=%(trace_id)s span_id=%(span_id)s] %(message)s"
+        ))
+
+    Add it to a handler (not a logger) so that records of every logger get it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            record.trace_id = trace.format_trace_id(span_context.trace_id)
+            record.span_id = trace.format_span_id(span_context.span_id)
+            record.trace_sampled = span_context.trace_flags.sampled
+        else:
+            record.trace_id = record.span_id = ""
+            record.trace_sampled = False
+        return True

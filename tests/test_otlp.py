@@ -1,0 +1,332 @@
+"""OTLP export proven on a real collector (rotel), and on collectors that fail."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import typing as t
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import free_port
+from .conftest import ROOT
+from .servers import Rotel
+from .servers import rotel
+from .servers import running
+from .servers import wait_for
+
+pytestmark = pytest.mark.real
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+N = 50
+
+
+def driver(mode: str, n: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "otlp_driver.py"), mode, str(n)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )
+
+
+def finish(process: subprocess.Popen[str], seconds: float = 120) -> dict[str, t.Any]:
+    out, err = process.communicate(timeout=seconds)
+    assert process.returncode == 0, err
+    return t.cast("dict[str, t.Any]", json.loads(out.splitlines()[-1]))
+
+
+def otlp_env(collector: Rotel, protocol: str) -> dict[str, str]:
+    endpoint = collector.grpc if protocol == "grpc" else collector.http
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_SERVICE_NAME": "shop",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=ci",
+        "OTEL_METRIC_EXPORT_INTERVAL": "600000",  # only the explicit flushes export
+    }
+
+
+def latest(points: list[dict[str, t.Any]], metric: str) -> list[dict[str, t.Any]]:
+    """The last point of each series (cumulative: each export repeats the totals)."""
+    found: dict[t.Any, dict[str, t.Any]] = {}
+    for point in points:
+        if point["metric"] == metric:
+            key = (
+                point["resource"].get("service.instance.id"),
+                repr(sorted(point["attributes"].items())),
+            )
+            found[key] = point
+    return list(found.values())
+
+
+def scraped(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples of a /metrics text: (name, labels) -> value."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_spans_and_metrics_arrive_at_rotel(tmp_path: Path, protocol: str) -> None:
+    with rotel(tmp_path) as collector:
+        result = finish(driver("requests", N, otlp_env(collector, protocol)))
+        assert result["flushed"] is True
+        assert result["statuses"] == [200, 200, 200, 500, 404] * (N // 5)
+        collector.wait(lambda c: len(c.spans()) >= N + N // 5, 30, f"{N} server spans")
+        collector.wait(
+            lambda c: any(p["metric"] == "http.server.request.duration" for p in c.points()),
+            30,
+            "the duration histogram",
+        )
+        spans, points = collector.spans(), collector.points()
+    servers = [s for s in spans if s["kind"] == "SPAN_KIND_SERVER"]
+    assert len(servers) == N
+    assert {s["name"] for s in servers} == {
+        "GET /item/<int:item_id>",
+        "GET /page",
+        "GET /boom",
+        "GET",
+    }
+    assert {s["trace_id"] for s in servers} == {TRACE_ID}
+    assert {s["parent_id"] for s in servers} == {PARENT_ID}
+    boom = next(s for s in servers if s["name"] == "GET /boom")
+    assert boom["attributes"]["error.type"] == "ValueError"
+    assert boom["attributes"]["http.response.status_code"] == 500
+    assert boom["status_code"] == "STATUS_CODE_ERROR"
+    item = next(s for s in servers if s["name"] == "GET /item/<int:item_id>")
+    assert item["attributes"]["http.route"] == "/item/<int:item_id>"
+    assert item["attributes"]["url.path"] in ("/item/1", "/item/2")
+    assert item["attributes"]["http.request.method"] == "GET"
+    assert item["resource"]["service.name"] == "shop"
+    assert item["resource"]["deployment.environment.name"] == "ci"
+    renders = [s for s in spans if s["name"] == "render __string__"]
+    assert len(renders) == N // 5
+    assert {s["parent_id"] for s in renders} <= {s["id"] for s in servers}
+
+    # OTLP carries the same counts and sums as /metrics.
+    prom = scraped(result["metrics"])
+    durations = latest(points, "http.server.request.duration")
+    assert {p["unit"] for p in durations} == {"s"}
+    for point in durations:
+        a = point["attributes"]
+        key = (
+            ("error_type", a.get("error.type", "")),
+            ("http_request_method", a["http.request.method"]),
+            ("http_response_status_code", str(a["http.response.status_code"])),
+            ("http_route", a.get("http.route", "")),
+            ("url_scheme", a["url.scheme"]),
+        )
+        assert point["count"] == prom[("http_server_request_duration_seconds_count", key)]
+        assert point["sum"] == pytest.approx(
+            prom[("http_server_request_duration_seconds_sum", key)]
+        )
+    assert sum(p["count"] for p in durations) == N
+    names = {p["metric"] for p in points}
+    assert {"http.server.active_requests", "flask.request.exceptions",
+            "flask.template.render.duration", "flask.flashed_messages"} <= names  # fmt: skip
+
+
+class Stuck:
+    """A collector that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.accepted = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._server.settimeout(0.2)
+        self._open: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                connection, _ = self._server.accept()
+                self._open.append(connection)
+                self.accepted.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for connection in self._open:
+            connection.close()
+        self._server.close()
+
+
+def dropped(text: str, signal_: str, reason: str) -> float:
+    key = ("flask_signal_metrics_otlp_dropped_total", (("reason", reason), ("signal", signal_)))
+    return scraped(text).get(key, 0.0)
+
+
+def test_a_stuck_collector_never_holds_a_request() -> None:
+    stuck = Stuck()
+    try:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stuck.port}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
+            "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "10",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "5",
+        }
+        process = driver("blocked", N, env)
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().strip() == "exporting"
+        assert stuck.accepted.wait(30), "the export never connected"
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        result = finish(process)
+    finally:
+        stuck.close()
+    # Every request was answered while the export was stuck on the collector.
+    assert result["statuses"] == [200, 200, 200, 500, 404] * (N // 5)
+    assert result["still_exporting"] is True
+    text = result["metrics"]
+    assert dropped(text, "metrics", "export_failed") > 0
+    assert dropped(text, "traces", "export_failed") > 0
+    # With the exports stuck, a queue of 10 overflowed: counted, not blocking.
+    assert dropped(text, "traces", "queue_full") > 0
+
+
+@pytest.mark.parametrize("status", [400, 503])
+def test_a_refusing_collector_is_counted(status: int) -> None:
+    from http.server import BaseHTTPRequestHandler
+    from http.server import ThreadingHTTPServer
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: t.Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
+            "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+        }
+        result = finish(driver("requests", N, env))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result["statuses"] == [200, 200, 200, 500, 404] * (N // 5)
+    assert result["flushed"] is False
+    assert dropped(result["metrics"], "traces", "export_failed") == N + N // 5
+    assert dropped(result["metrics"], "metrics", "export_failed") > 0
+
+
+def test_a_collector_that_is_down_is_counted() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+    }
+    result = finish(driver("requests", N, env))
+    assert result["statuses"] == [200, 200, 200, 500, 404] * (N // 5)
+    assert dropped(result["metrics"], "traces", "export_failed") == N + N // 5
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_preloaded_workers_each_export_and_flush_at_exit(tmp_path: Path, worker_class: str) -> None:
+    """gunicorn --preload, 3 workers: configure_otlp ran in the master, before the fork.
+
+    Export is held back (60 s intervals), so what arrives is what each worker
+    flushed when it exited on SIGTERM. Each worker has its own
+    service.instance.id, and their counts add up to /metrics'.
+    """
+    n = 60
+    with rotel(tmp_path) as collector:
+        env = {
+            **otlp_env(collector, "http/protobuf"),
+            "OTEL_BSP_SCHEDULE_DELAY": "60000",
+            "WEB_CONCURRENCY": "3",
+            "WORKER_CLASS": worker_class,
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
+        }
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env["BIND"] = f"127.0.0.1:{port}"
+        args = [
+            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
+            "--graceful-timeout", "10", "--preload", "examples.app:app",
+        ]  # fmt: skip
+        with running(args, tmp_path / "gunicorn.log", env=env) as master:
+            wait_for(base + "/healthz", 60, master)
+            # Concurrent clients on a route that takes 20 ms: every worker serves.
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                statuses = list(pool.map(_get, [f"{base}/slow?ms=20"] * n))
+            assert statuses == [200] * n
+            text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+            served = sum(
+                value
+                for (name, labels), value in scraped(text).items()
+                if name == "http_server_request_duration_seconds_count"
+                and dict(labels)["http_route"] == "/slow"
+            )
+            assert served == n
+        # gunicorn stopped (SIGTERM): every worker exited normally and flushed.
+        collector.wait(
+            lambda c: len([s for s in c.spans() if s["name"].startswith("GET /slow")]) >= n,
+            30,
+            f"{n} spans flushed at exit",
+        )
+        collector.wait(
+            lambda c: (
+                sum(
+                    p["count"]
+                    for p in c.points()
+                    if p["metric"] == "http.server.request.duration"
+                    and p["attributes"].get("http.route") == "/slow"
+                )
+                >= n
+            ),
+            30,
+            "the workers' final metrics",
+        )
+        spans, points = collector.spans(), collector.points()
+    products = [s for s in spans if s["name"].startswith("GET /slow")]
+    assert len(products) == n
+    instances = {s["resource"]["service.instance.id"] for s in products}
+    assert len(instances) >= 2  # more than one worker served, each its own id
+    durations = [
+        p
+        for p in latest(points, "http.server.request.duration")
+        if p["attributes"].get("http.route") == "/slow"
+    ]
+    per_instance: dict[str, int] = {}
+    for point in durations:
+        instance = point["resource"]["service.instance.id"]
+        per_instance[instance] = per_instance.get(instance, 0) + point["count"]
+    assert set(per_instance) == instances
+    assert sum(per_instance.values()) == n  # each worker its own series; they add up

@@ -1,0 +1,391 @@
+from __future__ import annotations
+
+import logging
+import time
+import typing as t
+
+import pytest
+from flask import Response
+from flask import stream_with_context
+from opentelemetry import baggage
+from opentelemetry import trace
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace import StatusCode
+from prometheus_client import CollectorRegistry
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from flask_signal_metrics import SignalMetrics
+from flask_signal_metrics import TraceContextFilter
+from flask_signal_metrics.tracing import redact_query
+from flask_signal_metrics.tracing import split_host
+
+from .conftest import make_app
+from .conftest import Traced
+from .conftest import value
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "name", "route", "error"),
+    [
+        ("GET", "/item/7", 200, "GET /item/<int:item_id>", "/item/<int:item_id>", None),
+        ("GET", "/nowhere", 404, "GET", None, None),
+        ("GET", "/abort", 404, "GET /abort", "/abort", None),
+        ("GET", "/handled", 409, "GET /handled", "/handled", None),
+        ("GET", "/boom", 500, "GET /boom", "/boom", "ValueError"),
+        ("GET", "/unavailable", 503, "GET /unavailable", "/unavailable", "503"),
+        ("HEAD", "/item/1", 200, "HEAD /item/<int:item_id>", "/item/<int:item_id>", None),
+        ("BREW", "/item/1", 405, "HTTP", None, None),
+        ("POST", "/item/1", 405, "POST", None, None),
+    ],
+)
+def test_server_span_name_attributes_status(
+    traced: Traced,
+    method: str,
+    path: str,
+    status: int,
+    name: str,
+    route: str | None,
+    error: str | None,
+) -> None:
+    traced.app.testing = False  # the 500 as a server sends it
+    response = traced.client.open(path + "?q=1", method=method)
+    assert response.status_code == status
+    (span,) = traced.spans()
+    assert span.name == name
+    assert span.kind is SpanKind.SERVER
+    attributes = dict(span.attributes or {})
+    assert attributes["http.response.status_code"] == status
+    assert attributes.get("http.route") == route
+    assert attributes["url.path"] == path
+    assert attributes["url.query"] == "q=1"
+    assert attributes["url.scheme"] == "http"
+    assert attributes["server.address"] == "localhost"
+    assert attributes["server.port"] == 80
+    assert attributes["client.address"] == "127.0.0.1"
+    assert attributes["network.protocol.version"] == "1.1"
+    assert str(attributes["user_agent.original"]).startswith("Werkzeug/")
+    if method == "BREW":
+        assert attributes["http.request.method"] == "_OTHER"
+        assert attributes["http.request.method_original"] == "BREW"
+    else:
+        assert attributes["http.request.method"] == method
+        assert "http.request.method_original" not in attributes
+    assert attributes.get("error.type") == error
+    # 5xx is an error; 4xx is the client's and stays unset; never OK.
+    assert span.status.status_code is (StatusCode.ERROR if error else StatusCode.UNSET)
+    exceptions = [e for e in span.events if e.name == "exception"]
+    if error == "ValueError":
+        (event,) = exceptions
+        assert (event.attributes or {})["exception.type"] == "ValueError"
+    else:
+        assert exceptions == []
+
+
+def test_parent_from_traceparent_and_baggage_current_in_view(traced: Traced) -> None:
+    seen: dict[str, t.Any] = {}
+
+    @traced.app.get("/nested")
+    def nested() -> str:
+        seen["baggage"] = baggage.get_baggage("tenant")
+        with traced.provider.get_tracer("app").start_as_current_span("query"):
+            pass
+        return "ok"
+
+    headers = {"traceparent": TRACEPARENT, "baggage": "tenant=acme"}
+    assert traced.client.get("/nested", headers=headers).status_code == 200
+    (server,) = traced.spans()
+    (child,) = traced.spans(SpanKind.INTERNAL)
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert server.parent is not None and f"{server.parent.span_id:016x}" == PARENT_ID
+    assert server.parent.is_remote
+    assert child.parent is not None and child.parent.span_id == server.context.span_id
+    assert seen["baggage"] == "acme"
+    # After the request, the context before it is current again.
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_log_records_carry_trace_and_span_ids(
+    traced: Traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("test_tracing.view")
+
+    @traced.app.get("/logs")
+    def logs() -> str:
+        logger.warning("inside")
+        return "ok"
+
+    caplog.handler.addFilter(TraceContextFilter())
+    with caplog.at_level(logging.WARNING, logger="test_tracing.view"):
+        traced.client.get("/logs", headers={"traceparent": TRACEPARENT})
+        logger.warning("outside")
+    inside, outside = caplog.records
+    (span,) = traced.spans()
+    assert inside.trace_id == TRACE_ID  # type: ignore[attr-defined]
+    assert inside.span_id == f"{span.context.span_id:016x}"  # type: ignore[attr-defined]
+    assert outside.trace_id == "" and outside.span_id == ""  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", ["/stream", "/plainstream"])
+def test_streamed_span_ends_when_body_is_done(traced: Traced, path: str) -> None:
+    produced: list[int] = []
+
+    @traced.app.get("/slowstream")
+    def slow() -> Response:
+        def chunks() -> t.Iterator[str]:
+            yield "a"
+            time.sleep(0.05)
+            produced.append(time.time_ns())
+            yield "b"
+
+        return Response(stream_with_context(chunks()))
+
+    response = traced.client.get("/slowstream")
+    assert traced.spans() == []  # the view returned; the body is not sent yet
+    assert response.get_data() == b"ab"
+    response.close()
+    (span,) = traced.spans()
+    assert span.end_time is not None and span.end_time >= produced[0]
+    # The other streamed shapes end exactly once too.
+    traced.client.get(path).close()
+    assert len(traced.spans()) == 2
+
+
+def test_span_duration_is_the_histogram_duration(traced: Traced) -> None:
+    traced.client.get("/item/1")
+    (span,) = traced.spans()
+    assert span.end_time is not None and span.start_time is not None
+    recorded = value(
+        traced.registry,
+        "http_server_request_duration_seconds_sum",
+        http_request_method="GET",
+        http_route="/item/<int:item_id>",
+        http_response_status_code="200",
+        url_scheme="http",
+        error_type="",
+    )
+    assert (span.end_time - span.start_time) / 1e9 == pytest.approx(recorded, abs=1e-9)
+
+
+def test_proxy_fix_and_query_redaction(traced: Traced) -> None:
+    traced.app.wsgi_app = ProxyFix(traced.app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
+    headers = {
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "shop.example:8443",
+    }
+    traced.client.get("/item/1?sig=abc&q=x&X-Amz-Signature=s", headers=headers)
+    attributes = dict(traced.spans()[0].attributes or {})
+    assert attributes["url.scheme"] == "https"
+    assert attributes["server.address"] == "shop.example"
+    assert attributes["server.port"] == 8443
+    assert attributes["client.address"] == "203.0.113.9"
+    assert attributes["url.query"] == "sig=REDACTED&q=x&X-Amz-Signature=REDACTED"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", ""),
+        ("q=1", "q=1"),
+        ("flag", "flag"),
+        ("sig=1&Sig=2", "sig=REDACTED&Sig=2"),  # keys are case-sensitive
+        ("AWSAccessKeyId=k&Signature=s", "AWSAccessKeyId=REDACTED&Signature=REDACTED"),
+    ],
+)
+def test_redact_query(query: str, expected: str) -> None:
+    assert redact_query(query) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "scheme", "expected"),
+    [
+        ("example.com", "http", ("example.com", 80)),
+        ("example.com", "https", ("example.com", 443)),
+        ("example.com:8080", "http", ("example.com", 8080)),
+        ("[::1]:9000", "http", ("::1", 9000)),
+        ("[::1]", "https", ("::1", 443)),
+    ],
+)
+def test_split_host(host: str, scheme: str, expected: tuple[str, int]) -> None:
+    assert split_host(host, scheme) == expected
+
+
+def test_captured_headers_follow_the_standard_variables(
+    registry: CollectorRegistry,
+    tracer_provider: tuple[TracerProvider, InMemorySpanExporter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-Request-Id,x-secret-.*"
+    )
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "Content-Type")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-secret-.*")
+    provider, exporter = tracer_provider
+    app = make_app()
+    SignalMetrics(app, registry=registry, tracer_provider=provider)
+    headers = {"X-Request-Id": "r-1", "X-Secret-Token": "hunter2", "Cookie": "a=b"}
+    app.test_client().get("/item/1", headers=headers)
+    attributes = dict(exporter.get_finished_spans()[0].attributes or {})
+    assert attributes["http.request.header.x-request-id"] == ("r-1",)
+    assert attributes["http.request.header.x-secret-token"] == ("[REDACTED]",)
+    assert "http.request.header.cookie" not in attributes
+    assert attributes["http.response.header.content-type"] == ("text/html; charset=utf-8",)
+    assert "hunter2" not in repr(attributes)
+
+
+def test_template_child_span_and_flash_events(traced: Traced) -> None:
+    traced.client.get("/page")
+    (server,) = traced.spans()
+    (render,) = traced.spans(SpanKind.INTERNAL)
+    assert render.name == "render __string__"
+    assert render.parent is not None and render.parent.span_id == server.context.span_id
+    flashes = [e for e in server.events if e.name == "flask.message_flashed"]
+    assert [dict(e.attributes or {}) for e in flashes] == [
+        {"flask.flash.category": "success"},
+        {"flask.flash.category": "message"},
+    ]
+    assert "saved" not in repr([e.attributes for e in server.events])  # never the text
+
+
+def test_failed_render_span_ends_as_error(traced: Traced) -> None:
+    from flask import render_template_string
+
+    @traced.app.get("/badtemplate")
+    def bad() -> str:
+        return render_template_string("{{ 1 / 0 }}")
+
+    traced.app.testing = False
+    assert traced.client.get("/badtemplate").status_code == 500
+    (render,) = traced.spans(SpanKind.INTERNAL)
+    assert render.status.status_code is StatusCode.ERROR
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_no_sdk_no_span_no_context(registry: CollectorRegistry) -> None:
+    """The global provider is the API's proxy: nothing is made or attached."""
+    app = make_app()
+    seen = []
+
+    @app.get("/current")
+    def current() -> str:
+        seen.append(trace.get_current_span().get_span_context().is_valid)
+        return "ok"
+
+    SignalMetrics(app, registry=registry)
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    app.test_client().get("/current", headers={"traceparent": TRACEPARENT})
+    assert seen == [False]
+    assert app.extensions["signal_metrics"].tracing.tracer() is None
+
+
+def test_tracing_false_makes_no_spans(
+    registry: CollectorRegistry, tracer_provider: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, exporter = tracer_provider
+    app = make_app()
+    SignalMetrics(app, registry=registry, tracer_provider=provider, tracing=False)
+    app.test_client().get("/page")
+    assert exporter.get_finished_spans() == ()
+    assert app.extensions["signal_metrics"].tracing is None
+
+
+def test_excluded_requests_make_no_span(traced: Traced) -> None:
+    traced.client.get("/metrics")
+    assert traced.spans(None) == []
+
+
+def test_exemplars_link_sampled_spans_in_openmetrics_only(traced: Traced) -> None:
+    traced.client.get("/item/1", headers={"traceparent": TRACEPARENT})
+    (span,) = traced.spans()
+    om = traced.client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    ).text
+    (line,) = [x for x in om.splitlines() if "# {" in x]
+    assert line.startswith("http_server_request_duration_seconds_bucket{")
+    assert f'trace_id="{TRACE_ID}"' in line
+    assert f'span_id="{span.context.span_id:016x}"' in line
+    assert "# {" not in traced.client.get("/metrics").text  # text format: none
+
+
+def test_unsampled_requests_have_no_exemplar(registry: CollectorRegistry) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF, shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = make_app()
+    SignalMetrics(app, registry=registry, tracer_provider=provider)
+    client = app.test_client()
+    client.get("/item/1")
+    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
+    assert "trace_id" not in om
+    assert exporter.get_finished_spans() == ()
+
+
+def test_classic_naming_carries_exemplars(
+    registry: CollectorRegistry, tracer_provider: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, _ = tracer_provider
+    app = make_app()
+    SignalMetrics(app, registry=registry, tracer_provider=provider, naming="classic")
+    client = app.test_client()
+    client.get("/item/1")
+    client.get("/item/2")
+    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
+    lines = [x for x in om.splitlines() if "# {" in x]
+    assert len(lines) == 1 and lines[0].startswith("flask_http_request_duration_seconds_bucket")
+
+
+def test_opentelemetry_instrumentation_flask_keeps_its_span_alone(
+    traced: Traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    FlaskInstrumentor().instrument_app(  # type: ignore[no-untyped-call]
+        traced.app, tracer_provider=traced.provider
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="flask_signal_metrics"):
+            traced.client.get("/page")
+            traced.client.get("/page")
+        servers = traced.spans()
+        assert len(servers) == 2  # one per request: contrib's, no duplicate
+        scopes = {s.instrumentation_scope.name for s in servers if s.instrumentation_scope}
+        assert scopes == {"opentelemetry.instrumentation.flask"}
+        renders = traced.spans(SpanKind.INTERNAL)
+        assert {r.parent.span_id for r in renders if r.parent} == {
+            s.context.span_id for s in servers
+        }
+        assert len([r for r in caplog.records if "already" in r.getMessage()]) == 1
+        om = traced.client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+        assert f'span_id="{servers[-1].context.span_id:016x}"' in om.text
+    finally:
+        FlaskInstrumentor().uninstrument_app(traced.app)  # type: ignore[no-untyped-call]
+
+
+def test_a_failing_provider_never_changes_the_response(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(TracerProvider):
+        def get_tracer(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+            raise RuntimeError("broken provider")
+
+    bare = make_app().test_client().get("/item/1")
+    app = make_app()
+    SignalMetrics(app, registry=registry, tracer_provider=Broken(shutdown_on_exit=False))
+    with caplog.at_level(logging.ERROR, logger="flask_signal_metrics"):
+        responses = [app.test_client().get("/item/1") for _ in range(3)]
+    assert {(r.status_code, r.data) for r in responses} == {(bare.status_code, bare.data)}
+    errors = value(registry, "flask_signal_metrics_receiver_errors_total", signal="request-started")
+    assert errors == 3
+    assert len(caplog.records) == 1
+
+
+def test_tracer_provider_of_the_wrong_type_is_refused() -> None:
+    with pytest.raises(TypeError, match="tracer_provider must be an OpenTelemetry"):
+        SignalMetrics(make_app(), tracer_provider="global")  # type: ignore[arg-type]
