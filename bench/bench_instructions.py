@@ -5,7 +5,8 @@ instructions do not. For each variant of ``bench_requests.py`` this runs the
 same app under ``valgrind --tool=callgrind`` twice, with N and N + K requests,
 and divides the difference by K, so start-up and warm-up cancel out.
 
-    python bench/bench_instructions.py [--requests K]
+    python bench/bench_instructions.py [--requests K]            # bench_requests.py's variants
+    python bench/bench_instructions.py --bench tracing           # bench_tracing.py's variants
 
 Needs valgrind (Debian package ``valgrind``). Instructions are not time (a
 cache miss costs more than an add), but the ratios track the timed ones and
@@ -26,17 +27,32 @@ HERE = Path(__file__).resolve().parent
 RUN_ONE = """
 import sys
 sys.path.insert(0, {here!r})
-import bench_requests as b
+import bench_{bench} as b
 from werkzeug.test import EnvironBuilder
-environ = EnvironBuilder(path="/item/42", method="GET").get_environ()
+headers = {{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
+environ = EnvironBuilder(path="/item/42", method="GET", headers=headers).get_environ()
 app = b.VARIANTS[{variant!r}]()[0]
 b.run_round(app.wsgi_app, environ, 300)
 b.run_round(app.wsgi_app, environ, {requests})
 """
 
 
-def instructions(variant: str, requests: int) -> int:
-    code = RUN_ONE.format(here=str(HERE), variant=variant, requests=requests)
+#: bench -> (its variants, the peer the ratios are taken against, extra ratios)
+BENCHES: dict[str, tuple[tuple[str, ...], str, tuple[tuple[str, str, str], ...]]] = {
+    "requests": (("bare", "floor", "ours", "lean", "pfe"), "pfe", ()),
+    "tracing": (
+        ("bare", "metrics", "nosdk", "unsampled", "full", "second", "floor", "peers"),
+        "peers",
+        (
+            ("unsampled", "metrics", "unsampled / metrics only (target <= 2)"),
+            ("nosdk", "metrics", "no SDK / metrics only (target <= 1.2)"),
+        ),
+    ),
+}
+
+
+def instructions(bench: str, variant: str, requests: int) -> int:
+    code = RUN_ONE.format(here=str(HERE), bench=bench, variant=variant, requests=requests)
     result = subprocess.run(
         [
             "valgrind",
@@ -61,22 +77,27 @@ def instructions(variant: str, requests: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--bench", choices=list(BENCHES), default="requests")
     args = parser.parse_args(argv)
+    variants, peer, ratios = BENCHES[args.bench]
     if shutil.which("valgrind") is None:
         print("valgrind not found: apt-get install valgrind", file=sys.stderr)
         return 2
     per_request = {}
-    for variant in ("bare", "floor", "ours", "lean", "pfe"):
-        low = instructions(variant, 200)
-        high = instructions(variant, 200 + args.requests)
+    for variant in variants:
+        low = instructions(args.bench, variant, 200)
+        high = instructions(args.bench, variant, 200 + args.requests)
         per_request[variant] = (high - low) / args.requests
     base = per_request["bare"]
-    pfe = per_request["pfe"] - base
+    over = {variant: count - base for variant, count in per_request.items()}
     print(f"instructions per request (valgrind), {args.requests} requests of GET /item/42")
-    print(f"{'variant':8} {'instr/req':>10} {'overhead':>10} {'ratio/pfe':>9}")
+    print(f"{'variant':10} {'instr/req':>10} {'overhead':>10} {'ratio/' + peer:>12}")
     for variant, count in per_request.items():
-        over = count - base
-        print(f"{variant:8} {count:10.0f} {over:10.0f} {over / pfe:9.3f}")
+        print(
+            f"{variant:10} {count:10.0f} {over[variant]:10.0f} {over[variant] / over[peer]:12.3f}"
+        )
+    for a, b, label in ratios:
+        print(f"{label:44} {over[a] / over[b]:.3f}")
     return 0
 
 

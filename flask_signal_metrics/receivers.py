@@ -64,7 +64,6 @@ _STREAMING = "streaming"
 _MISSING = object()
 
 _perf_counter = time.perf_counter
-_time_ns = time.time_ns
 
 #: (start, method, scheme, route, the metrics backend's in-flight group or
 #: None, the server span: (span, context token, start in ns), "external" or None)
@@ -120,18 +119,7 @@ def _begin(app: Flask, request: Request, in_flight: bool) -> _Start | None:
         next(group.started)
     began = _perf_counter()
     if in_flight and state.tracing is not None:
-        # The span's start is the duration's: span and histogram agree, as
-        # the conventions ask.
-        start_ns = _time_ns()
-        traced = state.tracing.start(
-            request,
-            method,
-            route,
-            start_ns,
-            getattr(app, "_is_instrumented_by_opentelemetry", False),
-        )
-        if type(traced) is tuple:
-            traced = (*traced, start_ns)
+        traced = state.tracing.start(app, request, method, route)
     start = (began, method, scheme, route, group, traced)
     environ[START_KEY] = start
     return start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,11 @@ def test_demo_runs_and_says_where_to_look() -> None:
         output = "".join(lines)
         assert f"http://127.0.0.1:{port}/metrics" in output, output
         assert "Sent 29 measured requests" in output
+        # Traced too: exemplars on /metrics, spans at the demo's OTLP collector.
+        assert 'trace_id="' in output
+        received = re.search(r"collector \(rotel\) received (\d+) spans", output)
+        assert received is not None and int(received.group(1)) >= 29, output
+        assert "GET /items/<int:item_id>" in output
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             assert b"http_server_request_duration_seconds_count" in response.read()
     finally:

@@ -1,0 +1,289 @@
+"""Per-request cost of metrics plus tracing, side by side with the peers, in one process.
+
+The app of bench_requests.py, called as a WSGI app with a sampled W3C
+``traceparent`` on every request; rounds interleaved in a new random order,
+overheads per round against bare Flask, medians printed (see bench_requests.py).
+
+    python bench/bench_tracing.py [--requests N] [--rounds R]
+
+Variants:
+  bare       Flask with nothing connected
+  metrics    SignalMetrics(tracing=False): metrics only
+  nosdk      SignalMetrics with no SDK configured (the global proxy provider)
+  unsampled  SignalMetrics with an SDK provider whose sampler drops the trace
+  full       SignalMetrics with an SDK provider: a sampled server span per
+             request, exported through the BatchSpanProcessor (to an exporter
+             that discards, so no network is timed), exemplars on
+  second     full, plus the request recorded a second time into OTel SDK
+             instruments (duration histogram, active requests): the cost the
+             OTLP metrics bridge avoids
+  floor      the least a span costs: a bare SDK server span with the semconv
+             attributes, header extraction and context attach, started and
+             ended from two receivers (request_started, request_tearing_down),
+             through the same provider and batch processor; no metrics
+  peers      prometheus-flask-exporter and opentelemetry-instrumentation-flask
+             together (OTEL_SEMCONV_STABILITY_OPT_IN=http, the same tracer
+             provider, an SDK meter provider for its metrics)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import statistics
+import sys
+import time
+import typing as t
+
+os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")  # before contrib's import
+
+from bench_requests import _app
+from bench_requests import run_round
+from flask import Flask
+from flask import signals
+from opentelemetry import context
+from opentelemetry import propagate
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry
+from werkzeug.test import EnvironBuilder
+
+from flask_signal_metrics import SignalMetrics
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+class Discard(SpanExporter):
+    """Counts what the batch processor hands over, and sends nothing."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: t.Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _provider(sampled: bool = True) -> tuple[TracerProvider, Discard]:
+    exporter = Discard()
+    provider = TracerProvider(sampler=None if sampled else ALWAYS_OFF, shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider, exporter
+
+
+Built = tuple[Flask, t.Any]
+
+
+def bare() -> Built:
+    return _app(), None
+
+
+def metrics() -> Built:
+    app = _app()
+    SignalMetrics(app, registry=CollectorRegistry(), serve_default_registry=False, tracing=False)
+    return app, None
+
+
+def nosdk() -> Built:
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    app = _app()
+    SignalMetrics(app, registry=CollectorRegistry(), serve_default_registry=False)
+    return app, None
+
+
+def unsampled() -> Built:
+    app = _app()
+    provider, exporter = _provider(sampled=False)
+    SignalMetrics(
+        app, registry=CollectorRegistry(), serve_default_registry=False, tracer_provider=provider
+    )
+    return app, (provider, exporter)
+
+
+def full() -> Built:
+    app = _app()
+    provider, exporter = _provider()
+    SignalMetrics(
+        app, registry=CollectorRegistry(), serve_default_registry=False, tracer_provider=provider
+    )
+    return app, (provider, exporter)
+
+
+def second() -> Built:
+    from opentelemetry.semconv._incubating.metrics import http_metrics
+
+    app, handle = full()
+    meter = MeterProvider([InMemoryMetricReader()], shutdown_on_exit=False).get_meter("second")
+    duration = http_metrics.create_http_server_request_duration(meter)
+    active = http_metrics.create_http_server_active_requests(meter)
+
+    def started(sender: Flask, **extra: object) -> None:
+        from flask.globals import _cv_request
+
+        environ = _cv_request.get().request.environ
+        active.add(1, {"http.request.method": "GET", "url.scheme": "http"})
+        environ["second.start"] = time.perf_counter()
+
+    def ended(sender: Flask, **extra: object) -> None:
+        from flask.globals import _cv_request
+
+        environ = _cv_request.get().request.environ
+        attributes: dict[str, str | int] = {
+            "http.request.method": "GET",
+            "http.route": "/item/<int:item_id>",
+            "http.response.status_code": 200,
+            "url.scheme": "http",
+        }
+        duration.record(time.perf_counter() - environ["second.start"], attributes)
+        active.add(-1, {"http.request.method": "GET", "url.scheme": "http"})
+
+    signals.request_started.connect(started, sender=app, weak=False)
+    signals.request_tearing_down.connect(ended, sender=app, weak=False)
+    return app, handle
+
+
+def floor() -> Built:
+    from flask.globals import _cv_request
+
+    app = _app()
+    provider, exporter = _provider()
+    tracer = provider.get_tracer("floor")
+
+    def started(sender: Flask, **extra: object) -> None:
+        request = _cv_request.get().request
+        parent = propagate.extract(request.headers)
+        rule = request.url_rule
+        route = rule.rule if rule is not None else ""
+        attributes = {
+            "http.request.method": request.method,
+            "url.path": request.path,
+            "url.scheme": request.scheme,
+            "http.route": route,
+            "server.address": request.host,
+            "client.address": request.remote_addr,
+            "network.protocol.version": "1.1",
+            "user_agent.original": request.environ.get("HTTP_USER_AGENT", ""),
+        }
+        span = tracer.start_span(f"{request.method} {route}", parent, SpanKind.SERVER, attributes)
+        token = context.attach(trace.set_span_in_context(span, parent))
+        request.environ["floor.span"] = (span, token)
+
+    def ended(sender: Flask, **extra: object) -> None:
+        span, token = _cv_request.get().request.environ.pop("floor.span")
+        span.set_attribute("http.response.status_code", 200)
+        span.end()
+        context.detach(token)
+
+    signals.request_started.connect(started, sender=app, weak=False)
+    signals.request_tearing_down.connect(ended, sender=app, weak=False)
+    return app, (provider, exporter)
+
+
+def peers() -> Built:
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    app = _app()
+    provider, exporter = _provider()
+    meters = MeterProvider([InMemoryMetricReader()], shutdown_on_exit=False)
+    PrometheusMetrics(app, registry=CollectorRegistry())
+    FlaskInstrumentor().instrument_app(  # type: ignore[no-untyped-call]
+        app, tracer_provider=provider, meter_provider=meters
+    )
+    return app, (provider, exporter)
+
+
+VARIANTS: dict[str, t.Callable[[], Built]] = {
+    "bare": bare,
+    "metrics": metrics,
+    "nosdk": nosdk,
+    "unsampled": unsampled,
+    "full": full,
+    "second": second,
+    "floor": floor,
+    "peers": peers,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds per variant")
+    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args(argv)
+
+    environ = EnvironBuilder(
+        path="/item/42", method="GET", headers=[("traceparent", TRACEPARENT)]
+    ).get_environ()
+    apps = {name: VARIANTS[name]() for name in args.only}
+    for app, _ in apps.values():
+        run_round(app.wsgi_app, environ, 500)
+    times: dict[str, list[float]] = {name: [] for name in apps}
+    order = list(apps)
+    shuffle = random.Random(1).shuffle
+    for _ in range(args.rounds):
+        shuffle(order)
+        for name in order:
+            gc.collect()
+            gc.disable()
+            try:
+                times[name].append(run_round(apps[name][0].wsgi_app, environ, args.requests))
+            finally:
+                gc.enable()
+
+    print(f"{args.rounds} rounds x {args.requests} requests of GET /item/42 with a sampled")
+    print("traceparent, one process; overhead = variant - bare in the same round (medians)")
+    base = times.get("bare")
+    over: dict[str, float] = {}
+    print(f"{'variant':10} {'us/req':>8} {'overhead':>9}")
+    for name, values in times.items():
+        us = statistics.median(values) * 1e6
+        if base is not None:
+            over[name] = statistics.median((v - b) * 1e6 for v, b in zip(values, base, strict=True))
+            print(f"{name:10} {us:8.2f} {over[name]:9.2f}")
+        else:
+            print(f"{name:10} {us:8.2f}")
+
+    def ratio(a: str, b: str, label: str) -> None:
+        if a in over and b in over and over[b] > 0:
+            print(f"{label:44} {over[a] / over[b]:.3f}")
+
+    ratio("full", "peers", "full / peers (target <= 0.30)")
+    ratio("floor", "peers", "floor / peers (a bare SDK span)")
+    ratio("unsampled", "metrics", "unsampled / metrics only (target <= 2)")
+    ratio("nosdk", "metrics", "no SDK / metrics only (target <= 1.2)")
+    if "second" in over and "full" in over:
+        extra = over["second"] - over["full"]
+        print(f"{'a second recording into OTel instruments':44} +{extra:.2f} us")
+
+    failed = 0
+    for name, (_, handle) in apps.items():
+        if handle is None:
+            continue
+        provider, exporter = handle
+        provider.force_flush()
+        sampled = name not in ("unsampled",)
+        expected = 500 + args.rounds * args.requests if sampled else 0
+        if name != "peers" and exporter.spans != expected:
+            print(
+                f"MISMATCH: {name} exported {exporter.spans} spans of {expected}", file=sys.stderr
+            )
+            failed = 1
+        provider.shutdown()
+    if "full" in apps:
+        print(f"full exported {apps['full'][1][1].spans} spans (one per request)")
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
