@@ -316,6 +316,8 @@ class MetricsBridge:
         """Send the current values now; False (and counted) when the collector failed."""
         with self._export_lock:
             data = self.collect()
+            if not data.resource_metrics[0].scope_metrics[0].metrics:
+                return True  # no instrumented app in this process (yet)
             points = sum(
                 len(metric.data.data_points)
                 for resource in data.resource_metrics
@@ -363,6 +365,7 @@ class OTLPExport:
     def __init__(self, tracer_provider: TracerProvider | None, bridge: MetricsBridge | None):
         self.tracer_provider = tracer_provider
         self.metrics = bridge
+        self._shut = False
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Send every span and the current metric values now."""
@@ -375,18 +378,16 @@ class OTLPExport:
 
     def shutdown(self) -> None:
         """Flush and stop (also run at interpreter exit, e.g. when a worker exits)."""
+        if self._shut:
+            return
+        self._shut = True
         if self.metrics is not None:
             self.metrics.shutdown()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
 
 
-def configure_otlp(
-    *,
-    traces: bool = True,
-    metrics: bool = True,
-    environ: cabc.Mapping[str, str] | None = None,
-) -> OTLPExport:
+def configure_otlp(*, traces: bool = True, metrics: bool = True) -> OTLPExport:
     """Export spans and metrics over OTLP, configured by the standard variables.
 
     Sets the global tracer provider (an SDK ``TracerProvider`` with a batch
@@ -403,7 +404,7 @@ def configure_otlp(
     :raises ValueError: a variable has a value this helper cannot use.
     :raises RuntimeError: a global tracer provider is already set.
     """
-    env = os.environ if environ is None else environ
+    env = os.environ
     trace_protocol = _protocol(env, "TRACES")
     metric_protocol = _protocol(env, "METRICS")
     interval = _env_int(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000

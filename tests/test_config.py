@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import typing as t
 
 import pytest
@@ -78,6 +79,7 @@ def test_good_values(key: str, given: object, expected: object) -> None:
         ("SIGNAL_METRICS_MAX_SERIES", 0, ValueError, "at least 1"),
         ("SIGNAL_METRICS_MAX_SERIES", True, TypeError, "whole number"),
         ("SIGNAL_METRICS_SERVE_DEFAULT_REGISTRY", 1, TypeError, "True or False"),
+        ("SIGNAL_METRICS_TRACING", "off", TypeError, "True or False"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(
@@ -112,3 +114,42 @@ def test_known_methods_env_empty_is_an_error() -> None:
     environ: dict[str, t.Any] = {"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS": " , "}
     with pytest.raises(ValueError, match="OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"):
         load({}, {}, environ=environ)
+
+
+@pytest.mark.parametrize(
+    ("variable", "field"),
+    [
+        ("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "capture_request_headers"),
+        ("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "capture_response_headers"),
+        ("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "sanitize_headers"),
+    ],
+)
+def test_header_capture_variables(variable: str, field: str) -> None:
+    settings = load({}, {}, environ={variable: " X-Request-Id , x-custom-.* ,"})
+    assert getattr(settings, field) == ("X-Request-Id", "x-custom-.*")
+    with pytest.raises(ValueError) as info:
+        load({}, {}, environ={variable: "X-Ok,x-(bad"})
+    assert variable in str(info.value) and "'X-.*'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL='http/json'"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"}, "use 'http/protobuf'"),
+        ({"OTEL_METRIC_EXPORT_INTERVAL": "soon"}, "OTEL_METRIC_EXPORT_INTERVAL must be a positive"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "Unset it for 2048"),
+    ],
+)
+def test_configure_otlp_refuses_bad_variables_before_starting(
+    environ: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+
+    from flask_signal_metrics import configure_otlp
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        configure_otlp()
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # nothing set
