@@ -203,11 +203,19 @@ class Tracing:
         # The span ends at start + the measured duration: span and histogram
         # agree, as the conventions ask.
         start_ns = _time_ns()
-        parent = propagate.extract(request.environ, getter=_GETTER)
+        kind = SpanKind.SERVER
+        parent: Context | None
+        if trace.get_current_span().get_span_context().is_valid:
+            # A WSGI middleware around the app (opentelemetry-instrumentation-
+            # wsgi, say) already made the server span: nest under it as
+            # INTERNAL, as the contrib instrumentations do, not a second SERVER.
+            parent, kind = None, SpanKind.INTERNAL
+        else:
+            parent = propagate.extract(request.environ, getter=_GETTER)
         span = tracer.start_span(
             _span_name(method, route),
             parent,
-            SpanKind.SERVER,
+            kind,
             self._attributes(request, method, route),
             start_time=start_ns,
         )

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import time
+import typing as t
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,7 @@ from .conftest import real_binary
 from .servers import gunicorn
 from .servers import prometheus
 from .servers import query
+from .servers import rotel
 from .servers import wait_for_value
 
 pytestmark = pytest.mark.real
@@ -49,3 +55,38 @@ def test_prometheus_sees_exactly_the_requests_sent(tmp_path: Path) -> None:
             assert float(renders[0]["value"][1]) == (5 + 7) * 2  # index + item pages
             in_flight = query(prom, "sum(http_server_active_requests)")
             assert float(in_flight[0]["value"][1]) == 0
+
+
+def test_exemplars_in_prometheus_lead_to_traces_at_the_collector(tmp_path: Path) -> None:
+    """Prometheus stores the exemplars it scrapes; their trace ids are spans rotel received."""
+    binary = real_binary("prometheus")
+    with rotel(tmp_path) as collector:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        with gunicorn("examples.app:app", tmp_path, env=env) as base:
+            with prometheus(binary, [base.removeprefix("http://")], tmp_path) as prom:
+                assert wait_for_value(prom, 'up{job="shop"}', 1, 30) == 1
+                traffic.drive(base, rounds=1)
+                deadline = time.monotonic() + 30
+                exemplars: list[dict[str, t.Any]] = []
+                while not exemplars and time.monotonic() < deadline:
+                    now = time.time()
+                    url = (
+                        f"{prom}/api/v1/query_exemplars?"
+                        + urllib.parse.urlencode(
+                            {
+                                "query": "http_server_request_duration_seconds_bucket",
+                                "start": now - 300,
+                                "end": now + 60,
+                            }
+                        )
+                    )
+                    with urllib.request.urlopen(url, timeout=10) as response:
+                        data = json.loads(response.read())["data"]
+                    exemplars = [e for series in data for e in series["exemplars"]]
+                    time.sleep(0.5)
+        trace_ids = {e["labels"]["trace_id"] for e in exemplars}
+        assert trace_ids, "Prometheus stored no exemplar"
+        assert all(len(x) == 32 for x in trace_ids)
+        collector.wait(
+            lambda c: trace_ids <= {s["trace_id"] for s in c.spans()}, 30, "the exemplars' traces"
+        )

@@ -389,3 +389,27 @@ def test_a_failing_provider_never_changes_the_response(
 def test_tracer_provider_of_the_wrong_type_is_refused() -> None:
     with pytest.raises(TypeError, match="tracer_provider must be an OpenTelemetry"):
         SignalMetrics(make_app(), tracer_provider="global")  # type: ignore[arg-type]
+
+
+def test_under_a_wsgi_middleware_span_the_request_span_is_internal(traced: Traced) -> None:
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    traced.app.wsgi_app = OpenTelemetryMiddleware(  # type: ignore[method-assign]
+        traced.app.wsgi_app, tracer_provider=traced.provider
+    )
+    traced.client.get("/item/1", headers={"traceparent": TRACEPARENT})
+    (outer,) = traced.spans()
+    (inner,) = traced.spans(SpanKind.INTERNAL)
+    assert inner.name == "GET /item/<int:item_id>"
+    assert inner.parent is not None and inner.parent.span_id == outer.context.span_id
+    assert f"{outer.context.trace_id:032x}" == TRACE_ID
+
+
+def test_propagated_exception_still_ends_the_span_once(traced: Traced) -> None:
+    traced.app.testing = True  # PROPAGATE_EXCEPTIONS: no request_finished
+    with pytest.raises(ValueError):
+        traced.client.get("/boom")
+    (span,) = traced.spans()
+    assert (span.attributes or {})["http.response.status_code"] == 500
+    assert span.status.status_code is StatusCode.ERROR
+    assert not trace.get_current_span().get_span_context().is_valid
