@@ -41,10 +41,11 @@ b.run_round(app.wsgi_app, environ, {requests})
 BENCHES: dict[str, tuple[tuple[str, ...], str, tuple[tuple[str, str, str], ...]]] = {
     "requests": (("bare", "floor", "ours", "lean", "pfe"), "pfe", ()),
     "tracing": (
-        ("bare", "metrics", "nosdk", "unsampled", "full", "second", "floor", "peers"),
+        ("bare", "metrics", "nosdk", "unsampled", "full", "second", "floor", "floor0", "peers"),
         "peers",
         (
             ("unsampled", "metrics", "unsampled / metrics only (target <= 2)"),
+            ("floor0", "metrics", "unsampled floor / metrics only"),
             ("nosdk", "metrics", "no SDK / metrics only (target <= 1.2)"),
         ),
     ),

@@ -21,6 +21,8 @@ Variants:
              attributes, header extraction and context attach, started and
              ended from two receivers (request_started, request_tearing_down),
              through the same provider and batch processor; no metrics
+  floor0     the same floor with the unsampling provider of "unsampled": what
+             any design pays for a span that is not sampled
   peers      prometheus-flask-exporter and opentelemetry-instrumentation-flask
              together (OTEL_SEMCONV_STABILITY_OPT_IN=http, the same tracer
              provider, an SDK meter provider for its metrics)
@@ -152,11 +154,11 @@ def second() -> Built:
     return app, handle
 
 
-def floor() -> Built:
+def floor(sampled: bool = True) -> Built:
     from flask.globals import _cv_request
 
     app = _app()
-    provider, exporter = _provider()
+    provider, exporter = _provider(sampled)
     tracer = provider.get_tracer("floor")
 
     def started(sender: Flask, **extra: object) -> None:
@@ -189,6 +191,10 @@ def floor() -> Built:
     return app, (provider, exporter)
 
 
+def floor0() -> Built:
+    return floor(sampled=False)
+
+
 def peers() -> Built:
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
     from prometheus_flask_exporter import PrometheusMetrics
@@ -211,6 +217,7 @@ VARIANTS: dict[str, t.Callable[[], Built]] = {
     "full": full,
     "second": second,
     "floor": floor,
+    "floor0": floor0,
     "peers": peers,
 }
 
@@ -261,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio("full", "peers", "full / peers (target <= 0.30)")
     ratio("floor", "peers", "floor / peers (a bare SDK span)")
     ratio("unsampled", "metrics", "unsampled / metrics only (target <= 2)")
+    ratio("floor0", "metrics", "unsampled floor / metrics only")
     ratio("nosdk", "metrics", "no SDK / metrics only (target <= 1.2)")
     if "second" in over and "full" in over:
         extra = over["second"] - over["full"]
@@ -272,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         provider, exporter = handle
         provider.force_flush()
-        sampled = name not in ("unsampled",)
+        sampled = name not in ("unsampled", "floor0")
         expected = 500 + args.rounds * args.requests if sampled else 0
         if name != "peers" and exporter.spans != expected:
             print(
