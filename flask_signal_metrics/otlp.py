@@ -223,6 +223,9 @@ class _Queue(SpanProcessor):
         with self._lock:
             self._queued = max(self._queued - amount, 0)
 
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # holds nothing (older SDKs' base class answers None)
+
 
 # -- metrics ----------------------------------------------------------------------
 

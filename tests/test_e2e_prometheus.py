@@ -70,15 +70,12 @@ def test_exemplars_in_prometheus_lead_to_traces_at_the_collector(tmp_path: Path)
                 exemplars: list[dict[str, t.Any]] = []
                 while not exemplars and time.monotonic() < deadline:
                     now = time.time()
-                    url = (
-                        f"{prom}/api/v1/query_exemplars?"
-                        + urllib.parse.urlencode(
-                            {
-                                "query": "http_server_request_duration_seconds_bucket",
-                                "start": now - 300,
-                                "end": now + 60,
-                            }
-                        )
+                    url = f"{prom}/api/v1/query_exemplars?" + urllib.parse.urlencode(
+                        {
+                            "query": "http_server_request_duration_seconds_bucket",
+                            "start": now - 300,
+                            "end": now + 60,
+                        }
                     )
                     with urllib.request.urlopen(url, timeout=10) as response:
                         data = json.loads(response.read())["data"]
