@@ -31,9 +31,10 @@ import bench_{bench} as b
 from werkzeug.test import EnvironBuilder
 headers = {{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
 environ = EnvironBuilder(path="/item/42", method="GET", headers=headers).get_environ()
+from bench_requests import run_round
 app = b.VARIANTS[{variant!r}]()[0]
-b.run_round(app.wsgi_app, environ, 300)
-b.run_round(app.wsgi_app, environ, {requests})
+run_round(app.wsgi_app, environ, 300)
+run_round(app.wsgi_app, environ, {requests})
 """
 
 

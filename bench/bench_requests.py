@@ -168,16 +168,15 @@ def run_round(app: WSGIApp, environ: dict[str, t.Any], n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per round")
-    parser.add_argument("--rounds", type=int, default=30, help="rounds per variant")
-    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    args = parser.parse_args(argv)
+def measure(
+    apps: dict[str, Flask], environ: dict[str, t.Any], args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Seconds per request of each app, per round: rounds interleaved in random order.
 
-    environ = EnvironBuilder(path="/item/42", method="GET").get_environ()
-    apps = {name: VARIANTS[name]() for name in args.only}
-    for app, _ in apps.values():  # warm up: routing caches, first series
+    Each app is warmed up first (routing caches, first series); the garbage
+    collector is paused inside a round and run between rounds.
+    """
+    for app in apps.values():
         run_round(app.wsgi_app, environ, 500)
     times: dict[str, list[float]] = {name: [] for name in apps}
     order = list(apps)
@@ -188,9 +187,27 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
             gc.disable()
             try:
-                times[name].append(run_round(apps[name][0].wsgi_app, environ, args.requests))
+                times[name].append(run_round(apps[name].wsgi_app, environ, args.requests))
             finally:
                 gc.enable()
+    return times
+
+
+def arguments(doc: str, variants: t.Iterable[str], argv: list[str] | None) -> argparse.Namespace:
+    """The options both request benchmarks take."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds per variant")
+    parser.add_argument("--only", nargs="*", default=list(variants), choices=list(variants))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(__doc__, VARIANTS, argv)
+
+    environ = EnvironBuilder(path="/item/42", method="GET").get_environ()
+    apps = {name: VARIANTS[name]() for name in args.only}
+    times = measure({name: app for name, (app, _) in apps.items()}, environ, args)
 
     median = {name: statistics.median(v) * 1e6 for name, v in times.items()}
     print(f"{args.rounds} rounds x {args.requests} requests of GET /item/42, one process")

@@ -30,10 +30,7 @@ Variants:
 
 from __future__ import annotations
 
-import argparse
-import gc
 import os
-import random
 import statistics
 import sys
 import time
@@ -42,7 +39,9 @@ import typing as t
 os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")  # before contrib's import
 
 from bench_requests import _app
-from bench_requests import run_round
+from bench_requests import arguments
+from bench_requests import measure
+from bench_requests import run_round as run_round  # what bench_instructions.py drives
 from flask import Flask
 from flask import signals
 from opentelemetry import context
@@ -223,30 +222,13 @@ VARIANTS: dict[str, t.Callable[[], Built]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per round")
-    parser.add_argument("--rounds", type=int, default=30, help="rounds per variant")
-    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, VARIANTS, argv)
 
     environ = EnvironBuilder(
         path="/item/42", method="GET", headers=[("traceparent", TRACEPARENT)]
     ).get_environ()
     apps = {name: VARIANTS[name]() for name in args.only}
-    for app, _ in apps.values():
-        run_round(app.wsgi_app, environ, 500)
-    times: dict[str, list[float]] = {name: [] for name in apps}
-    order = list(apps)
-    shuffle = random.Random(1).shuffle
-    for _ in range(args.rounds):
-        shuffle(order)
-        for name in order:
-            gc.collect()
-            gc.disable()
-            try:
-                times[name].append(run_round(apps[name][0].wsgi_app, environ, args.requests))
-            finally:
-                gc.enable()
+    times = measure({name: app for name, (app, _) in apps.items()}, environ, args)
 
     print(f"{args.rounds} rounds x {args.requests} requests of GET /item/42 with a sampled")
     print("traceparent, one process; overhead = variant - bare in the same round (medians)")

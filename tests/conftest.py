@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
@@ -176,12 +177,18 @@ class Traced(t.NamedTuple):
         return [s for s in self.exporter.get_finished_spans() if kind is None or s.kind == kind]
 
 
+def memory_provider(sampler: Sampler | None = None) -> tuple[TracerProvider, InMemorySpanExporter]:
+    """An SDK provider exporting to memory synchronously."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
 @pytest.fixture
 def tracer_provider() -> t.Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    """A fresh SDK provider per test, exporting to memory synchronously."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    """A fresh SDK provider per test."""
+    provider, exporter = memory_provider()
     yield provider, exporter
     provider.shutdown()
 

@@ -62,25 +62,27 @@ def test_exemplars_in_prometheus_lead_to_traces_at_the_collector(tmp_path: Path)
     binary = real_binary("prometheus")
     with rotel(tmp_path) as collector:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http, "OTEL_BSP_SCHEDULE_DELAY": "200"}
-        with gunicorn("examples.app:app", tmp_path, env=env) as base:
-            with prometheus(binary, [base.removeprefix("http://")], tmp_path) as prom:
-                assert wait_for_value(prom, 'up{job="shop"}', 1, 30) == 1
-                traffic.drive(base, rounds=1)
-                deadline = time.monotonic() + 30
-                exemplars: list[dict[str, t.Any]] = []
-                while not exemplars and time.monotonic() < deadline:
-                    now = time.time()
-                    url = f"{prom}/api/v1/query_exemplars?" + urllib.parse.urlencode(
-                        {
-                            "query": "http_server_request_duration_seconds_bucket",
-                            "start": now - 300,
-                            "end": now + 60,
-                        }
-                    )
-                    with urllib.request.urlopen(url, timeout=10) as response:
-                        data = json.loads(response.read())["data"]
-                    exemplars = [e for series in data for e in series["exemplars"]]
-                    time.sleep(0.5)
+        with (
+            gunicorn("examples.app:app", tmp_path, env=env) as base,
+            prometheus(binary, [base.removeprefix("http://")], tmp_path) as prom,
+        ):
+            assert wait_for_value(prom, 'up{job="shop"}', 1, 30) == 1
+            traffic.drive(base, rounds=1)
+            deadline = time.monotonic() + 30
+            exemplars: list[dict[str, t.Any]] = []
+            while not exemplars and time.monotonic() < deadline:
+                now = time.time()
+                url = f"{prom}/api/v1/query_exemplars?" + urllib.parse.urlencode(
+                    {
+                        "query": "http_server_request_duration_seconds_bucket",
+                        "start": now - 300,
+                        "end": now + 60,
+                    }
+                )
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    data = json.loads(response.read())["data"]
+                exemplars = [e for series in data for e in series["exemplars"]]
+                time.sleep(0.5)
         trace_ids = {e["labels"]["trace_id"] for e in exemplars}
         assert trace_ids, "Prometheus stored no exemplar"
         assert all(len(x) == 32 for x in trace_ids)

@@ -11,7 +11,6 @@ from opentelemetry import baggage
 from opentelemetry import trace
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
@@ -25,6 +24,7 @@ from flask_signal_metrics.tracing import redact_query
 from flask_signal_metrics.tracing import split_host
 
 from .conftest import make_app
+from .conftest import memory_provider
 from .conftest import Traced
 from .conftest import value
 
@@ -317,9 +317,7 @@ def test_exemplars_link_sampled_spans_in_openmetrics_only(traced: Traced) -> Non
 
 
 def test_unsampled_requests_have_no_exemplar(registry: CollectorRegistry) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ALWAYS_OFF, shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = memory_provider(ALWAYS_OFF)
     app = make_app()
     SignalMetrics(app, registry=registry, tracer_provider=provider)
     client = app.test_client()
