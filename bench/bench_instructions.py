@@ -80,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--bench", choices=list(BENCHES), default="requests")
+    parser.add_argument("--only", nargs="*", help="count these variants only (with bare)")
     args = parser.parse_args(argv)
     variants, peer, ratios = BENCHES[args.bench]
+    if args.only:
+        variants = tuple(v for v in variants if v in {"bare", peer, *args.only})
+        ratios = tuple(r for r in ratios if r[0] in variants and r[1] in variants)
     if shutil.which("valgrind") is None:
         print("valgrind not found: apt-get install valgrind", file=sys.stderr)
         return 2

@@ -55,8 +55,9 @@ RESPONSE_KEY = "flask_signal_metrics.response"
 ERROR_KEY = "flask_signal_metrics.error"
 #: When request_finished saw a response whose body is not yet produced.
 READY_KEY = "flask_signal_metrics.ready"
-#: The ids of another library's sampled server span, seen in request_finished.
-EXEMPLAR_KEY = "flask_signal_metrics.exemplar"
+#: Where opentelemetry-instrumentation-flask keeps its server span in the
+#: environ (its own key; still there at our teardown).
+CONTRIB_SPAN_KEY = "opentelemetry-flask.span_key"
 
 _DONE = "done"
 #: The environ value while a streamed body is being sent.
@@ -170,10 +171,6 @@ def _on_request_finished(sender: Flask, response: Response, **extra: object) -> 
         # one is what the server sends. What it says is read once, at teardown.
         environ = _cv_request.get().request.environ
         environ[RESPONSE_KEY] = response
-        start = environ.get(START_KEY)
-        if type(start) is tuple and start[5] == "external":
-            # opentelemetry-instrumentation-flask's span: current until its teardown.
-            environ[EXEMPLAR_KEY] = Tracing.sampled_ids()
         if type(response.response) is not list:
             # Maybe a stream, whose body may be produced before teardown
             # (Flask 3.0 with stream_with_context): note when it was ready.
@@ -298,14 +295,15 @@ def _record(
     exemplar = None
     if traced is not None:
         if traced == "external":
-            exemplar = environ.get(EXEMPLAR_KEY)
+            span = environ.get(CONTRIB_SPAN_KEY)
+            exemplar = None if span is None else Tracing.sampled_ids(span)
         else:
             span, _, start_ns = traced
             exemplar = Tracing.sampled_ids(span)
             assert state.tracing is not None
             end_ns = start_ns + int(duration * 1e9)
             state.tracing.finish(span, status, error, exception, response, end_ns)
-    metrics: Metrics = t.cast("Metrics", state.metrics)
+    metrics: Metrics = state.metrics  # type: ignore[assignment]  # set while connected
     metrics.requests.record(
         (method, route, status_label, scheme, error),
         group,
