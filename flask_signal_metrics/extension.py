@@ -156,6 +156,7 @@ class SignalMetrics:
             methods=labels.method_table(settings.known_methods),
             declared=self._declared,
             tracing=_tracing(settings, self._tracer_provider),
+            owned=(registry, self._store.registry),
         )
         INSTANCES.add(state)
         if settings.path is not None:

@@ -280,7 +280,7 @@ class MetricsBridge:
         for state in list(INSTANCES):
             if state.metrics is None:
                 continue
-            for reading in prometheus.readings(state.metrics):
+            for reading in prometheus.readings(state.owned):
                 if reading.family in _SKIPPED:
                     continue
                 name, unit = NAMES.get(reading.family, (reading.family, ""))

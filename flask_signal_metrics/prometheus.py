@@ -1083,15 +1083,16 @@ class Reading:
     counts: tuple[int, ...] = ()
 
 
-def readings(metrics: Metrics) -> list[Reading]:
-    """What this process recorded for one app, series by series.
+def readings(registries: cabc.Iterable[CollectorRegistry]) -> list[Reading]:
+    """What this process recorded in the extension's registries, series by series.
 
-    The app's registry holds this process's values in either mode: in
-    multiprocess mode its metrics read this process's own files, so each
-    worker exports what it measured and the collector adds the workers up.
+    They hold this process's values in either mode: in multiprocess mode
+    their metrics read this process's own files, so each worker exports what
+    it measured and the collector adds the workers up.
     """
     found: list[Reading] = []
-    for family in metrics.registry.collect():
+    families = itertools.chain.from_iterable(registry.collect() for registry in registries)
+    for family in families:
         if family.type == "histogram":
             found += _histogram_readings(family)
         elif family.type in ("counter", "gauge"):

@@ -20,6 +20,7 @@ from .tracing import Tracing
 
 if t.TYPE_CHECKING:
     from flask import Flask
+    from prometheus_client import CollectorRegistry
     from prometheus_client.registry import Collector
     from werkzeug.routing import Rule
 
@@ -54,6 +55,9 @@ class State:
     server: t.Any = None
     #: The app's spans; None when SIGNAL_METRICS_TRACING is false.
     tracing: Tracing | None = None
+    #: The extension's own registries (request metrics, declared signals):
+    #: what OTLP export sends, without the process-wide default registry.
+    owned: tuple[CollectorRegistry, ...] = ()
 
     def rule_info(self, app: Flask, rule: Rule) -> tuple[str, bool]:
         """The route template of ``rule`` and whether its view is excluded.

@@ -22,11 +22,15 @@ import typing as t
 from flask import flash
 from flask import Flask
 from flask import render_template_string
+from flask.signals import Namespace
 
 from flask_signal_metrics import configure_otlp
 from flask_signal_metrics import SignalMetrics
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+#: One of the app's own signals, counted by the extension (and sent over OTLP).
+page_shown = Namespace().signal("page-shown")
 
 
 def make_app() -> Flask:
@@ -44,9 +48,10 @@ def make_app() -> Flask:
     @app.get("/page")
     def page() -> str:
         flash("saved", "success")
+        page_shown.send(app)
         return render_template_string("<p>{{ n }}</p>", n=1)
 
-    SignalMetrics(app)
+    SignalMetrics(app).count(page_shown)
     return app
 
 

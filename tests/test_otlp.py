@@ -137,6 +137,8 @@ def test_spans_and_metrics_arrive_at_rotel(tmp_path: Path, protocol: str) -> Non
             prom[("http_server_request_duration_seconds_sum", key)]
         )
     assert sum(p["count"] for p in durations) == N
+    (shown,) = latest(points, "flask_signal_page_shown")  # a declared app signal
+    assert shown["value"] == N // 5 == prom[("flask_signal_page_shown_total", ())]
     names = {p["metric"] for p in points}
     assert {"http.server.active_requests", "flask.request.exceptions",
             "flask.template.render.duration", "flask.flashed_messages"} <= names  # fmt: skip
