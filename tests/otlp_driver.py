@@ -19,10 +19,10 @@ import sys
 import threading
 import typing as t
 
+from blinker import Namespace
 from flask import flash
 from flask import Flask
 from flask import render_template_string
-from flask.signals import Namespace
 
 from flask_signal_metrics import configure_otlp
 from flask_signal_metrics import SignalMetrics
