@@ -265,9 +265,15 @@ class MetricsBridge:
         self._thread.start()
 
     def _forked(self) -> None:
+        # Only the forking thread survives a fork, and locks it did not hold
+        # may be left held: the child gets fresh ones and a thread of its own.
         self._start_ns = time.time_ns()
         self._export_lock = threading.Lock()
-        if self._thread is not None and not self._stop.is_set():
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        if stopped:
+            self._stop.set()
+        elif self._thread is not None:
             self.start()
 
     def _run(self) -> None:
