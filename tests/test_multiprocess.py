@@ -192,7 +192,7 @@ def test_load_loses_no_request() -> None:
     # request wrk saw completed (the script checks; its req/s are reported,
     # not asserted).
     real_binary("wrk")
-    assert "failures 0" in _bench("bench_load.py", "--seconds", "3", "--rounds", "1")
+    assert "failures 0" in _bench("bench_load.py", "--seconds", "2", "--rounds", "2")
 
 
 def test_process_metrics_per_worker(tmp_path: Path) -> None:
