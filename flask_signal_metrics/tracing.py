@@ -98,10 +98,11 @@ Handle = tuple["Span", object]
 class EnvironGetter(Getter[dict[str, t.Any]]):
     """Reads propagation headers straight from the WSGI environ.
 
-    Measured on the CI machine: extracting with the API's default getter over
-    ``request.headers`` costs 14 µs a request (a case-folding lookup and an
-    ``isinstance`` against a typing ABC per field); this costs 2 µs. The
-    environ is what ``request.headers`` reads, so the values are the same.
+    Measured on the CI machine: extraction with the API's default getter over
+    ``request.headers`` (a case-folding lookup and an ``isinstance`` against
+    a typing ABC per field) costs 13.9 µs a request, with this one 11.3 µs;
+    the rest is the propagators' own parsing. The environ is what
+    ``request.headers`` reads, so the values are the same.
     """
 
     _keys: t.ClassVar[dict[str, str]] = {}
