@@ -8,6 +8,7 @@ a provider set after ``init_app`` is used.
 
     python tests/otlp_driver.py requests N     # N requests, flush, print /metrics
     python tests/otlp_driver.py blocked N      # N requests while an export is stuck
+    python tests/otlp_driver.py twice 0        # configure_otlp after a provider is set
 
 Prints one JSON object on stdout.
 """
@@ -65,7 +66,22 @@ def drive(app: Flask, n: int) -> list[int]:
     return statuses
 
 
+def twice() -> dict[str, t.Any]:
+    """A second configure_otlp: refused with the fix; metrics alone still allowed."""
+    configure_otlp(metrics=False)
+    try:
+        configure_otlp()
+    except RuntimeError as e:
+        refused = str(e)
+    else:
+        refused = ""
+    metrics_only = configure_otlp(traces=False)
+    return {"refused": refused, "metrics_only": metrics_only.tracer_provider is None}
+
+
 def main(mode: str, n: int) -> dict[str, t.Any]:
+    if mode == "twice":
+        return twice()
     app = make_app()
     handle = configure_otlp()
     if mode == "requests":

@@ -332,3 +332,11 @@ def test_preloaded_workers_each_export_and_flush_at_exit(tmp_path: Path, worker_
         per_instance[instance] = per_instance.get(instance, 0) + point["count"]
     assert set(per_instance) == instances
     assert sum(per_instance.values()) == n  # each worker its own series; they add up
+
+
+def test_a_second_global_provider_is_refused_with_the_fix() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    result = finish(driver("twice", 0, env))
+    assert "A global TracerProvider is already set" in result["refused"]
+    assert "configure_otlp(traces=False)" in result["refused"]
+    assert result["metrics_only"] is True
