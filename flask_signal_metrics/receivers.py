@@ -292,17 +292,11 @@ def _record(
     else:
         request_size = _request_size(environ)
     state: State = app.extensions[EXTENSION_KEY]
-    exemplar = None
+    exemplar = span = None
     if traced is not None:
-        if traced == "external":
-            span = environ.get(CONTRIB_SPAN_KEY)
-            exemplar = None if span is None else Tracing.sampled_ids(span)
-        else:
-            span, _, start_ns = traced
+        span = environ.get(CONTRIB_SPAN_KEY) if traced == "external" else traced[0]
+        if span is not None:
             exemplar = Tracing.sampled_ids(span)
-            assert state.tracing is not None
-            end_ns = start_ns + int(duration * 1e9)
-            state.tracing.finish(span, status, error, exception, response, end_ns)
     metrics: Metrics = state.metrics  # type: ignore[assignment]  # set while connected
     metrics.requests.record(
         (method, route, status_label, scheme, error),
@@ -314,6 +308,11 @@ def _record(
     )
     if exception is not None and metrics.escaped is not None:  # classic naming
         metrics.escaped.child((method, status_label)).inc()
+    if type(traced) is tuple and state.tracing is not None:
+        # Last: a span processor of the user's that raises cannot cost the
+        # request its metrics. The span ends when the recorded duration does.
+        end_ns = traced[2] + int(duration * 1e9)
+        state.tracing.finish(traced[0], status, error, exception, response, end_ns)
 
 
 def _end_context(traced: t.Any) -> None:

@@ -411,3 +411,28 @@ def test_propagated_exception_still_ends_the_span_once(traced: Traced) -> None:
     assert (span.attributes or {})["http.response.status_code"] == 500
     assert span.status.status_code is StatusCode.ERROR
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_a_raising_span_processor_costs_no_metric(traced: Traced) -> None:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Raising(SpanProcessor):
+        def on_end(self, span: t.Any) -> None:
+            raise RuntimeError("a broken exporter")
+
+    traced.provider.add_span_processor(Raising())
+    assert traced.client.get("/item/1").status_code == 200
+    counted = value(
+        traced.registry,
+        "http_server_request_duration_seconds_count",
+        http_request_method="GET",
+        http_route="/item/<int:item_id>",
+        http_response_status_code="200",
+        url_scheme="http",
+        error_type="",
+    )
+    assert counted == 1
+    errors = value(
+        traced.registry, "flask_signal_metrics_receiver_errors_total", signal="request-tearing-down"
+    )
+    assert errors == 1  # the span could not end; the failure counted, the metric kept
