@@ -26,6 +26,7 @@ import typing as t
 import weakref
 
 from opentelemetry import trace
+from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.metrics.export import Gauge
 from opentelemetry.sdk.metrics.export import Histogram
@@ -319,6 +320,7 @@ class MetricsBridge:
                 list(reading.bounds),
                 min=None,  # type: ignore[arg-type]  # not tracked: left out of the OTLP point
                 max=None,  # type: ignore[arg-type]
+                exemplars=[_exemplar(*kept) for kept in reading.exemplars],
             )
         return NumberDataPoint(attributes, self._start_ns, now, reading.value)
 
@@ -353,6 +355,11 @@ class MetricsBridge:
             self._thread.join(self._timeout)
         self.export()
         self._exporter.shutdown()
+
+
+def _exemplar(trace_id: str, span_id: str, value: float, when: float) -> Exemplar:
+    """A /metrics exemplar as an OTLP one: the same trace, the same request."""
+    return Exemplar({}, value, int(when * 1e9), int(span_id or "0", 16), int(trace_id, 16))
 
 
 def _data(name: str, kind: str, points: list[t.Any]) -> t.Any:

@@ -1081,6 +1081,10 @@ class Reading:
     count: int = 0
     bounds: tuple[float, ...] = ()
     counts: tuple[int, ...] = ()
+    #: Histograms: the buckets' exemplars as (trace id, span id, value, unix
+    #: time), ids in hex (single-process mode only: the client keeps none in
+    #: multiprocess mode).
+    exemplars: tuple[tuple[str, str, float, float], ...] = ()
 
 
 def readings(registries: cabc.Iterable[CollectorRegistry]) -> list[Reading]:
@@ -1118,6 +1122,16 @@ def _histogram_readings(family: Metric) -> list[Reading]:
         entry = series.setdefault(tuple(sorted(labels_.items())), {"buckets": []})
         if sample.name.endswith("_bucket"):
             entry["buckets"].append((float(sample.labels["le"]), sample.value))
+            found_exemplar = sample.exemplar
+            if found_exemplar is not None and "trace_id" in found_exemplar.labels:
+                entry.setdefault("exemplars", []).append(
+                    (
+                        found_exemplar.labels["trace_id"],
+                        found_exemplar.labels.get("span_id", ""),
+                        found_exemplar.value,
+                        found_exemplar.timestamp or 0.0,
+                    )
+                )
         elif sample.name.endswith("_sum"):
             entry["sum"] = sample.value
         elif sample.name.endswith("_count"):
@@ -1139,6 +1153,7 @@ def _histogram_readings(family: Metric) -> list[Reading]:
                 entry.get("count", int(previous)),
                 tuple(bound for bound, _ in cumulative[:-1]),
                 tuple(counts),
+                tuple(entry.get("exemplars", ())),
             )
         )
     return found

@@ -225,8 +225,9 @@ def parse_rotel(text: str) -> tuple[list[dict[str, t.Any]], list[dict[str, t.Any
     """Spans and metric data points from rotel's detailed debug output.
 
     Each span: name, kind, trace_id, parent_id, id, status, attributes,
-    resource. Each point: metric, type, unit, attributes, resource and its
-    numbers (count, sum, value, bucket_counts).
+    resource. Each point: metric, type, unit, attributes, resource, its
+    numbers (count, sum, value, bucket_counts) and exemplars (dicts with
+    "Trace ID", "Span ID", "Value").
     """
     spans: list[dict[str, t.Any]] = []
     points: list[dict[str, t.Any]] = []
@@ -261,6 +262,9 @@ def parse_rotel(text: str) -> tuple[list[dict[str, t.Any]], list[dict[str, t.Any
             target = None
         elif line == "Data point attributes:" and current is not None:
             target = current["attributes"]
+        elif line.startswith("Exemplar #") and current is not None:
+            target = {}
+            current.setdefault("exemplars", []).append(target)
         elif line.startswith("-> ") and target is not None:
             key, found = _attribute(line[3:])
             target[key] = found

@@ -137,6 +137,10 @@ def test_spans_and_metrics_arrive_at_rotel(tmp_path: Path, protocol: str) -> Non
             prom[("http_server_request_duration_seconds_sum", key)]
         )
     assert sum(p["count"] for p in durations) == N
+    # The /metrics exemplars travel too: each links to a server span rotel got.
+    exemplars = [e for p in durations for e in p.get("exemplars", [])]
+    assert exemplars and {e["Trace ID"] for e in exemplars} == {TRACE_ID}
+    assert {e["Span ID"] for e in exemplars} <= {s["id"] for s in servers}
     (shown,) = latest(points, "flask_signal_page_shown")  # a declared app signal
     assert shown["value"] == N // 5 == prom[("flask_signal_page_shown_total", ())]
     names = {p["metric"] for p in points}
