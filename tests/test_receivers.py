@@ -13,6 +13,7 @@ from flask_signal_metrics import exclude
 from flask_signal_metrics import receivers
 from flask_signal_metrics import SignalMetrics
 
+from .conftest import http_labels
 from .conftest import make_app
 from .conftest import requests_counted
 from .conftest import total_requests
@@ -374,13 +375,33 @@ def test_concurrent_requests_are_counted_exactly(registry: CollectorRegistry) ->
             body = app.wsgi_app(environ.copy(), start_response)
             b"".join(body)
 
+    done = threading.Event()
+    scrapes = 0
+
+    def scrape() -> None:  # folds pending observations while requests add more
+        nonlocal scrapes
+        while not done.is_set():
+            list(registry.collect())
+            scrapes += 1
+
     workers = [threading.Thread(target=hammer) for _ in range(threads)]
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=120)
-    assert not any(worker.is_alive() for worker in workers)
-    assert requests_counted(registry, "/item/<int:item_id>", 200) == threads * per_thread
+    done.set()
+    scraper.join(timeout=30)
+    assert not any(worker.is_alive() for worker in workers) and scrapes > 0
+    n = threads * per_thread
+    assert requests_counted(registry, "/item/<int:item_id>", 200) == n
+    labels = http_labels("/item/<int:item_id>", 200)
+    inf = value(registry, "http_server_request_duration_seconds_bucket", le="+Inf", **labels)
+    assert inf == n
+    responses = "http_server_response_body_size_bytes"
+    assert value(registry, responses + "_count", **labels) == n
+    assert value(registry, responses + "_sum", **labels) == n * len(b"item 5")
     active = value(
         registry, "http_server_active_requests", http_request_method="GET", url_scheme="http"
     )
