@@ -5,9 +5,10 @@
 "client": what a prometheus_client-only design does per request: three
 ``Histogram.observe`` (duration, request size, response size) on cached
 children, and ``Gauge.dec`` for the in-flight count. "cells":
-``RequestStats.record``, which updates the same three histograms and the
-in-flight count under one lock, and is exposed through prometheus_client's
-metric families.
+``RequestStats.record``, which appends the observation to its series'
+pending list (folded into the same three histograms at scrape time) and
+counts the request finished, without a lock, and is exposed through
+prometheus_client's metric families.
 """
 
 from __future__ import annotations
