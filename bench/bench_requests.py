@@ -8,7 +8,7 @@ timeit does) and run between rounds. Overheads are taken per round (variant
 minus bare Flask in the same round), and the median over rounds is printed.
 bench_instructions.py counts instructions instead, free of the noise.
 
-    python bench/bench_requests.py [--requests N] [--rounds R]
+    python bench/bench_requests.py [--requests N] [--rounds R] [--threads T]
 
 Variants:
   bare      Flask with nothing connected
@@ -31,6 +31,7 @@ import gc
 import random
 import statistics
 import sys
+import threading
 import time
 import typing as t
 
@@ -187,10 +188,27 @@ def measure(
             gc.collect()
             gc.disable()
             try:
-                times[name].append(run_round(apps[name].wsgi_app, environ, args.requests))
+                times[name].append(_timed(apps[name].wsgi_app, environ, args))
             finally:
                 gc.enable()
     return times
+
+
+def _timed(app: WSGIApp, environ: dict[str, t.Any], args: argparse.Namespace) -> float:
+    """Seconds per request of one round, spread over ``args.threads`` threads."""
+    threads: int = getattr(args, "threads", 1)
+    if threads <= 1:
+        return run_round(app, environ, args.requests)
+    each: int = args.requests // threads
+    workers = [
+        threading.Thread(target=run_round, args=(app, environ, each)) for _ in range(threads)
+    ]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return (time.perf_counter() - start) / (each * threads)
 
 
 def arguments(doc: str, variants: t.Iterable[str], argv: list[str] | None) -> argparse.Namespace:
@@ -199,6 +217,9 @@ def arguments(doc: str, variants: t.Iterable[str], argv: list[str] | None) -> ar
     parser.add_argument("--requests", type=int, default=2000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=30, help="rounds per variant")
     parser.add_argument("--only", nargs="*", default=list(variants), choices=list(variants))
+    parser.add_argument(
+        "--threads", type=int, default=1, help="spread each round over N threads (gthread-like)"
+    )
     return parser.parse_args(argv)
 
 
@@ -210,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     times = measure({name: app for name, (app, _) in apps.items()}, environ, args)
 
     median = {name: statistics.median(v) * 1e6 for name, v in times.items()}
-    print(f"{args.rounds} rounds x {args.requests} requests of GET /item/42, one process")
+    print(
+        f"{args.rounds} rounds x {args.requests} requests of GET /item/42, one process,"
+        f" {args.threads} thread(s)"
+    )
     if "bare" not in times:
         for name, us in median.items():
             print(f"{name:8} {us:8.2f} us/req")
@@ -233,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ours" in apps:  # prove the measured run really recorded every request
         _, registry = apps["ours"]
         assert registry is not None
-        expected = 500 + args.rounds * args.requests
+        expected = 500 + args.rounds * (args.requests // args.threads) * args.threads
         labels = {
             "http_request_method": "GET",
             "http_route": "/item/<int:item_id>",
