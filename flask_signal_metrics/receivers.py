@@ -218,9 +218,8 @@ def _on_request_tearing_down(
         if response is None:
             # request_finished was never sent: the exception propagated
             # (testing/debug mode) and the server answers 500.
-            status, size = 500, None
+            size = None
         else:
-            status = response.status_code
             body = response.response
             if start[1] == "HEAD":
                 size = 0
@@ -233,7 +232,7 @@ def _on_request_tearing_down(
                 if size is None:
                     _defer_to_close(sender, environ, start, response, exc)
                     return
-        _record(sender, environ, start, status, size, exc, response)
+        _record(sender, environ, start, response, size, exc)
     except Exception as e:
         _failed(sender, signals.request_tearing_down.name, e)
 
@@ -267,7 +266,7 @@ def _close_stream(
     """Record a streamed request when the server closes its body."""
     try:
         environ[START_KEY] = _DONE
-        _record(app, environ, start, response.status_code, None, exc, response)
+        _record(app, environ, start, response, None, exc)
     except Exception as e:
         _failed(app, signals.request_tearing_down.name, e)
 
@@ -276,14 +275,18 @@ def _record(
     app: Flask,
     environ: dict[str, t.Any],
     start: _Start,
-    status: int,
+    response: Response | None,
     response_size: int | None,
     exc: BaseException | None,
-    response: Response | None,
 ) -> None:
-    """Record one finished request (the duration ends now) and end its span."""
+    """Record one finished request (the duration ends now) and end its span.
+
+    :param response: None when request_finished was never sent (the
+        exception propagated): the server answers 500.
+    """
     began, method, scheme, route, group, traced = start
     duration = _perf_counter() - began
+    status = 500 if response is None else response.status_code
     exception = environ.get(ERROR_KEY) or exc
     error = "" if exception is None and status < 500 else labels.error_type(status, exception)
     status_label = str(status)

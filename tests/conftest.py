@@ -116,6 +116,13 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return 0.0 if found is None else found
 
 
+def in_flight(registry: CollectorRegistry, method: str = "GET", scheme: str = "http") -> float:
+    """``http_server_active_requests`` of one method and scheme."""
+    return value(
+        registry, "http_server_active_requests", http_request_method=method, url_scheme=scheme
+    )
+
+
 def http_labels(
     route: str, status: int, method: str = "GET", error: str = "", scheme: str = "http"
 ) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -93,6 +94,9 @@ def test_demo_runs_and_says_where_to_look() -> None:
         lines: list[str] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            # A demo that hangs without printing must not hang the test.
+            if not select.select([demo.stdout], [], [], deadline - time.monotonic())[0]:
+                break
             line = demo.stdout.readline()
             if not line:
                 break

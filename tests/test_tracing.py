@@ -18,6 +18,7 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from flask_signal_metrics import exclude
 from flask_signal_metrics import SignalMetrics
 from flask_signal_metrics import TraceContextFilter
 from flask_signal_metrics.tracing import redact_query
@@ -134,8 +135,7 @@ def test_log_records_carry_trace_and_span_ids(
     assert outside.trace_id == "" and outside.span_id == ""  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("path", ["/stream", "/plainstream"])
-def test_streamed_span_ends_when_body_is_done(traced: Traced, path: str) -> None:
+def test_streamed_span_ends_when_body_is_done(traced: Traced) -> None:
     produced: list[int] = []
 
     @traced.app.get("/slowstream")
@@ -154,9 +154,18 @@ def test_streamed_span_ends_when_body_is_done(traced: Traced, path: str) -> None
     response.close()
     (span,) = traced.spans()
     assert span.end_time is not None and span.end_time >= produced[0]
-    # The other streamed shapes end exactly once too.
-    traced.client.get(path).close()
-    assert len(traced.spans()) == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "body"), [("/stream", b"ab"), ("/plainstream", b"xy")]
+)  # with and without stream_with_context
+def test_streamed_shapes_end_once_after_their_body(traced: Traced, path: str, body: bytes) -> None:
+    response = traced.client.get(path)
+    assert traced.spans() == []
+    assert response.get_data() == body
+    response.close()
+    (span,) = traced.spans()
+    assert (span.attributes or {})["http.response.status_code"] == 200
 
 
 def test_span_duration_is_the_histogram_duration(traced: Traced) -> None:
@@ -298,9 +307,26 @@ def test_tracing_false_makes_no_spans(
     assert app.extensions["signal_metrics"].tracing is None
 
 
-def test_excluded_requests_make_no_span(traced: Traced) -> None:
-    traced.client.get("/metrics")
-    assert traced.spans(None) == []
+def test_excluded_requests_make_no_span(
+    registry: CollectorRegistry, tracer_provider: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """The one exclusion rule holds for spans too: /metrics, @exclude, SIGNAL_METRICS_EXCLUDE."""
+    provider, exporter = tracer_provider
+    app = make_app()
+    app.config["SIGNAL_METRICS_EXCLUDE"] = [r"/item/1\d*", "/page"]
+
+    @app.get("/healthz")
+    @exclude
+    def healthz() -> str:
+        return "ok"
+
+    SignalMetrics(app, registry=registry, tracer_provider=provider)
+    client = app.test_client()
+    for path in ["/metrics", "/healthz", "/item/1", "/item/15", "/page"]:
+        assert client.get(path).status_code == 200
+    assert exporter.get_finished_spans() == ()  # no server, render or flash anything
+    client.get("/item/2")
+    assert [s.name for s in exporter.get_finished_spans()] == ["GET /item/<int:item_id>"]
 
 
 def test_exemplars_link_sampled_spans_in_openmetrics_only(traced: Traced) -> None:
