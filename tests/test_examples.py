@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from queue import Empty
+from queue import Queue
 
 import pytest
 from flask import Flask
@@ -93,12 +95,19 @@ def test_demo_runs_and_says_where_to_look() -> None:
         assert demo.stdout is not None
         lines: list[str] = []
         deadline = time.monotonic() + 60
+        # Read on a thread: a demo that hangs without printing must not hang the test.
+        queue: Queue[str] = Queue()
+        stdout = demo.stdout
+
+        def pump() -> None:
+            for output in stdout:
+                queue.put(output)
+
+        threading.Thread(target=pump, daemon=True).start()
         while time.monotonic() < deadline:
-            # A demo that hangs without printing must not hang the test.
-            if not select.select([demo.stdout], [], [], deadline - time.monotonic())[0]:
-                break
-            line = demo.stdout.readline()
-            if not line:
+            try:
+                line = queue.get(timeout=deadline - time.monotonic())
+            except Empty:
                 break
             lines.append(line)
             if line.startswith("Serving until"):
