@@ -145,9 +145,12 @@ class SignalMetrics:
             version=VERSION,
             signals=receivers.SIGNAL_NAMES,
         )
-        collectors: tuple[t.Any, ...] = (registry, self._store.registry)
+        # A registry passed in is also the declared signals' one, and may be
+        # the default one: each once, or its families would be read twice.
+        owned = tuple(dict.fromkeys((registry, self._store.registry)))
+        collectors: tuple[t.Any, ...] = owned
         if settings.serve_default_registry:
-            collectors += (prometheus.default_registry(),)
+            collectors = tuple(dict.fromkeys((*owned, prometheus.default_registry())))
         app.extensions[EXTENSION_KEY] = state = State(
             settings=settings,
             metrics=metrics,
@@ -156,7 +159,7 @@ class SignalMetrics:
             methods=labels.method_table(settings.known_methods),
             declared=self._declared,
             tracing=_tracing(settings, self._tracer_provider),
-            owned=(registry, self._store.registry),
+            owned=owned,
         )
         INSTANCES.add(state)
         if settings.path is not None:

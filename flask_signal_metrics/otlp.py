@@ -151,6 +151,14 @@ def _metric_exporter(protocol: str) -> MetricExporter:
     return Http()
 
 
+def _dropped(signal: str, reason: str, amount: int) -> None:
+    """Count telemetry the export lost, on every app's /metrics (export is per process)."""
+    if amount > 0:
+        for state in list(INSTANCES):
+            if state.metrics is not None:
+                state.metrics.otlp_dropped.child((signal, reason)).inc(amount)
+
+
 def _at_fork(method: t.Callable[[], None]) -> None:
     """Call a bound method in a forked child, without keeping its object alive."""
     reference = weakref.WeakMethod(method)
@@ -181,7 +189,7 @@ class _Counted(SpanExporter):
             logger.warning("OTLP span export raised; %d spans dropped", len(spans), exc_info=True)
             result = SpanExportResult.FAILURE
         if result is not SpanExportResult.SUCCESS:
-            prometheus.otlp_dropped("traces", "export_failed", len(spans))
+            _dropped("traces", "export_failed", len(spans))
         return result
 
     def shutdown(self) -> None:
@@ -219,7 +227,7 @@ class _Queue(SpanProcessor):
             if not full:
                 self._queued += 1
         if full:
-            prometheus.otlp_dropped("traces", "queue_full", 1)
+            _dropped("traces", "queue_full", 1)
 
     def left(self, amount: int) -> None:
         with self._lock:
@@ -342,7 +350,7 @@ class MetricsBridge:
                 logger.warning("OTLP metric export raised", exc_info=True)
                 result = MetricExportResult.FAILURE
             if result is not MetricExportResult.SUCCESS:
-                prometheus.otlp_dropped("metrics", "export_failed", points)
+                _dropped("metrics", "export_failed", points)
                 return False
             return True
 

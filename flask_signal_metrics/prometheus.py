@@ -18,7 +18,6 @@ import os
 import threading
 import time
 import typing as t
-import weakref
 from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry
@@ -88,7 +87,7 @@ class Family(t.Generic[M]):
     is counted in ``flask_signal_metrics_series_overflow_total``.
     """
 
-    __slots__ = ("_cap", "_children", "_lock", "_metric", "_overflowed", "_static")
+    __slots__ = ("_cap", "_children", "_folded", "_lock", "_metric", "_overflowed", "_static")
 
     def __init__(self, metric: M, static: tuple[str, ...], cap: int, overflowed: Counter) -> None:
         self._metric = metric
@@ -96,12 +95,14 @@ class Family(t.Generic[M]):
         self._cap = cap
         self._overflowed = overflowed
         self._children: dict[tuple[str, ...], M] = {}
+        if not metric._labelnames:
+            self._children[()] = metric  # a metric without labels is its own series
+        #: The overflow series, made at the first overflow.
+        self._folded: M | None = None
         self._lock = threading.Lock()
 
     def child(self, key: tuple[str, ...]) -> M:
         """The series for ``key`` (label values without the static labels)."""
-        if not key and not self._static:
-            return self._metric  # a metric without labels is its own series
         found = self._children.get(key)
         if found is not None:
             return found
@@ -116,7 +117,12 @@ class Family(t.Generic[M]):
         # Folded label sets are not remembered: remembering them is the
         # unbounded memory the cap exists to prevent.
         self._overflowed.inc()
-        return self._metric.labels(*(labels.OVERFLOW,) * len(key), *self._static)
+        folded = self._folded
+        if folded is None:
+            folded = self._folded = self._metric.labels(
+                *(labels.OVERFLOW,) * len(key), *self._static
+            )
+        return folded
 
 
 def _counted(counter: itertools.count[int]) -> int:
@@ -251,6 +257,9 @@ class RequestStats(Collector):
         self._classic = naming == "classic"
         self._bounds = [*buckets, float("inf")]
         self._size_bounds = [*size_buckets, float("inf")]
+        # The client's own formatting of ``le`` ("0.005", "1.0", "+Inf"), once.
+        self._les = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._size_les = [floatToGoString(b) for b in self._size_bounds]  # type: ignore[no-untyped-call]
         self._static_names = tuple(name for name, _ in static_labels)
         self._static = tuple(value for _, value in static_labels)
         self._cap = max_series
@@ -336,7 +345,7 @@ class RequestStats(Collector):
             )
             values = [*key, *self._static]
             if not self._classic:
-                _add_histogram(duration, values, self._bounds, durations, duration_sum, kept)
+                _add_histogram(duration, values, self._les, durations, duration_sum, kept)
             elif (key[0], key[1], key[2]) in classic:
                 merged = classic[(key[0], key[1], key[2])]
                 merged[0] = [a + b for a, b in zip(merged[0], durations, strict=True)]
@@ -345,13 +354,13 @@ class RequestStats(Collector):
             else:
                 classic[(key[0], key[1], key[2])] = [durations, duration_sum, kept]
             if sum(requests):
-                _add_histogram(request, values, self._size_bounds, requests, request_sum)
+                _add_histogram(request, values, self._size_les, requests, request_sum)
             if sum(responses):
-                _add_histogram(response, values, self._size_bounds, responses, response_sum)
+                _add_histogram(response, values, self._size_les, responses, response_sum)
         totals: dict[tuple[str, str], int] = {}
         for (method, path, status), (counts, total, kept) in classic.items():
             values = [method, path, status, *self._static]
-            _add_histogram(duration, values, self._bounds, counts, total, kept)
+            _add_histogram(duration, values, self._les, counts, total, kept)
             totals[(method, status)] = totals.get((method, status), 0) + sum(counts)
         for (method, status), n in totals.items():
             t.cast(CounterMetricFamily, families[2]).add_metric([method, status, *self._static], n)
@@ -412,17 +421,15 @@ _OVERFLOW_KEY: RequestKey = (labels.OVERFLOW,) * 5
 def _add_histogram(
     family: Metric,
     values: list[str],
-    bounds: list[float],
+    les: list[str],
     counts: list[int],
     total: float,
     kept: list[_Kept | None] | None = None,
 ) -> None:
     cumulative = 0
     buckets: list[t.Any] = []
-    for i, (bound, count) in enumerate(zip(bounds, counts, strict=True)):
+    for i, (le, count) in enumerate(zip(les, counts, strict=True)):
         cumulative += count
-        # The client's own formatting of ``le`` ("0.005", "1.0", "+Inf").
-        le = floatToGoString(bound)  # type: ignore[no-untyped-call]
         exemplar = None if kept is None else kept[i]
         if exemplar is None:
             buckets.append((le, cumulative))
@@ -512,7 +519,7 @@ class ClientRequestStats:
                 doc,
                 (*names, *static_names),
                 registry=registry,
-                buckets=(*bounds, float("inf")),
+                buckets=bounds,
             )
             return Family(metric, static, max_series, over)
 
@@ -665,7 +672,7 @@ def exposed(collectors: cabc.Sequence[Collector]) -> list[Collector]:
     shared lock, so that :func:`compact` never moves counts under a scrape.
     """
     if not multiprocess():
-        return _unique(collectors)
+        return list(collectors)
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     with _directory_lock(_multiprocess_dir(), fcntl.LOCK_SH):
@@ -819,7 +826,7 @@ class Metrics:
                 "Time to render a template (before_render_template to template_rendered).",
                 ("template", *self._static_names),
                 registry=registry,
-                buckets=(*buckets, float("inf")),
+                buckets=buckets,
                 unit="seconds",
             ),
             "flask_template_render_duration_seconds",
@@ -839,7 +846,7 @@ class Metrics:
                     *self._static_names,
                 ),
                 registry=registry,
-                buckets=(*buckets, float("inf")),
+                buckets=buckets,
                 unit="seconds",
             ),
             "flask_response_ready_duration_seconds",
@@ -861,7 +868,6 @@ class Metrics:
         for signal in ("traces", "metrics"):
             for reason in ("export_failed", "queue_full"):
                 self.otlp_dropped.child((signal, reason))  # 0 for series known in advance
-        _ALL.add(self)
 
     def _family(self, metric: M, name: str) -> Family[M]:
         return Family(metric, self._static, self._cap, self._overflow.labels(name, *self._static))
@@ -893,15 +899,6 @@ class _Union(Collector):
         if metric.name in self._names:
             return True
         return any(sample.name in self._names for sample in metric.samples)
-
-
-def _unique(collectors: cabc.Sequence[Collector]) -> list[Collector]:
-    """The collectors once each (a registry given twice would duplicate families)."""
-    unique: list[Collector] = []
-    for collector in collectors:
-        if all(collector is not seen for seen in unique):
-            unique.append(collector)
-    return unique
 
 
 def new_registry() -> CollectorRegistry:
@@ -1014,7 +1011,7 @@ class SignalStore:
             documentation,
             tuple(labelnames),
             registry=self.registry,
-            buckets=(*buckets, float("inf")),
+            buckets=buckets,
         )
         return Family(metric, (), self._cap, self._overflow.labels(name))
 
@@ -1180,17 +1177,3 @@ def _histogram_readings(family: Metric) -> list[Reading]:
             )
         )
     return found
-
-
-# -- telemetry the OTLP export had to drop ---------------------------------------
-
-#: Every app's metrics in this process: OTLP export is process-wide, so each
-#: app's /metrics shows what the process dropped.
-_ALL: weakref.WeakSet[Metrics] = weakref.WeakSet()
-
-
-def otlp_dropped(signal: str, reason: str, amount: int) -> None:
-    """Count telemetry the OTLP export lost (called off the request path)."""
-    if amount > 0:
-        for metrics in list(_ALL):
-            metrics.otlp_dropped.child((signal, reason)).inc(amount)

@@ -149,6 +149,16 @@ def test_time_between_two_signals(
     )
 
 
+def test_user_buckets_ending_in_inf_give_one_inf_bucket(
+    ext: SignalMetrics, registry: CollectorRegistry, signals: Namespace
+) -> None:
+    started, finished = signals.signal("c"), signals.signal("d")
+    ext.time(started, finished, key=lambda sender, **kw: 1, buckets=[1.0, float("inf")])
+    name = "flask_signal_c_to_d_duration_seconds_bucket"
+    les = [s.labels["le"] for m in registry.collect() for s in m.samples if s.name == name]
+    assert les == ["1.0", "+Inf"]
+
+
 def test_pending_starts_are_bounded(
     ext: SignalMetrics,
     registry: CollectorRegistry,
