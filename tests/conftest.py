@@ -192,19 +192,30 @@ def memory_provider(sampler: Sampler | None = None) -> tuple[TracerProvider, InM
     return provider, exporter
 
 
-@pytest.fixture
-def tracer_provider() -> t.Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    """A fresh SDK provider per test."""
-    provider, exporter = memory_provider()
-    yield provider, exporter
-    provider.shutdown()
+MakeTraced = t.Callable[..., Traced]
 
 
 @pytest.fixture
-def traced(
-    registry: CollectorRegistry, tracer_provider: tuple[TracerProvider, InMemorySpanExporter]
-) -> Traced:
-    provider, exporter = tracer_provider
-    app = make_app()
-    SignalMetrics(app, registry=registry, serve_default_registry=False, tracer_provider=provider)
-    return Traced(app, app.test_client(), exporter, provider, registry)
+def make_traced(registry: CollectorRegistry) -> t.Iterator[MakeTraced]:
+    """Build a traced app, each with a fresh SDK provider exporting to memory.
+
+    ``make_traced(app=None, sampler=None, **extension_options)``.
+    """
+    providers: list[TracerProvider] = []
+
+    def make(app: Flask | None = None, sampler: Sampler | None = None, **options: t.Any) -> Traced:
+        provider, exporter = memory_provider(sampler)
+        providers.append(provider)
+        app = make_app() if app is None else app
+        options.setdefault("serve_default_registry", False)
+        SignalMetrics(app, registry=registry, tracer_provider=provider, **options)
+        return Traced(app, app.test_client(), exporter, provider, registry)
+
+    yield make
+    for provider in providers:
+        provider.shutdown()
+
+
+@pytest.fixture
+def traced(make_traced: MakeTraced) -> Traced:
+    return make_traced()

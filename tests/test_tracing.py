@@ -11,7 +11,6 @@ from opentelemetry import baggage
 from opentelemetry import trace
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace import StatusCode
@@ -25,7 +24,7 @@ from flask_signal_metrics.tracing import redact_query
 from flask_signal_metrics.tracing import split_host
 
 from .conftest import make_app
-from .conftest import memory_provider
+from .conftest import MakeTraced
 from .conftest import Traced
 from .conftest import value
 
@@ -229,21 +228,17 @@ def test_split_host(host: str, scheme: str, expected: tuple[str, int]) -> None:
 
 
 def test_captured_headers_follow_the_standard_variables(
-    registry: CollectorRegistry,
-    tracer_provider: tuple[TracerProvider, InMemorySpanExporter],
-    monkeypatch: pytest.MonkeyPatch,
+    make_traced: MakeTraced, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-Request-Id,x-secret-.*"
     )
     monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "Content-Type")
     monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-secret-.*")
-    provider, exporter = tracer_provider
-    app = make_app()
-    SignalMetrics(app, registry=registry, tracer_provider=provider)
+    traced = make_traced()
     headers = {"X-Request-Id": "r-1", "X-Secret-Token": "hunter2", "Cookie": "a=b"}
-    app.test_client().get("/item/1", headers=headers)
-    attributes = dict(exporter.get_finished_spans()[0].attributes or {})
+    traced.client.get("/item/1", headers=headers)
+    attributes = dict(traced.spans()[0].attributes or {})
     assert attributes["http.request.header.x-request-id"] == ("r-1",)
     assert attributes["http.request.header.x-secret-token"] == ("[REDACTED]",)
     assert "http.request.header.cookie" not in attributes
@@ -296,22 +291,15 @@ def test_no_sdk_no_span_no_context(registry: CollectorRegistry) -> None:
     assert app.extensions["signal_metrics"].tracing.tracer() is None
 
 
-def test_tracing_false_makes_no_spans(
-    registry: CollectorRegistry, tracer_provider: tuple[TracerProvider, InMemorySpanExporter]
-) -> None:
-    provider, exporter = tracer_provider
-    app = make_app()
-    SignalMetrics(app, registry=registry, tracer_provider=provider, tracing=False)
-    app.test_client().get("/page")
-    assert exporter.get_finished_spans() == ()
-    assert app.extensions["signal_metrics"].tracing is None
+def test_tracing_false_makes_no_spans(make_traced: MakeTraced) -> None:
+    traced = make_traced(tracing=False)
+    traced.client.get("/page")
+    assert traced.spans(None) == []
+    assert traced.app.extensions["signal_metrics"].tracing is None
 
 
-def test_excluded_requests_make_no_span(
-    registry: CollectorRegistry, tracer_provider: tuple[TracerProvider, InMemorySpanExporter]
-) -> None:
+def test_excluded_requests_make_no_span(make_traced: MakeTraced) -> None:
     """The one exclusion rule holds for spans too: /metrics, @exclude, SIGNAL_METRICS_EXCLUDE."""
-    provider, exporter = tracer_provider
     app = make_app()
     app.config["SIGNAL_METRICS_EXCLUDE"] = [r"/item/1\d*", "/page"]
 
@@ -320,13 +308,12 @@ def test_excluded_requests_make_no_span(
     def healthz() -> str:
         return "ok"
 
-    SignalMetrics(app, registry=registry, tracer_provider=provider)
-    client = app.test_client()
+    traced = make_traced(app)
     for path in ["/metrics", "/healthz", "/item/1", "/item/15", "/page"]:
-        assert client.get(path).status_code == 200
-    assert exporter.get_finished_spans() == ()  # no server, render or flash anything
-    client.get("/item/2")
-    assert [s.name for s in exporter.get_finished_spans()] == ["GET /item/<int:item_id>"]
+        assert traced.client.get(path).status_code == 200
+    assert traced.spans(None) == []  # no server, render or flash anything
+    traced.client.get("/item/2")
+    assert [s.name for s in traced.spans(None)] == ["GET /item/<int:item_id>"]
 
 
 def test_exemplars_link_sampled_spans_in_openmetrics_only(traced: Traced) -> None:
@@ -342,24 +329,16 @@ def test_exemplars_link_sampled_spans_in_openmetrics_only(traced: Traced) -> Non
     assert "# {" not in traced.client.get("/metrics").text  # text format: none
 
 
-def test_unsampled_requests_have_no_exemplar(registry: CollectorRegistry) -> None:
-    provider, exporter = memory_provider(ALWAYS_OFF)
-    app = make_app()
-    SignalMetrics(app, registry=registry, tracer_provider=provider)
-    client = app.test_client()
-    client.get("/item/1")
-    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
+def test_unsampled_requests_have_no_exemplar(make_traced: MakeTraced) -> None:
+    traced = make_traced(sampler=ALWAYS_OFF)
+    traced.client.get("/item/1")
+    om = traced.client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
     assert "trace_id" not in om
-    assert exporter.get_finished_spans() == ()
+    assert traced.spans(None) == []
 
 
-def test_classic_naming_carries_exemplars(
-    registry: CollectorRegistry, tracer_provider: tuple[TracerProvider, InMemorySpanExporter]
-) -> None:
-    provider, _ = tracer_provider
-    app = make_app()
-    SignalMetrics(app, registry=registry, tracer_provider=provider, naming="classic")
-    client = app.test_client()
+def test_classic_naming_carries_exemplars(make_traced: MakeTraced) -> None:
+    client = make_traced(naming="classic").client
     client.get("/item/1")
     client.get("/item/2")
     om = client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
