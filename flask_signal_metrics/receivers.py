@@ -365,7 +365,8 @@ def _on_before_render_template(sender: Flask, template: Template, **extra: objec
             _end_renders(stack)
         render = None
         tracing: Tracing | None = sender.extensions[EXTENSION_KEY].tracing
-        if tracing is not None and not _in_excluded_request():
+        # The exclusion lookup only when a span would be made (no SDK: none).
+        if tracing is not None and tracing.tracer() is not None and not _in_excluded_request():
             render = tracing.render_started(labels.template(template.name))
         stack.append((id(template), _perf_counter(), render))
     except Exception as e:
