@@ -154,9 +154,8 @@ def _metric_exporter(protocol: str) -> MetricExporter:
 def _dropped(signal: str, reason: str, amount: int) -> None:
     """Count telemetry the export lost, on every app's /metrics (export is per process)."""
     if amount > 0:
-        for state in list(INSTANCES):
-            if state.metrics is not None:
-                state.metrics.otlp_dropped.child((signal, reason)).inc(amount)
+        for state in list(INSTANCES):  # enabled apps only: each has metrics
+            state.metrics.otlp_dropped.child((signal, reason)).inc(amount)  # type: ignore[union-attr]
 
 
 def _at_fork(method: t.Callable[[], None]) -> None:
@@ -293,9 +292,7 @@ class MetricsBridge:
         """This process's series of every instrumented app, as OTLP data."""
         now = time.time_ns()
         metrics: dict[str, tuple[str, str, str, list[t.Any]]] = {}
-        for state in list(INSTANCES):
-            if state.metrics is None:
-                continue
+        for state in list(INSTANCES):  # enabled apps only
             for reading in prometheus.readings(state.owned):
                 if reading.family in _SKIPPED:
                     continue
@@ -336,14 +333,10 @@ class MetricsBridge:
         """Send the current values now; False (and counted) when the collector failed."""
         with self._export_lock:
             data = self.collect()
-            if not data.resource_metrics[0].scope_metrics[0].metrics:
+            metrics = data.resource_metrics[0].scope_metrics[0].metrics  # one of each
+            if not metrics:
                 return True  # no instrumented app in this process (yet)
-            points = sum(
-                len(metric.data.data_points)
-                for resource in data.resource_metrics
-                for scope in resource.scope_metrics
-                for metric in scope.metrics
-            )
+            points = sum(len(metric.data.data_points) for metric in metrics)
             try:
                 result = self._exporter.export(data, timeout_millis=self._timeout * 1000)
             except Exception:

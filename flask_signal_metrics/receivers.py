@@ -31,6 +31,7 @@ from . import labels
 from .state import EXTENSION_KEY
 from .state import logger
 from .state import State
+from .tracing import EXTERNAL
 from .tracing import Tracing
 
 if t.TYPE_CHECKING:
@@ -74,7 +75,9 @@ _Start = tuple[float, str, str, str, t.Any, t.Any]
 class _ProxyContext:
     """Stands in for Flask's request-context variable where Flask has none."""
 
-    def get(self) -> _ProxyContext:
+    def get(self, *default: None) -> _ProxyContext | None:
+        if default and not flask.has_request_context():
+            return None
         return self
 
     @property
@@ -208,9 +211,9 @@ def _on_request_tearing_down(
             if exc is not None:
                 environ[ERROR_KEY] = exc
             return
-        environ[START_KEY] = _DONE
         if start is None or start is _DONE:
-            return
+            return  # excluded stays None: a streamed template renders after teardown
+        environ[START_KEY] = _DONE
         if start[5] is not None:
             _end_context(start[5])
         response: Response | None = environ.get(RESPONSE_KEY)
@@ -265,7 +268,6 @@ def _close_stream(
 ) -> None:
     """Record a streamed request when the server closes its body."""
     try:
-        environ[START_KEY] = _DONE
         _record(app, environ, start, response, None, exc)
     except Exception as e:
         _failed(app, signals.request_tearing_down.name, e)
@@ -297,7 +299,7 @@ def _record(
     state: State = app.extensions[EXTENSION_KEY]
     exemplar = span = None
     if traced is not None:
-        span = environ.get(CONTRIB_SPAN_KEY) if traced == "external" else traced[0]
+        span = environ.get(CONTRIB_SPAN_KEY) if traced is EXTERNAL else traced[0]
         if span is not None:
             exemplar = Tracing.sampled_ids(span)
     metrics: Metrics = state.metrics  # type: ignore[assignment]  # set while connected
@@ -311,11 +313,13 @@ def _record(
     )
     if exception is not None and metrics.escaped is not None:  # classic naming
         metrics.escaped.child((method, status_label)).inc()
-    if type(traced) is tuple and state.tracing is not None:
+    if type(traced) is tuple:
         # Last: a span processor of the user's that raises cannot cost the
         # request its metrics. The span ends when the recorded duration does.
         end_ns = traced[2] + int(duration * 1e9)
-        state.tracing.finish(traced[0], status, error, exception, response, end_ns)
+        state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
+            traced[0], status, error, exception, response, end_ns
+        )
 
 
 def _end_context(traced: t.Any) -> None:
@@ -350,9 +354,8 @@ _MAX_RENDER_DEPTH = 64
 
 
 def _in_excluded_request() -> bool:
-    if not flask.has_request_context():
-        return False
-    return _cv_request.get().request.environ.get(START_KEY, _MISSING) is None
+    found = _cv_request.get(None)
+    return found is not None and found.request.environ.get(START_KEY, _MISSING) is None
 
 
 def _on_before_render_template(sender: Flask, template: Template, **extra: object) -> None:
@@ -365,9 +368,10 @@ def _on_before_render_template(sender: Flask, template: Template, **extra: objec
             _end_renders(stack)
         render = None
         tracing: Tracing | None = sender.extensions[EXTENSION_KEY].tracing
+        tracer = None if tracing is None else tracing.tracer()
         # The exclusion lookup only when a span would be made (no SDK: none).
-        if tracing is not None and tracing.tracer() is not None and not _in_excluded_request():
-            render = tracing.render_started(labels.template(template.name))
+        if tracer is not None and not _in_excluded_request():
+            render = Tracing.render_started(tracer, labels.template(template.name))
         stack.append((id(template), _perf_counter(), render))
     except Exception as e:
         _failed(sender, signals.before_render_template.name, e)

@@ -307,11 +307,9 @@ class Tracing:
 
     # -- templates and flashes ------------------------------------------------
 
-    def render_started(self, name: str) -> Handle | None:
+    @staticmethod
+    def render_started(tracer: Tracer, name: str) -> Handle:
         """A child span for a template render, made current while it renders."""
-        tracer = self.tracer()
-        if tracer is None:
-            return None
         span = tracer.start_span(f"render {name}", attributes={TEMPLATE_NAME: name})
         return span, context.attach(trace.set_span_in_context(span))
 
@@ -332,10 +330,9 @@ class Tracing:
     # -- exemplars --------------------------------------------------------------
 
     @staticmethod
-    def sampled_ids(span: Span | None = None) -> tuple[int, int] | None:
-        """(trace id, span id) of a sampled span (the current one by default)."""
-        found = trace.get_current_span() if span is None else span
-        span_context = found.get_span_context()
+    def sampled_ids(span: Span) -> tuple[int, int] | None:
+        """(trace id, span id) of a sampled span."""
+        span_context = span.get_span_context()
         if span_context.trace_flags.sampled and span_context.is_valid:
             return span_context.trace_id, span_context.span_id
         return None

@@ -522,3 +522,23 @@ def test_error_pages_are_not_streams(client: FlaskClient, registry: CollectorReg
         )
         == 1
     )
+
+
+def test_excluded_streamed_template_is_not_measured(registry: CollectorRegistry) -> None:
+    """stream_template renders after the first teardown: the request stays excluded."""
+    from flask import stream_template_string
+
+    app = make_app()
+
+    @app.get("/report")
+    @exclude
+    def report() -> t.Any:
+        return stream_template_string("{% for n in range(3) %}{{ n }}{% endfor %}")
+
+    SignalMetrics(app, registry=registry)
+    response = app.test_client().get("/report")
+    assert response.get_data() == b"012"
+    response.close()
+    renders = "flask_template_render_duration_seconds_count"
+    assert value(registry, renders, template="__string__") == 0
+    assert total_requests(registry) == 0
