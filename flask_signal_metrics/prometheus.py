@@ -19,6 +19,7 @@ import threading
 import time
 import typing as t
 from bisect import bisect_left
+from bisect import bisect_right
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
@@ -198,23 +199,29 @@ class _Cells:
         self.response_sum = 0.0
 
     def fold(self, bounds: list[float], size_bounds: list[float]) -> None:
-        """Add the pending observations to the buckets (hold ``fold_lock``)."""
+        """Add the pending observations to the buckets (hold ``fold_lock``).
+
+        Column by column with C-level builtins (``zip``, ``sorted``, ``sum``,
+        one ``bisect`` per bucket bound): a Python loop over observations,
+        one bisect each, cost 7 600 instructions per request (counted by
+        valgrind, bench/bench_instructions.py), this about 1 000.
+        """
         pending = self.pending
         n = len(pending)
-        for duration, request_size, response_size, exemplar in pending[:n]:
-            index = bisect_left(bounds, duration)  # first bound >= duration
-            self.duration[index] += 1
-            self.duration_sum += duration
-            if exemplar is not None:
-                self.exemplars[index] = exemplar
-            if request_size is not None:
-                # Most requests have no body: bucket 0 without a search.
-                self.request[bisect_left(size_bounds, request_size) if request_size else 0] += 1
-                self.request_sum += request_size
-            if response_size is not None:
-                self.response[bisect_left(size_bounds, response_size)] += 1
-                self.response_sum += response_size
+        if not n:
+            return
+        durations, request_sizes, response_sizes, exemplars = zip(*pending[:n], strict=True)
         del pending[:n]
+        _count_into(self.duration, bounds, durations)
+        self.duration_sum += sum(durations)
+        self.request_sum += _sizes_into(self.request, size_bounds, request_sizes)
+        self.response_sum += _sizes_into(self.response, size_bounds, response_sizes)
+        if exemplars.count(None) != n:
+            kept = self.exemplars
+            for duration, exemplar in itertools.compress(
+                zip(durations, exemplars, strict=True), exemplars
+            ):
+                kept[bisect_left(bounds, duration)] = exemplar  # the latest wins
 
     def snapshot(
         self, bounds: list[float], size_bounds: list[float]
@@ -230,6 +237,29 @@ class _Cells:
                 self.response_sum,
                 list(self.exemplars),
             )
+
+
+def _count_into(counts: list[int], bounds: list[float], values: cabc.Iterable[float]) -> None:
+    """Add each value to its bucket's count: the first bound >= the value."""
+    ordered = sorted(values)
+    total = len(ordered)
+    below = 0
+    for index, bound in enumerate(bounds):
+        upto = bisect_right(ordered, bound)  # the values <= bound
+        counts[index] += upto - below
+        below = upto
+        if below == total:
+            return
+
+
+def _sizes_into(counts: list[int], bounds: list[float], sizes: tuple[int | None, ...]) -> int:
+    """Count the known sizes (None: unknown, not recorded); their sum."""
+    known = t.cast(
+        "cabc.Sequence[int]",
+        sizes if None not in sizes else [size for size in sizes if size is not None],
+    )
+    _count_into(counts, bounds, known)
+    return sum(known)
 
 
 class RequestStats(Collector):

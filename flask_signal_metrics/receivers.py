@@ -112,18 +112,17 @@ def _begin(app: Flask, request: Request, in_flight: bool) -> _Start | None:
     if state.exclude_path is not None and state.exclude_path.fullmatch(request.path):
         environ[START_KEY] = None
         return None
-    method = state.methods.get(request.method, labels.OTHER)
-    scheme = labels.SCHEMES.get(request.scheme, labels.OTHER)
-    group = None
+    found = state.lanes.get((request.method, request.scheme))
+    method, scheme, group = found or state.lane(request.method, request.scheme)
     traced: t.Any = None
     if in_flight:
-        assert state.metrics is not None
-        requests = state.metrics.requests
-        group = requests.groups.get((method, scheme)) or requests.group(method, scheme)
         next(group.started)
-    began = _perf_counter()
-    if in_flight and state.tracing is not None:
-        traced = state.tracing.start(app, request, method, route)
+        began = _perf_counter()
+        if state.tracing is not None:
+            traced = state.tracing.start(app, request, method, route)
+    else:
+        group = None
+        began = _perf_counter()
     start = (began, method, scheme, route, group, traced)
     environ[START_KEY] = start
     return start

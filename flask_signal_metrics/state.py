@@ -14,6 +14,7 @@ import re
 import typing as t
 import weakref
 
+from . import labels
 from .config import Settings
 from .prometheus import Metrics
 from .tracing import Tracing
@@ -58,6 +59,10 @@ class State:
     #: The extension's own registries (request metrics, declared signals):
     #: what OTLP export sends, without the process-wide default registry.
     owned: tuple[CollectorRegistry, ...] = ()
+    #: (request.method, request.scheme) -> (method label, scheme label, the
+    #: in-flight group): one dict lookup on the request path instead of
+    #: three. Only known methods and schemes are kept, so it stays small.
+    lanes: dict[tuple[str, str], tuple[str, str, t.Any]] = dataclasses.field(default_factory=dict)
 
     def rule_info(self, app: Flask, rule: Rule) -> tuple[str, bool]:
         """The route template of ``rule`` and whether its view is excluded.
@@ -71,6 +76,16 @@ class State:
         info = (rule.rule, bool(getattr(view, EXCLUDE_ATTR, False)))
         self.rules[id(rule)] = info
         return info
+
+    def lane(self, method: str, scheme: str) -> tuple[str, str, t.Any]:
+        """The labels of a request's method and scheme, and its in-flight group."""
+        method_label = self.methods.get(method, labels.OTHER)
+        scheme_label = labels.SCHEMES.get(scheme, labels.OTHER)
+        assert self.metrics is not None  # no receivers are connected without it
+        lane = (method_label, scheme_label, self.metrics.requests.group(method_label, scheme_label))
+        if method_label == method and scheme_label == scheme:
+            self.lanes[(method, scheme)] = lane
+        return lane
 
 
 #: Every enabled app's state in this process, for the OTLP metrics bridge.

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from flask_signal_metrics import exclude
 from flask_signal_metrics import receivers
 from flask_signal_metrics import SignalMetrics
+from flask_signal_metrics.state import get_state
 
 from .conftest import http_labels
 from .conftest import in_flight
@@ -255,6 +256,19 @@ def test_forged_scheme_is_not_a_label(client: FlaskClient, registry: CollectorRe
     client.get("/item/1", base_url="https://localhost")
     assert requests_counted(registry, "/item/<int:item_id>", 200, scheme="_OTHER") == 1
     assert requests_counted(registry, "/item/<int:item_id>", 200, scheme="https") == 1
+
+
+def test_unknown_methods_and_schemes_are_not_remembered(
+    client: FlaskClient, registry: CollectorRegistry, app: Flask
+) -> None:
+    # Only known (method, scheme) pairs are cached: garbage cannot grow memory.
+    for n in range(50):
+        client.open("/item/1", method=f"X{n}")
+        client.get("/item/1", environ_overrides={"wsgi.url_scheme": f"s{n}"})
+    client.get("/item/1")
+    assert set(get_state(app).lanes) == {("GET", "http")}
+    assert requests_counted(registry, "", 405, method="_OTHER") == 50
+    assert requests_counted(registry, "/item/<int:item_id>", 200, scheme="_OTHER") == 50
 
 
 def test_known_methods_from_the_environment(
