@@ -7,6 +7,7 @@ and divides the difference by K, so start-up and warm-up cancel out.
 
     python bench/bench_instructions.py [--requests K]            # bench_requests.py's variants
     python bench/bench_instructions.py --bench tracing           # bench_tracing.py's variants
+    python bench/bench_instructions.py --bench demo              # bench_demo.py's variants
 
 Needs valgrind (Debian package ``valgrind``). Instructions are not time (a
 cache miss costs more than an add), but the ratios track the timed ones and
@@ -21,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import typing as t
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,18 +32,26 @@ sys.path.insert(0, {here!r})
 import bench_{bench} as b
 from werkzeug.test import EnvironBuilder
 headers = {{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
-environ = EnvironBuilder(path="/item/42", method="GET", headers=headers).get_environ()
+environ = EnvironBuilder(path={path!r}, method="GET", headers=headers).get_environ()
+app = b.VARIANTS[{variant!r}]()[0]  # first: a variant may set the environment for imports
 from bench_requests import run_round
-app = b.VARIANTS[{variant!r}]()[0]
 run_round(app.wsgi_app, environ, 300)
 run_round(app.wsgi_app, environ, {requests})
 """
 
 
-#: bench -> (its variants, the peer the ratios are taken against, extra ratios)
-BENCHES: dict[str, tuple[tuple[str, ...], str, tuple[tuple[str, str, str], ...]]] = {
-    "requests": (("bare", "floor", "ours", "lean", "pfe"), "pfe", ()),
-    "tracing": (
+class Bench(t.NamedTuple):
+    variants: tuple[str, ...]
+    #: The variant overheads are divided by, if any.
+    peer: str | None
+    #: (variant, variant, label): more overhead ratios to print.
+    ratios: tuple[tuple[str, str, str], ...]
+    path: str = "/item/42"
+
+
+BENCHES: dict[str, Bench] = {
+    "requests": Bench(("bare", "floor", "least", "ours", "lean", "pfe"), "pfe", ()),
+    "tracing": Bench(
         ("bare", "metrics", "nosdk", "unsampled", "full", "second", "floor", "floor0", "peers"),
         "peers",
         (
@@ -50,11 +60,20 @@ BENCHES: dict[str, tuple[tuple[str, ...], str, tuple[tuple[str, str, str], ...]]
             ("nosdk", "metrics", "no SDK / metrics only (target <= 1.2)"),
         ),
     ),
+    # The demo's /items/1 (a template) as bench_load.py drives it under
+    # gunicorn: bare/variant is the requests/s ratio a CPU-bound server gets.
+    "demo": Bench(("bare", "floor", "single", "multi"), None, (), "/items/1"),
 }
 
 
 def instructions(bench: str, variant: str, requests: int) -> int:
-    code = RUN_ONE.format(here=str(HERE), bench=bench, variant=variant, requests=requests)
+    code = RUN_ONE.format(
+        here=str(HERE),
+        bench=bench,
+        variant=variant,
+        requests=requests,
+        path=BENCHES[bench].path,
+    )
     result = subprocess.run(
         [
             "valgrind",
@@ -82,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", choices=list(BENCHES), default="requests")
     parser.add_argument("--only", nargs="*", help="count these variants only (with bare)")
     args = parser.parse_args(argv)
-    variants, peer, ratios = BENCHES[args.bench]
+    variants, peer, ratios, path = BENCHES[args.bench]
     if args.only:
         variants = tuple(v for v in variants if v in {"bare", peer, *args.only})
         ratios = tuple(r for r in ratios if r[0] in variants and r[1] in variants)
@@ -96,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         per_request[variant] = (high - low) / args.requests
     base = per_request["bare"]
     over = {variant: count - base for variant, count in per_request.items()}
-    print(f"instructions per request (valgrind), {args.requests} requests of GET /item/42")
-    print(f"{'variant':10} {'instr/req':>10} {'overhead':>10} {'ratio/' + peer:>12}")
+    print(f"instructions per request (valgrind), {args.requests} requests of GET {path}")
+    ratio = f"ratio/{peer}" if peer else ""
+    print(f"{'variant':10} {'instr/req':>10} {'overhead':>10} {ratio:>12} {'bare/this':>10}")
     for variant, count in per_request.items():
-        print(
-            f"{variant:10} {count:10.0f} {over[variant]:10.0f} {over[variant] / over[peer]:12.3f}"
-        )
+        relative = f"{over[variant] / over[peer]:12.3f}" if peer else " " * 12
+        print(f"{variant:10} {count:10.0f} {over[variant]:10.0f} {relative} {base / count:10.3f}")
     for a, b, label in ratios:
         print(f"{label:44} {over[a] / over[b]:.3f}")
     return 0
