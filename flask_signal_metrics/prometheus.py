@@ -33,6 +33,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import CounterMetricFamily
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.mmap_dict import mmap_key
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -76,6 +77,15 @@ REQUEST_SIZE = "http_server_request_body_size_bytes"
 RESPONSE_SIZE = "http_server_response_body_size_bytes"
 CLASSIC_DURATION = "flask_http_request_duration_seconds"
 CLASSIC_COUNT = "flask_http_request"
+
+#: The help text of each request metric, the same in both backends.
+HELP = {
+    DURATION: "Duration of HTTP server requests.",
+    REQUEST_SIZE: "Size of HTTP server request bodies.",
+    RESPONSE_SIZE: "Size of HTTP server response bodies.",
+    CLASSIC_DURATION: "Flask HTTP request duration in seconds",
+    CLASSIC_COUNT: "Total number of HTTP requests",
+}
 
 
 class Family(t.Generic[M]):
@@ -204,7 +214,7 @@ class _Cells:
         Column by column with C-level builtins (``zip``, ``sorted``, ``sum``,
         one ``bisect`` per bucket bound): a Python loop over observations,
         one bisect each, cost 7 600 instructions per request (counted by
-        valgrind, bench/bench_instructions.py), this about 1 000.
+        valgrind, bench/bench_instructions.py), this about 1 200.
         """
         pending = self.pending
         n = len(pending)
@@ -260,6 +270,35 @@ def _sizes_into(counts: list[int], bounds: list[float], sizes: tuple[int | None,
     )
     _count_into(counts, bounds, known)
     return sum(known)
+
+
+S = t.TypeVar("S")
+
+
+def _capped(
+    table: dict[RequestKey, S],
+    key: RequestKey,
+    lock: threading.Lock,
+    cap: int,
+    overflowed: cabc.Sequence[Counter],
+    make: t.Callable[[RequestKey], S],
+) -> S:
+    """A request series not yet in ``table``: made, or the overflow series past ``cap``."""
+    with lock:
+        found = table.get(key)
+        if found is not None:
+            return found
+        if len(table) >= cap:
+            # Folded label sets are not remembered: remembering them is the
+            # unbounded memory the cap prevents.
+            for counter in overflowed:
+                counter.inc()
+            key = _OVERFLOW_KEY
+            found = table.get(key)
+            if found is not None:
+                return found
+        found = table[key] = make(key)
+        return found
 
 
 class RequestStats(Collector):
@@ -324,7 +363,9 @@ class RequestStats(Collector):
         :param response_size: ``None`` when unknown: not recorded.
         :param exemplar: the sampled span the duration links to, if any.
         """
-        cells = self._cells.get(key) or self._add(key)
+        cells = self._cells.get(key) or _capped(
+            self._cells, key, self._lock, self._cap, self._overflowed, self._new_cells
+        )
         kept = None if exemplar is None else (*exemplar, duration, _time())
         cells.pending.append((duration, request_size, response_size, kept))
         if group is not None:
@@ -335,23 +376,8 @@ class RequestStats(Collector):
             finally:
                 cells.fold_lock.release()
 
-    def _add(self, key: RequestKey) -> _Cells:
-        with self._lock:
-            found = self._cells.get(key)
-            if found is not None:
-                return found
-            if len(self._cells) >= self._cap:
-                # Folded label sets are not remembered: remembering them is
-                # the unbounded memory the cap prevents.
-                for counter in self._overflowed:
-                    counter.inc()
-                key = _OVERFLOW_KEY
-                found = self._cells.get(key)
-                if found is not None:
-                    return found
-            found = _Cells(len(self._bounds), len(self._size_bounds))
-            self._cells[key] = found
-            return found
+    def _new_cells(self, key: RequestKey) -> _Cells:
+        return _Cells(len(self._bounds), len(self._size_bounds))
 
     # -- exposition ---------------------------------------------------------
 
@@ -397,52 +423,45 @@ class RequestStats(Collector):
         return families
 
     def _families(self) -> list[Metric]:
-        static = self._static_names
-        families: list[Metric] = [
-            GaugeMetricFamily(
-                "http_server_active_requests",
-                "Number of active HTTP server requests.",
-                labels=["http_request_method", "url_scheme", *static],
-            )
-        ]
-        if self._classic:
-            families += [
-                HistogramMetricFamily(
-                    CLASSIC_DURATION,
-                    "Flask HTTP request duration in seconds",
-                    labels=["method", "path", "status", *static],
-                    unit="seconds",
-                ),
-                CounterMetricFamily(
-                    CLASSIC_COUNT,
-                    "Total number of HTTP requests",
-                    labels=["method", "status", *static],
-                ),
-            ]
-        else:
-            families.append(
-                HistogramMetricFamily(
-                    DURATION,
-                    "Duration of HTTP server requests.",
-                    labels=[*HTTP_LABELS, *static],
-                    unit="seconds",
-                )
-            )
-        families += [
+        active = GaugeMetricFamily(
+            "http_server_active_requests",
+            "Number of active HTTP server requests.",
+            labels=["http_request_method", "url_scheme", *self._static_names],
+        )
+        return [active, *_request_families(self._classic, self._static_names)]
+
+
+def _request_families(classic: bool, static: tuple[str, ...]) -> list[Metric]:
+    """The request histograms (and classic count), empty: duration first, sizes last."""
+    families: list[Metric]
+    if classic:
+        families = [
             HistogramMetricFamily(
-                REQUEST_SIZE,
-                "Size of HTTP server request bodies.",
-                labels=[*HTTP_LABELS, *static],
-                unit="bytes",
+                CLASSIC_DURATION,
+                HELP[CLASSIC_DURATION],
+                labels=["method", "path", "status", *static],
+                unit="seconds",
             ),
-            HistogramMetricFamily(
-                RESPONSE_SIZE,
-                "Size of HTTP server response bodies.",
-                labels=[*HTTP_LABELS, *static],
-                unit="bytes",
+            CounterMetricFamily(
+                CLASSIC_COUNT,
+                HELP[CLASSIC_COUNT],
+                labels=["method", "status", *static],
             ),
         ]
-        return families
+    else:
+        families = [
+            HistogramMetricFamily(
+                DURATION,
+                HELP[DURATION],
+                labels=[*HTTP_LABELS, *static],
+                unit="seconds",
+            )
+        ]
+    for name in (REQUEST_SIZE, RESPONSE_SIZE):
+        families.append(
+            HistogramMetricFamily(name, HELP[name], labels=[*HTTP_LABELS, *static], unit="bytes")
+        )
+    return families
 
 
 _OVERFLOW_KEY: RequestKey = (labels.OVERFLOW,) * 5
@@ -512,13 +531,90 @@ class ClientGroup:
         self.started = _Starting(gauge)
 
 
-class ClientRequestStats:
-    """The request metrics recorded with prometheus_client's own classes.
+class _ProcessFiles:
+    """This process's files for the request metrics, in prometheus_client's format.
 
-    Used in multiprocess mode, where every value lives in a per-process file
-    that ``MultiProcessCollector`` sums at scrape time. Same names, labels and
-    cap as :class:`RequestStats`; the in-flight gauge is ``livesum``, so the
-    gauges of dead workers drop out once ``mark_process_dead`` ran.
+    prometheus_client's multiprocess values each take one process-wide lock,
+    look up the pid and write the file on every increment: about ten per
+    request, 84 000 of the 199 000 instructions the extension added to the
+    demo's request in a worker (``bench/bench_instructions.py --bench demo``).
+    Here a request takes one lock and writes its values with the client's own
+    file code (``MmapedDict``, ``mmap_key``) into files of their own,
+    ``<type>_requests_<pid>.db``, which the client's collector and
+    :func:`compact` read like the client's. Each value is in the file as soon
+    as its request is recorded: a SIGKILLed worker loses no completed request.
+    """
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """Start empty: at import, and in a forked child (the parent's files are its own)."""
+        self.lock = threading.Lock()
+        self._files: dict[str, MmapedDict] = {}
+        #: Each value written, by its file key.
+        self.values: dict[str, float] = {}
+
+    def add(self, typ: str, key: str, amount: float) -> None:
+        """Add ``amount`` to one value and write it through (hold :attr:`lock`)."""
+        file = self._files.get(typ) or self._open(typ)
+        value = self.values.get(key)
+        if value is None:
+            value = file.read_value(key)[0]  # type: ignore[no-untyped-call]
+        value += amount
+        self.values[key] = value
+        file.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+
+    def declare(self, typ: str, keys: cabc.Iterable[str]) -> None:
+        """Put values in the file at 0 (hold :attr:`lock`): a scrape shows them from now on."""
+        for key in keys:
+            self.add(typ, key, 0.0)
+
+    def _open(self, typ: str) -> MmapedDict:
+        path = os.path.join(_multiprocess_dir(), f"{typ}_requests_{os.getpid()}.db")
+        file = self._files[typ] = MmapedDict(path)  # type: ignore[no-untyped-call]
+        return file
+
+
+_FILES = _ProcessFiles()
+os.register_at_fork(after_in_child=_FILES.forget)
+
+
+class _FileSeries:
+    """The file keys of one request series' values, made once per series."""
+
+    __slots__ = (
+        "count",
+        "duration",
+        "duration_sum",
+        "request",
+        "request_sum",
+        "response",
+        "response_sum",
+    )
+
+    def __init__(
+        self,
+        duration: tuple[list[str], str],
+        request: tuple[list[str], str],
+        response: tuple[list[str], str],
+        count: str | None,
+    ) -> None:
+        self.duration, self.duration_sum = duration
+        self.request, self.request_sum = request
+        self.response, self.response_sum = response
+        self.count = count
+
+
+class FileRequestStats(Collector):
+    """The request metrics in multiprocess mode, written to this process's files.
+
+    ``MultiProcessCollector`` sums every process's files at scrape time. Same
+    names, labels, help and cap as :class:`RequestStats` (no exemplars:
+    prometheus_client keeps none in files); the in-flight gauge is the
+    client's own ``livesum`` gauge, so a dead worker's drops out once
+    ``mark_process_dead`` ran. As a collector it reads this process's own
+    values, which the OTLP bridge exports (``/metrics`` reads every file).
     """
 
     def __init__(
@@ -532,69 +628,23 @@ class ClientRequestStats:
         max_series: int,
         overflowed: cabc.Sequence[Counter],
     ) -> None:
-        static_names = tuple(name for name, _ in static_labels)
-        static = tuple(value for _, value in static_labels)
         self._classic = naming == "classic"
-        request_overflow, response_overflow, duration_overflow = overflowed
-
-        def histogram(
-            name: str,
-            doc: str,
-            names: cabc.Sequence[str],
-            bounds: cabc.Sequence[float],
-            over: Counter,
-        ) -> Family[Histogram]:
-            metric = Histogram(
-                name,
-                doc,
-                (*names, *static_names),
-                registry=registry,
-                buckets=bounds,
-            )
-            return Family(metric, static, max_series, over)
-
-        if self._classic:
-            self._duration = histogram(
-                CLASSIC_DURATION,
-                "Flask HTTP request duration in seconds",
-                ("method", "path", "status"),
-                buckets,
-                duration_overflow,
-            )
-            count = Counter(
-                CLASSIC_COUNT,
-                "Total number of HTTP requests",
-                ("method", "status", *static_names),
-                registry=registry,
-            )
-            self._count: Family[Counter] | None = Family(
-                count, static, max_series, duration_overflow
-            )
-        else:
-            self._duration = histogram(
-                DURATION,
-                "Duration of HTTP server requests.",
-                HTTP_LABELS,
-                buckets,
-                duration_overflow,
-            )
-            self._count = None
-        self._request = histogram(
-            REQUEST_SIZE, "Size of HTTP server request bodies.", HTTP_LABELS, size_buckets,
-            request_overflow,
-        )  # fmt: skip
-        self._response = histogram(
-            RESPONSE_SIZE, "Size of HTTP server response bodies.", HTTP_LABELS, size_buckets,
-            response_overflow,
-        )  # fmt: skip
+        self._bounds = [*buckets, float("inf")]
+        self._size_bounds = [*size_buckets, float("inf")]
+        self._les = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._size_les = [floatToGoString(b) for b in self._size_bounds]  # type: ignore[no-untyped-call]
+        self._static_names = tuple(name for name, _ in static_labels)
+        self._static = tuple(value for _, value in static_labels)
+        self._cap = max_series
+        self._overflowed = overflowed
+        self._series: dict[RequestKey, _FileSeries] = {}
         self._active = Gauge(
             "http_server_active_requests",
             "Number of active HTTP server requests.",
-            ("http_request_method", "url_scheme", *static_names),
+            ("http_request_method", "url_scheme", *self._static_names),
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self._static = static
         #: (method, scheme) -> ClientGroup; read directly on the request path.
         self.groups: dict[tuple[str, str], ClientGroup] = {}
         self._lock = threading.Lock()
@@ -618,18 +668,108 @@ class ClientRequestStats:
         response_size: int | None,
         exemplar: TraceIds | None = None,
     ) -> None:
-        # prometheus_client keeps no exemplars in multiprocess mode: not passed.
-        if self._count is not None:
-            self._duration.child((key[0], key[1], key[2])).observe(duration)
-            self._count.child((key[0], key[2])).inc()
-        else:
-            self._duration.child(key).observe(duration)
-        if request_size is not None:
-            self._request.child(key).observe(request_size)
-        if response_size is not None:
-            self._response.child(key).observe(response_size)
+        series = self._series.get(key) or _capped(
+            self._series, key, self._lock, self._cap, self._overflowed, self._keys
+        )
+        bounds, size_bounds = self._bounds, self._size_bounds
+        files = _FILES
+        with files.lock:
+            add = files.add
+            # Per bucket, not cumulative: as the client's histogram files are.
+            add("histogram", series.duration[bisect_left(bounds, duration)], 1.0)
+            add("histogram", series.duration_sum, duration)
+            # A size histogram exists once a size was known (a stream's is not).
+            if request_size is not None:
+                if series.request_sum not in files.values:
+                    files.declare("histogram", (*series.request, series.request_sum))
+                add("histogram", series.request[bisect_left(size_bounds, request_size)], 1.0)
+                add("histogram", series.request_sum, request_size)
+            if response_size is not None:
+                if series.response_sum not in files.values:
+                    files.declare("histogram", (*series.response, series.response_sum))
+                add("histogram", series.response[bisect_left(size_bounds, response_size)], 1.0)
+                add("histogram", series.response_sum, response_size)
+            if series.count is not None:
+                add("counter", series.count, 1.0)
         if group is not None:
             group.gauge.dec()
+
+    def describe(self) -> list[Metric]:
+        return _request_families(self._classic, self._static_names)
+
+    def collect(self) -> list[Metric]:
+        families = _request_families(self._classic, self._static_names)
+        duration, request, response = families[0], families[-2], families[-1]
+        with self._lock:
+            series = list(self._series.items())
+        with _FILES.lock:
+            values = dict(_FILES.values)
+        static = self._static
+        done: set[str] = set()  # classic: several series share a duration and a count
+        for key, keys in series:
+            if keys.duration_sum not in done:
+                done.add(keys.duration_sum)
+                labels = [*key[:3], *static] if self._classic else [*key, *static]
+                _add_histogram(
+                    duration, labels, self._les, *_read(values, keys.duration, keys.duration_sum)
+                )
+            if keys.count is not None and keys.count not in done:
+                done.add(keys.count)
+                count = t.cast(CounterMetricFamily, families[1])
+                count.add_metric([key[0], key[2], *static], values.get(keys.count, 0.0))
+            for sizes, buckets, total in (
+                (request, keys.request, keys.request_sum),
+                (response, keys.response, keys.response_sum),
+            ):
+                if total in values:  # a size was known
+                    _add_histogram(
+                        sizes, [*key, *static], self._size_les, *_read(values, buckets, total)
+                    )
+        return families
+
+    def _keys(self, key: RequestKey) -> _FileSeries:
+        """The keys prometheus_client's own Histogram and Counter would write."""
+        values = (*key, *self._static)
+        labels = (*HTTP_LABELS, *self._static_names)
+        count = None
+        if self._classic:
+            method, path, status = key[0], key[1], key[2]
+            duration = self._histogram(
+                CLASSIC_DURATION, ("method", "path", "status", *self._static_names),
+                (method, path, status, *self._static), self._les,
+            )  # fmt: skip
+            count_labels = ["method", "status", *self._static_names]
+            count = mmap_key(
+                CLASSIC_COUNT, CLASSIC_COUNT + "_total", count_labels,
+                [method, status, *self._static], HELP[CLASSIC_COUNT],
+            )  # fmt: skip
+        else:
+            duration = self._histogram(DURATION, labels, values, self._les)
+        request = self._histogram(REQUEST_SIZE, labels, values, self._size_les)
+        response = self._histogram(RESPONSE_SIZE, labels, values, self._size_les)
+        with _FILES.lock:
+            # Every request has a duration: its buckets are in the file from
+            # the start, as a client histogram's are from its first use.
+            _FILES.declare("histogram", (*duration[0], duration[1]))
+            if count is not None:
+                _FILES.declare("counter", (count,))
+        return _FileSeries(duration, request, response, count)
+
+    @staticmethod
+    def _histogram(
+        name: str, labels: tuple[str, ...], values: tuple[str, ...], les: list[str]
+    ) -> tuple[list[str], str]:
+        buckets = [
+            mmap_key(name, name + "_bucket", [*labels, "le"], [*values, le], HELP[name])
+            for le in les
+        ]
+        total = mmap_key(name, name + "_sum", list(labels), list(values), HELP[name])
+        return buckets, total
+
+
+def _read(values: dict[str, float], buckets: list[str], total: str) -> tuple[list[int], float]:
+    """A file histogram's per-bucket counts and sum, from this process's values."""
+    return [int(values.get(key, 0.0)) for key in buckets], values.get(total, 0.0)
 
 
 #: The process collector's sample -> our per-worker gauge (set, not added).
@@ -827,16 +967,16 @@ class Metrics:
             "max_series": max_series,
             "overflowed": overflowed,
         }
-        self.requests: RequestStats | ClientRequestStats
+        self.requests: RequestStats | FileRequestStats
         self.workers: WorkerStats | None = None
         if multiprocess():
             # Worker processes share numbers only through prometheus_client's
-            # files, which only its own metric classes write.
+            # files: each writes its own (FileRequestStats).
             self.workers = WorkerStats(registry)
-            self.requests = ClientRequestStats(registry, **request_options)
+            self.requests = FileRequestStats(registry, **request_options)
         else:
             self.requests = RequestStats(**request_options)
-            registry.register(self.requests)
+        registry.register(self.requests)
         #: prometheus-flask-exporter's exception counter (classic naming only).
         self.escaped: Family[Counter] | None = None
         if naming == "classic":

@@ -117,12 +117,11 @@ def _begin(app: Flask, request: Request, in_flight: bool) -> _Start | None:
     traced: t.Any = None
     if in_flight:
         next(group.started)
-        began = _perf_counter()
-        if state.tracing is not None:
-            traced = state.tracing.start(app, request, method, route)
     else:
-        group = None
-        began = _perf_counter()
+        group = None  # a late start is not counted in flight
+    began = _perf_counter()
+    if in_flight and state.tracing is not None:
+        traced = state.tracing.start(app, request, method, route)
     start = (began, method, scheme, route, group, traced)
     environ[START_KEY] = start
     return start

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from flask_signal_metrics import prometheus
@@ -194,37 +200,64 @@ def test_render_negotiation(accepted: list[str], expected: str) -> None:
         assert body.endswith(b"# EOF\n")
 
 
-@pytest.mark.parametrize("naming", ["otel", "classic"])
-def test_multiprocess_backend_exposes_the_same(
-    naming: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # prometheus_client's own classes (multiprocess mode) and our cells must
-    # expose the same families, labels and values for the same traffic.
-    from flask_signal_metrics import prometheus
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-    def run() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+
+def traffic_samples(naming: str) -> Samples:
+    """The same requests on a new app; every sample the process then exposes."""
+    registry = CollectorRegistry()
+    app = make_app()
+    SignalMetrics(app, registry=registry, naming=naming)
+    client = app.test_client()
+    for path in ["/item/1", "/item/2", "/boom", "/nope", "/page", "/stream", "/dir"]:
+        client.get(path).close()
+    client.post("/echo", data=b"x" * 700)
+    for i in range(4):
+        client.get(f"/abort?{i}")
+        client.put("/echo")
+    if prometheus.multiprocess():
         registry = CollectorRegistry()
-        app = make_app()
-        SignalMetrics(app, registry=registry, naming=naming)
-        client = app.test_client()
-        for path in ["/item/1", "/item/2", "/boom", "/nope", "/page", "/stream", "/dir"]:
-            client.get(path).close()
-        client.post("/echo", data=b"x" * 700)
-        for i in range(4):
-            client.get(f"/abort?{i}")
-            client.put("/echo")
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for m in registry.collect()
-            for s in m.samples
-            if not s.name.endswith(("_created", "_sum"))
-            and not s.name.startswith("flask_worker_")  # multiprocess mode only
-        }
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in registry.collect()
+        for s in m.samples
+        if not s.name.endswith(("_created", "_sum"))
+        and not s.name.startswith("flask_worker_")  # multiprocess mode only
+    }
 
-    ours = run()
-    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
-    clients = run()
-    assert ours == clients
+
+_MULTIPROCESS_RUN = """
+import json, sys
+from tests.test_prometheus import traffic_samples
+samples = traffic_samples(sys.argv[1])
+json.dump([[name, labels, value] for (name, labels), value in samples.items()], sys.stdout)
+"""
+
+
+@pytest.mark.parametrize("naming", ["otel", "classic"])
+def test_multiprocess_backend_exposes_the_same(naming: str, tmp_path: Path) -> None:
+    # The files a worker writes in multiprocess mode, summed by
+    # prometheus_client's collector, and our in-process cells must expose the
+    # same families, labels and values for the same traffic.
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _MULTIPROCESS_RUN, naming],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+        check=True,
+    ).stdout
+    files = {(name, tuple(map(tuple, labels))): value for name, labels, value in json.loads(out)}
+    ours = traffic_samples(naming)
+    assert files.keys() == ours.keys()
+    # Durations differ between two runs; their counts do not.
+    timed = ("_duration_seconds_bucket",)
+    assert {k: v for k, v in files.items() if not k[0].endswith(timed)} == {
+        k: v for k, v in ours.items() if not k[0].endswith(timed)
+    }
 
 
 #: (duration, request size, response size, sampled span ids) recorded in order;
