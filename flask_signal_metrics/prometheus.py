@@ -675,10 +675,15 @@ class FileRequestStats(Collector):
         files = _FILES
         with files.lock:
             add = files.add
-            # Per bucket, not cumulative: as the client's histogram files are.
+            # A histogram's buckets are all in this process's file from its
+            # first observation on, as a client histogram's are (a forked
+            # worker starts a file of its own). Per bucket, not cumulative:
+            # as the client's histogram files are. A size histogram exists
+            # once a size was known (a stream's response has none).
+            if series.duration_sum not in files.values:
+                files.declare("histogram", (*series.duration, series.duration_sum))
             add("histogram", series.duration[bisect_left(bounds, duration)], 1.0)
             add("histogram", series.duration_sum, duration)
-            # A size histogram exists once a size was known (a stream's is not).
             if request_size is not None:
                 if series.request_sum not in files.values:
                     files.declare("histogram", (*series.request, series.request_sum))
@@ -707,7 +712,7 @@ class FileRequestStats(Collector):
         static = self._static
         done: set[str] = set()  # classic: several series share a duration and a count
         for key, keys in series:
-            if keys.duration_sum not in done:
+            if keys.duration_sum in values and keys.duration_sum not in done:
                 done.add(keys.duration_sum)
                 labels = [*key[:3], *static] if self._classic else [*key, *static]
                 _add_histogram(
@@ -747,12 +752,6 @@ class FileRequestStats(Collector):
             duration = self._histogram(DURATION, labels, values, self._les)
         request = self._histogram(REQUEST_SIZE, labels, values, self._size_les)
         response = self._histogram(RESPONSE_SIZE, labels, values, self._size_les)
-        with _FILES.lock:
-            # Every request has a duration: its buckets are in the file from
-            # the start, as a client histogram's are from its first use.
-            _FILES.declare("histogram", (*duration[0], duration[1]))
-            if count is not None:
-                _FILES.declare("counter", (count,))
         return _FileSeries(duration, request, response, count)
 
     @staticmethod

@@ -260,6 +260,50 @@ def test_multiprocess_backend_exposes_the_same(naming: str, tmp_path: Path) -> N
     }
 
 
+_FORKED_RUN = """
+import os, sys
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from tests.conftest import make_app
+from flask_signal_metrics import SignalMetrics
+app = make_app()
+SignalMetrics(app)
+client = app.test_client()
+client.get("/item/1")
+pid = os.fork()
+if pid == 0:
+    for _ in range(2):
+        client.get("/item/1")
+    os._exit(0)
+os.waitpid(pid, 0)
+client.get("/item/1")
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+labels = {"http_request_method": "GET", "http_route": "/item/<int:item_id>",
+          "http_response_status_code": "200", "url_scheme": "http", "error_type": ""}
+name = "http_server_request_duration_seconds"
+for suffix in ("_count", "_bucket"):
+    extra = {"le": "+Inf"} if suffix == "_bucket" else {}
+    print(registry.get_sample_value(name + suffix, {**labels, **extra}))
+print(sorted(f.split("_")[0] for f in os.listdir(sys.argv[1]) if "requests" in f))
+"""
+
+
+def test_a_forked_worker_writes_a_file_of_its_own(tmp_path: Path) -> None:
+    # A value written before the fork is the parent's: the child starts its
+    # own file at 0 and the two add up, with no count lost or doubled.
+    out = subprocess.run(
+        [sys.executable, "-c", _FORKED_RUN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    assert out == ["4.0", "4.0", "['histogram', 'histogram']"]
+
+
 #: (duration, request size, response size, sampled span ids) recorded in order;
 #: values on bucket bounds, unknown sizes (None) and two exemplars in one bucket.
 _OBSERVATIONS = [
