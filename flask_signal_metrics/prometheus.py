@@ -301,17 +301,8 @@ def _capped(
         return found
 
 
-class RequestStats(Collector):
-    """The request metrics of one app, as a prometheus_client collector.
-
-    Naming ``otel``: ``http_server_request_duration_seconds`` and the two body
-    size histograms, labelled by :data:`HTTP_LABELS`. Naming ``classic``: the
-    duration becomes prometheus-flask-exporter's
-    ``flask_http_request_duration_seconds{method,path,status}`` plus
-    ``flask_http_request_total{method,status}``, summed from the same cells
-    at scrape time. Both: ``http_server_active_requests{http_request_method,
-    url_scheme}``.
-    """
+class _RequestMetrics(Collector):
+    """What both request backends share: their options, ``le`` strings and lock."""
 
     def __init__(
         self,
@@ -333,10 +324,26 @@ class RequestStats(Collector):
         self._static = tuple(value for _, value in static_labels)
         self._cap = max_series
         self._overflowed = overflowed
+        self._lock = threading.Lock()
+
+
+class RequestStats(_RequestMetrics):
+    """The request metrics of one app, as a prometheus_client collector.
+
+    Naming ``otel``: ``http_server_request_duration_seconds`` and the two body
+    size histograms, labelled by :data:`HTTP_LABELS`. Naming ``classic``: the
+    duration becomes prometheus-flask-exporter's
+    ``flask_http_request_duration_seconds{method,path,status}`` plus
+    ``flask_http_request_total{method,status}``, summed from the same cells
+    at scrape time. Both: ``http_server_active_requests{http_request_method,
+    url_scheme}``.
+    """
+
+    def __init__(self, **options: t.Any) -> None:
+        super().__init__(**options)
         #: (method, scheme) -> Group; read directly on the request path.
         self.groups: dict[tuple[str, str], Group] = {}
         self._cells: dict[RequestKey, _Cells] = {}
-        self._lock = threading.Lock()
 
     def group(self, method: str, scheme: str) -> Group:
         """The group of (method, scheme); both come from small fixed sets."""
@@ -606,7 +613,7 @@ class _FileSeries:
         self.count = count
 
 
-class FileRequestStats(Collector):
+class FileRequestStats(_RequestMetrics):
     """The request metrics in multiprocess mode, written to this process's files.
 
     ``MultiProcessCollector`` sums every process's files at scrape time. Same
@@ -617,26 +624,8 @@ class FileRequestStats(Collector):
     values, which the OTLP bridge exports (``/metrics`` reads every file).
     """
 
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        *,
-        naming: str,
-        buckets: cabc.Sequence[float],
-        size_buckets: cabc.Sequence[float],
-        static_labels: cabc.Sequence[tuple[str, str]],
-        max_series: int,
-        overflowed: cabc.Sequence[Counter],
-    ) -> None:
-        self._classic = naming == "classic"
-        self._bounds = [*buckets, float("inf")]
-        self._size_bounds = [*size_buckets, float("inf")]
-        self._les = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
-        self._size_les = [floatToGoString(b) for b in self._size_bounds]  # type: ignore[no-untyped-call]
-        self._static_names = tuple(name for name, _ in static_labels)
-        self._static = tuple(value for _, value in static_labels)
-        self._cap = max_series
-        self._overflowed = overflowed
+    def __init__(self, registry: CollectorRegistry, **options: t.Any) -> None:
+        super().__init__(**options)
         self._series: dict[RequestKey, _FileSeries] = {}
         self._active = Gauge(
             "http_server_active_requests",
@@ -647,7 +636,6 @@ class FileRequestStats(Collector):
         )
         #: (method, scheme) -> ClientGroup; read directly on the request path.
         self.groups: dict[tuple[str, str], ClientGroup] = {}
-        self._lock = threading.Lock()
 
     def group(self, method: str, scheme: str) -> ClientGroup:
         found = self.groups.get((method, scheme))
