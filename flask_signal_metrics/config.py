@@ -175,13 +175,20 @@ def _exclude(key: str, value: object) -> tuple[str, ...]:
             ) from None
         patterns.append(item)
     try:  # they are matched as one alternation (one regex call per request)
-        re.compile("|".join(f"(?:{p})" for p in patterns))
+        alternation(patterns)
     except re.error as e:
         raise ValueError(
             f"{key} cannot be combined into one expression ({e}); write global"
             " flags as scoped groups, e.g. '(?i:/health)' instead of '(?i)/health'."
         ) from None
     return tuple(patterns)
+
+
+def alternation(patterns: cabc.Sequence[str], flags: int = 0) -> re.Pattern[str] | None:
+    """The patterns as one regex: one match call per request, whatever their number."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in patterns), flags)
 
 
 def _labels(key: str, value: object) -> tuple[tuple[str, str], ...]:

@@ -15,7 +15,6 @@ from . import labels
 from . import prometheus
 from . import receivers
 from . import tracing
-from .state import compile_exclude
 from .state import exclude
 from .state import EXTENSION_KEY
 from .state import INSTANCES
@@ -155,7 +154,7 @@ class SignalMetrics:
             settings=settings,
             metrics=metrics,
             collectors=collectors,
-            exclude_path=compile_exclude(settings.exclude),
+            exclude_path=config.alternation(settings.exclude),
             methods=labels.method_table(settings.known_methods),
             declared=self._declared,
             tracing=_tracing(settings, self._tracer_provider),
@@ -311,15 +310,10 @@ def _tracing(settings: config.Settings, provider: TracerProvider | None) -> trac
     if not settings.tracing:
         return None
 
-    def pattern(entries: tuple[str, ...]) -> re.Pattern[str] | None:
-        if not entries:
-            return None
-        return re.compile("|".join(f"(?:{e})" for e in entries), re.IGNORECASE)
-
-    capture = tracing.Capture(
-        request=pattern(settings.capture_request_headers),
-        response=pattern(settings.capture_response_headers),
-        sanitize=pattern(settings.sanitize_headers),
+    capture = tracing.Capture(  # header names match whatever their case
+        request=config.alternation(settings.capture_request_headers, re.IGNORECASE),
+        response=config.alternation(settings.capture_response_headers, re.IGNORECASE),
+        sanitize=config.alternation(settings.sanitize_headers, re.IGNORECASE),
     )
     return tracing.Tracing(provider, VERSION, capture)
 

@@ -7,7 +7,6 @@ from the signal's sender.
 
 from __future__ import annotations
 
-import collections.abc as cabc
 import dataclasses
 import logging
 import re
@@ -90,13 +89,6 @@ class State:
 
 #: Every enabled app's state in this process, for the OTLP metrics bridge.
 INSTANCES: weakref.WeakSet[State] = weakref.WeakSet()
-
-
-def compile_exclude(patterns: cabc.Sequence[str]) -> re.Pattern[str] | None:
-    """One regex for all patterns: one ``fullmatch`` per request, whatever their number."""
-    if not patterns:
-        return None
-    return re.compile("|".join(f"(?:{p})" for p in patterns))
 
 
 def get_state(app: Flask) -> State:

@@ -77,6 +77,39 @@ def gunicorn(
         yield base
 
 
+class Shop(t.NamedTuple):
+    """The example app under gunicorn: its base URL, port and master process."""
+
+    base: str
+    port: int
+    master: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def example_shop(
+    tmp: Path, *options: str, env: t.Mapping[str, str] | None = None
+) -> t.Iterator[Shop]:
+    """``examples.app:app`` under gunicorn with examples/gunicorn.conf.py, once it answers.
+
+    Multiprocess mode in ``tmp/multiproc``; ``options`` go to gunicorn, ``env``
+    (WEB_CONCURRENCY, WORKER_CLASS, METRICS_PORT, ...) to its environment.
+    """
+    port = free_port()
+    environment = {
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "multiproc"),
+        "BIND": f"127.0.0.1:{port}",
+        **(env or {}),
+    }
+    args = [
+        sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
+        *options, "examples.app:app",
+    ]  # fmt: skip
+    with running(args, tmp / "gunicorn.log", env=environment) as master:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(base + "/healthz", 60, master)
+        yield Shop(base, port, master)
+
+
 @contextlib.contextmanager
 def prometheus(
     binary: str,

@@ -15,13 +15,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import free_port
 from .conftest import real_binary
 from .conftest import ROOT
+from .servers import example_shop
 from .servers import prometheus
 from .servers import query
-from .servers import running
-from .servers import wait_for
 from .servers import wait_for_value
 
 pytestmark = pytest.mark.real
@@ -75,24 +73,13 @@ def _counts(base: str) -> tuple[float, float]:
 def test_exact_counts_across_workers(
     tmp_path: Path, worker_class: str, extra: tuple[str, ...]
 ) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
-        "BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "4",
-        "WORKER_CLASS": worker_class,
-    }
-    args = [
-        sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
-        "--graceful-timeout", "5", *extra, "examples.app:app",
-    ]  # fmt: skip
     binary = real_binary("prometheus")
+    env = {"WEB_CONCURRENCY": "4", "WORKER_CLASS": worker_class}
     with (
-        running(args, tmp_path / "gunicorn.log", env=env) as master,
-        prometheus(binary, [f"127.0.0.1:{port}"], tmp_path) as prom,
+        example_shop(tmp_path, "--graceful-timeout", "5", *extra, env=env) as shop,
+        prometheus(binary, [f"127.0.0.1:{shop.port}"], tmp_path) as prom,
     ):
-        wait_for(base + "/healthz", 60, master)
+        base, master = shop.base, shop.master
         deadline = time.monotonic() + 30
         while len(_workers(master.pid)) < 4 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -143,17 +130,9 @@ def test_exact_counts_across_workers(
 
 def test_prometheus_sees_the_sum(tmp_path: Path) -> None:
     binary = real_binary("prometheus")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
-        "BIND": f"127.0.0.1:{port}",
-    }
-    args = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
-            "examples.app:app"]  # fmt: skip
-    with running(args, tmp_path / "gunicorn.log", env=env) as master:
-        wait_for(base + "/healthz", 60, master)
-        with prometheus(binary, [f"127.0.0.1:{port}"], tmp_path) as prom:
+    with example_shop(tmp_path) as shop:
+        base = shop.base
+        with prometheus(binary, [f"127.0.0.1:{shop.port}"], tmp_path) as prom:
             with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
                 statuses = list(pool.map(_get, [f"{base}/items/2"] * 200))
             assert statuses.count(200) == 200
@@ -199,13 +178,8 @@ def test_load_loses_no_request() -> None:
 
 
 def test_process_metrics_per_worker(tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "BIND": f"127.0.0.1:{port}"}
-    args = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
-            "examples.app:app"]  # fmt: skip
-    with running(args, tmp_path / "gunicorn.log", env=env) as master:
-        wait_for(base + "/healthz", 60, master)
+    with example_shop(tmp_path) as shop:
+        base, master = shop.base, shop.master
         deadline = time.monotonic() + 30
         while len(_workers(master.pid)) < 4 and time.monotonic() < deadline:
             time.sleep(0.1)

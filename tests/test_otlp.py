@@ -20,10 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import free_port
 from .conftest import ROOT
+from .servers import example_shop
 from .servers import Rotel
 from .servers import rotel
-from .servers import running
-from .servers import wait_for
 
 pytestmark = pytest.mark.real
 
@@ -290,17 +289,9 @@ def test_preloaded_workers_each_export_and_flush_at_exit(tmp_path: Path, worker_
             "OTEL_BSP_SCHEDULE_DELAY": "60000",
             "WEB_CONCURRENCY": "3",
             "WORKER_CLASS": worker_class,
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
         }
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env["BIND"] = f"127.0.0.1:{port}"
-        args = [
-            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
-            "--graceful-timeout", "10", "--preload", "examples.app:app",
-        ]  # fmt: skip
-        with running(args, tmp_path / "gunicorn.log", env=env) as master:
-            wait_for(base + "/healthz", 60, master)
+        with example_shop(tmp_path, "--graceful-timeout", "10", "--preload", env=env) as shop:
+            base = shop.base
             # Concurrent clients on a route that takes 20 ms: every worker serves.
             with concurrent.futures.ThreadPoolExecutor(6) as pool:
                 statuses = list(pool.map(_get, [f"{base}/slow?ms=20"] * n))

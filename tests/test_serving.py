@@ -19,8 +19,8 @@ from flask_signal_metrics import SignalMetrics
 from .conftest import free_port
 from .conftest import make_app
 from .conftest import requests_counted
-from .conftest import ROOT
 from .conftest import value
+from .servers import example_shop
 from .servers import running
 from .servers import wait_for
 
@@ -82,13 +82,8 @@ def test_debug_reloader_serves_metrics(tmp_path: Path) -> None:
 
 @pytest.mark.real
 def test_gunicorn_preload_app(tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "BIND": f"127.0.0.1:{port}"}
-    args = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
-            "--preload", "examples.app:app"]  # fmt: skip
-    with running(args, tmp_path / "gunicorn.log", env=env) as master:
-        wait_for(base + "/healthz", 60, master)
+    with example_shop(tmp_path, "--preload") as shop:
+        base = shop.base
         for n in range(60):
             urllib.request.urlopen(f"{base}/items/{n % 3 + 1}", timeout=5).read()
         with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
@@ -152,17 +147,9 @@ def test_separate_port_is_refused_with_several_workers(
 
 @pytest.mark.real
 def test_process_group_server_sums_every_worker(tmp_path: Path) -> None:
-    port, metrics_port = free_port(), free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
-        "BIND": f"127.0.0.1:{port}",
-        "METRICS_PORT": str(metrics_port),
-    }
-    args = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"),
-            "examples.app:app"]  # fmt: skip
-    with running(args, tmp_path / "gunicorn.log", env=env) as master:
-        wait_for(base + "/healthz", 60, master)
+    metrics_port = free_port()
+    with example_shop(tmp_path, env={"METRICS_PORT": str(metrics_port)}) as shop:
+        base = shop.base
         for n in range(40):
             urllib.request.urlopen(f"{base}/items/{n % 3 + 1}", timeout=5).read()
         status, body = _fetch(f"http://127.0.0.1:{metrics_port}/metrics")
