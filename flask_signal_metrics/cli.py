@@ -30,8 +30,8 @@ from .state import get_state
 
 group = AppGroup("signal-metrics", help="Inspect what flask-signal-metrics measures.")
 
-_OVERFLOW = ("flask_signal_metrics_series_overflow", "flask_signal_metrics_signal_overflow")
-_ERRORS = ("flask_signal_metrics_receiver_errors", "flask_signal_metrics_signal_errors")
+_OVERFLOW = (prometheus.SERIES_OVERFLOW, prometheus.SIGNAL_OVERFLOW)
+_ERRORS = (prometheus.RECEIVER_ERRORS, prometheus.SIGNAL_ERRORS)
 
 
 @group.command("report")

@@ -77,8 +77,8 @@ NAMES: dict[str, tuple[str, str]] = {
     "flask_template_render_duration_seconds": ("flask.template.render.duration", "s"),
     "flask_flashed_messages": ("flask.flashed_messages", "{message}"),
     "flask_response_ready_duration_seconds": ("flask.response.ready.duration", "s"),
-    "flask_signal_metrics_series_overflow": ("flask_signal_metrics.series_overflow", "1"),
-    "flask_signal_metrics_receiver_errors": ("flask_signal_metrics.receiver_errors", "{error}"),
+    prometheus.SERIES_OVERFLOW: ("flask_signal_metrics.series_overflow", "1"),
+    prometheus.RECEIVER_ERRORS: ("flask_signal_metrics.receiver_errors", "{error}"),
     "flask_signal_metrics_otlp_dropped": ("flask_signal_metrics.otlp.dropped", "1"),
 }
 _SKIPPED = frozenset((prometheus.CLASSIC_COUNT,))

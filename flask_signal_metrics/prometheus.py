@@ -77,6 +77,12 @@ REQUEST_SIZE = "http_server_request_body_size_bytes"
 RESPONSE_SIZE = "http_server_response_body_size_bytes"
 CLASSIC_DURATION = "flask_http_request_duration_seconds"
 CLASSIC_COUNT = "flask_http_request"
+#: The extension's own health: overflows and failures, of requests and of
+#: declared signals (counters; ``_total`` is added by the client).
+SERIES_OVERFLOW = "flask_signal_metrics_series_overflow"
+RECEIVER_ERRORS = "flask_signal_metrics_receiver_errors"
+SIGNAL_OVERFLOW = "flask_signal_metrics_signal_overflow"
+SIGNAL_ERRORS = "flask_signal_metrics_signal_errors"
 
 #: The help text of each request metric, the same in both backends.
 HELP = {
@@ -769,16 +775,20 @@ WORKER_METRICS = {
 }
 
 
+#: Seconds between two copies of a worker's process metrics.
+WORKER_INTERVAL = 5.0
+
+
 class WorkerStats:
     """Each worker's process metrics in multiprocess mode, one series per live worker.
 
     prometheus_client's process collector cannot be aggregated across
     processes, so each worker copies its figures into ``liveall`` gauges
     (a ``pid`` label each; a dead worker's series go with
-    ``mark_process_dead``) from a daemon thread, every ``interval`` seconds.
+    ``mark_process_dead``) from a daemon thread, every :data:`WORKER_INTERVAL` seconds.
     """
 
-    def __init__(self, registry: CollectorRegistry, interval: float = 5.0) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self._gauges = {
             sample: Gauge(
                 name,
@@ -789,7 +799,6 @@ class WorkerStats:
             for sample, name in WORKER_METRICS.items()
         }
         self._process = ProcessCollector(registry=None)
-        self._interval = interval
 
     def refresh(self) -> None:
         for metric in self._process.collect():
@@ -813,7 +822,7 @@ class WorkerStats:
 
     def _loop(self) -> None:
         while True:
-            time.sleep(self._interval)
+            time.sleep(WORKER_INTERVAL)
             try:
                 self.refresh()
             except Exception:  # a vanished /proc entry: try again next time
@@ -867,7 +876,7 @@ _MERGE: dict[str, t.Callable[[float, float], float]] = {
 }
 
 
-def compact(pid: int, path: str | None = None) -> int:
+def compact(pid: int) -> int:
     """Fold a dead process's files into one compacted file per type; returns the files folded.
 
     prometheus_client reads one file per process that ever lived, so the time
@@ -879,7 +888,7 @@ def compact(pid: int, path: str | None = None) -> int:
     ``mark_process_dead``; ``all`` and ``mostrecent`` gauges are left as they
     are. Runs under the directory's exclusive lock, which scrapes share.
     """
-    directory = path or _multiprocess_dir()
+    directory = _multiprocess_dir()
     folded = 0
     with _directory_lock(directory, fcntl.LOCK_EX):
         for file in glob.glob(os.path.join(directory, f"*_{pid}.db")):
@@ -928,7 +937,7 @@ class Metrics:
         self._static = tuple(value for _, value in static_labels)
         self._cap = max_series
         self._overflow = Counter(
-            "flask_signal_metrics_series_overflow",
+            SERIES_OVERFLOW,
             "Recordings folded into a metric's overflow series because it reached"
             " SIGNAL_METRICS_MAX_SERIES label sets.",
             ("metric", *self._static_names),
@@ -936,7 +945,7 @@ class Metrics:
         )
 
         self.receiver_errors = self._counter(
-            "flask_signal_metrics_receiver_errors",
+            RECEIVER_ERRORS,
             "Failures inside the extension's signal receivers (the request went on unharmed).",
             ("signal",),
         )
@@ -1131,13 +1140,13 @@ class SignalStore:
         self.registry = registry
         self._cap = max_series
         self._overflow = Counter(
-            "flask_signal_metrics_signal_overflow",
+            SIGNAL_OVERFLOW,
             "Recordings of declared signal metrics folded into their overflow series.",
             ("metric",),
             registry=registry,
         )
         self.errors = Counter(
-            "flask_signal_metrics_signal_errors",
+            SIGNAL_ERRORS,
             "Failures while recording a declared signal (the sender went on unharmed).",
             ("signal",),
             registry=registry,
