@@ -84,8 +84,12 @@ RECEIVER_ERRORS = "flask_signal_metrics_receiver_errors"
 SIGNAL_OVERFLOW = "flask_signal_metrics_signal_overflow"
 SIGNAL_ERRORS = "flask_signal_metrics_signal_errors"
 
+ACTIVE = "http_server_active_requests"
+ACTIVE_LABELS = ("http_request_method", "url_scheme")
+
 #: The help text of each request metric, the same in both backends.
 HELP = {
+    ACTIVE: "Number of active HTTP server requests.",
     DURATION: "Duration of HTTP server requests.",
     REQUEST_SIZE: "Size of HTTP server request bodies.",
     RESPONSE_SIZE: "Size of HTTP server response bodies.",
@@ -332,6 +336,12 @@ class _RequestMetrics(Collector):
         self._overflowed = overflowed
         self._lock = threading.Lock()
 
+    def _families(self) -> list[Metric]:
+        active = GaugeMetricFamily(
+            ACTIVE, HELP[ACTIVE], labels=[*ACTIVE_LABELS, *self._static_names]
+        )
+        return [active, *_request_families(self._classic, self._static_names)]
+
 
 class RequestStats(_RequestMetrics):
     """The request metrics of one app, as a prometheus_client collector.
@@ -435,14 +445,6 @@ class RequestStats(_RequestMetrics):
             t.cast(CounterMetricFamily, families[2]).add_metric([method, status, *self._static], n)
         return families
 
-    def _families(self) -> list[Metric]:
-        active = GaugeMetricFamily(
-            "http_server_active_requests",
-            "Number of active HTTP server requests.",
-            labels=["http_request_method", "url_scheme", *self._static_names],
-        )
-        return [active, *_request_families(self._classic, self._static_names)]
-
 
 def _request_families(classic: bool, static: tuple[str, ...]) -> list[Metric]:
     """The request histograms (and classic count), empty: duration first, sizes last."""
@@ -518,30 +520,32 @@ def multiprocess() -> bool:
     return values.ValueClass is not values.MutexValue
 
 
-class _Starting:
-    """``next()`` on it counts a request in flight: the receivers' one start call."""
+#: The file type of the in-flight gauge: ``livesum``, so that a dead
+#: worker's requests stop counting once :func:`process_died` removed its file.
+_LIVE = "gauge_livesum"
 
-    __slots__ = ("_gauge",)
 
-    def __init__(self, gauge: Gauge) -> None:
-        self._gauge = gauge
+class FileGroup:
+    """The requests of one (method, scheme) in multiprocess mode.
 
-    def __iter__(self) -> _Starting:
+    ``next(group.started)`` counts one in flight, the receivers' one start
+    call as on :class:`Group`; :meth:`FileRequestStats.record` counts it out.
+    """
+
+    __slots__ = ("key", "started")
+
+    def __init__(self, key: str) -> None:
+        #: The in-flight value's key in this process's file.
+        self.key = key
+        self.started = self
+
+    def __iter__(self) -> FileGroup:
         return self
 
     def __next__(self) -> int:
-        self._gauge.inc()
+        with _FILES.lock:
+            _FILES.add(_LIVE, self.key, 1.0)
         return 0
-
-
-class ClientGroup:
-    """The requests of one (method, scheme) in multiprocess mode."""
-
-    __slots__ = ("gauge", "started")
-
-    def __init__(self, gauge: Gauge) -> None:
-        self.gauge = gauge
-        self.started = _Starting(gauge)
 
 
 class _ProcessFiles:
@@ -626,39 +630,33 @@ class FileRequestStats(_RequestMetrics):
 
     ``MultiProcessCollector`` sums every process's files at scrape time. Same
     names, labels, help and cap as :class:`RequestStats` (no exemplars:
-    prometheus_client keeps none in files); the in-flight gauge is the
-    client's own ``livesum`` gauge, so a dead worker's drops out once
-    ``mark_process_dead`` ran. As a collector it reads this process's own
+    prometheus_client keeps none in files); the in-flight gauge is a
+    ``livesum`` gauge in a file of its own, which :func:`process_died`
+    removes with a dead worker's. As a collector it reads this process's own
     values, which the OTLP bridge exports (``/metrics`` reads every file).
     """
 
-    def __init__(self, registry: CollectorRegistry, **options: t.Any) -> None:
+    def __init__(self, **options: t.Any) -> None:
         super().__init__(**options)
         self._series: dict[RequestKey, _FileSeries] = {}
-        self._active = Gauge(
-            "http_server_active_requests",
-            "Number of active HTTP server requests.",
-            ("http_request_method", "url_scheme", *self._static_names),
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
-        #: (method, scheme) -> ClientGroup; read directly on the request path.
-        self.groups: dict[tuple[str, str], ClientGroup] = {}
+        #: (method, scheme) -> FileGroup; read directly on the request path.
+        self.groups: dict[tuple[str, str], FileGroup] = {}
 
-    def group(self, method: str, scheme: str) -> ClientGroup:
+    def group(self, method: str, scheme: str) -> FileGroup:
         found = self.groups.get((method, scheme))
         if found is None:
+            key = mmap_key(
+                ACTIVE, ACTIVE, [*ACTIVE_LABELS, *self._static_names],
+                [method, scheme, *self._static], HELP[ACTIVE],
+            )  # fmt: skip
             with self._lock:
-                found = self.groups.setdefault(
-                    (method, scheme),
-                    ClientGroup(self._active.labels(method, scheme, *self._static)),
-                )
+                found = self.groups.setdefault((method, scheme), FileGroup(key))
         return found
 
     def record(
         self,
         key: RequestKey,
-        group: ClientGroup | None,
+        group: FileGroup | None,
         duration: float,
         request_size: int | None,
         response_size: int | None,
@@ -692,20 +690,25 @@ class FileRequestStats(_RequestMetrics):
                 add("histogram", series.response_sum, response_size)
             if series.count is not None:
                 add("counter", series.count, 1.0)
-        if group is not None:
-            group.gauge.dec()
+            if group is not None:
+                add(_LIVE, group.key, -1.0)
 
     def describe(self) -> list[Metric]:
-        return _request_families(self._classic, self._static_names)
+        return self._families()
 
     def collect(self) -> list[Metric]:
-        families = _request_families(self._classic, self._static_names)
-        duration, request, response = families[0], families[-2], families[-1]
+        families = self._families()
+        active, duration, request, response = families[0], families[1], families[-2], families[-1]
         with self._lock:
+            groups = list(self.groups.items())
             series = list(self._series.items())
         with _FILES.lock:
             values = dict(_FILES.values)
         static = self._static
+        for (method, scheme), group in groups:
+            t.cast(GaugeMetricFamily, active).add_metric(
+                [method, scheme, *static], values.get(group.key, 0.0)
+            )
         done: set[str] = set()  # classic: several series share a duration and a count
         for key, keys in series:
             if keys.duration_sum in values and keys.duration_sum not in done:
@@ -716,7 +719,7 @@ class FileRequestStats(_RequestMetrics):
                 )
             if keys.count is not None and keys.count not in done:
                 done.add(keys.count)
-                count = t.cast(CounterMetricFamily, families[1])
+                count = t.cast(CounterMetricFamily, families[2])
                 count.add_metric([key[0], key[2], *static], values.get(keys.count, 0.0))
             for sizes, buckets, total in (
                 (request, keys.request, keys.request_sum),
@@ -887,7 +890,7 @@ def compact(pid: int) -> int:
     ``max`` and ``min`` gauges merge by their mode, so folding a dead
     process's values into ``<type>_compacted.db`` keeps every count: a scrape
     reads the same totals from fewer files. ``live*`` gauges are removed by
-    ``mark_process_dead``; ``all`` and ``mostrecent`` gauges are left as they
+    :func:`process_died`; ``all`` and ``mostrecent`` gauges are left as they
     are. Runs under the directory's exclusive lock, which scrapes share.
     """
     directory = _multiprocess_dir()
@@ -916,6 +919,8 @@ def compact(pid: int) -> int:
 def process_died(pid: int) -> None:
     """What a server's hook calls when a worker exits: mark it dead, then compact."""
     mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    for live in glob.glob(os.path.join(_multiprocess_dir(), f"{_LIVE}_requests_{pid}.db")):
+        os.remove(live)  # ours, which mark_process_dead does not know
     compact(pid)
 
 
@@ -971,7 +976,7 @@ class Metrics:
             # Worker processes share numbers only through prometheus_client's
             # files: each writes its own (FileRequestStats).
             self.workers = WorkerStats(registry)
-            self.requests = FileRequestStats(registry, **request_options)
+            self.requests = FileRequestStats(**request_options)
         else:
             self.requests = RequestStats(**request_options)
         registry.register(self.requests)

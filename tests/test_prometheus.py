@@ -285,7 +285,9 @@ name = "http_server_request_duration_seconds"
 for suffix in ("_count", "_bucket"):
     extra = {"le": "+Inf"} if suffix == "_bucket" else {}
     print(registry.get_sample_value(name + suffix, {**labels, **extra}))
-print(sorted(f.split("_")[0] for f in os.listdir(sys.argv[1]) if "requests" in f))
+print(registry.get_sample_value("http_server_active_requests", {"http_request_method": "GET",
+                                                                "url_scheme": "http"}))
+print(sorted(f.rsplit("_", 1)[0] for f in os.listdir(sys.argv[1]) if "_requests_" in f))
 """
 
 
@@ -301,7 +303,8 @@ def test_a_forked_worker_writes_a_file_of_its_own(tmp_path: Path) -> None:
         timeout=60,
         check=True,
     ).stdout.splitlines()
-    assert out == ["4.0", "4.0", "['histogram', 'histogram']"]
+    files = ["gauge_livesum_requests"] * 2 + ["histogram_requests"] * 2
+    assert out == ["4.0", "4.0", "0.0", str(files)]
 
 
 #: (duration, request size, response size, sampled span ids) recorded in order;
