@@ -336,6 +336,9 @@ class _RequestMetrics(Collector):
         self._overflowed = overflowed
         self._lock = threading.Lock()
 
+    def describe(self) -> list[Metric]:
+        return self._families()
+
     def _families(self) -> list[Metric]:
         active = GaugeMetricFamily(
             ACTIVE, HELP[ACTIVE], labels=[*ACTIVE_LABELS, *self._static_names]
@@ -403,9 +406,6 @@ class RequestStats(_RequestMetrics):
         return _Cells(len(self._bounds), len(self._size_bounds))
 
     # -- exposition ---------------------------------------------------------
-
-    def describe(self) -> list[Metric]:
-        return self._families()
 
     def collect(self) -> list[Metric]:
         families = self._families()
@@ -694,9 +694,6 @@ class FileRequestStats(_RequestMetrics):
                 add("counter", series.count, 1.0)
             if group is not None:
                 add(_LIVE, group.key, -1.0)
-
-    def describe(self) -> list[Metric]:
-        return self._families()
 
     def collect(self) -> list[Metric]:
         families = self._families()
