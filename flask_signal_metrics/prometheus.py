@@ -548,6 +548,11 @@ class FileGroup:
         return 0
 
 
+#: A file histogram's keys: one per bucket (per bucket, not cumulative, as
+#: the client's histogram files are), and its sum's.
+_FileKeys = tuple[list[str], str]
+
+
 class _ProcessFiles:
     """This process's files for the request metrics, in prometheus_client's format.
 
@@ -586,10 +591,18 @@ class _ProcessFiles:
         self.values[key] = value
         file.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
 
-    def declare(self, typ: str, keys: cabc.Iterable[str]) -> None:
-        """Put values in the file at 0 (hold :attr:`lock`): a scrape shows them from now on."""
-        for key in keys:
-            self.add(typ, key, 0.0)
+    def observe(self, keys: _FileKeys, bounds: list[float], value: float) -> None:
+        """Count ``value`` in a histogram's bucket and sum (hold :attr:`lock`).
+
+        Its buckets are all in this process's file from its first observation
+        on, as a client histogram's are (a forked worker starts its own file).
+        """
+        buckets, total = keys
+        if total not in self.values:
+            for key in (*buckets, total):
+                self.add("histogram", key, 0.0)
+        self.add("histogram", buckets[bisect_left(bounds, value)], 1.0)
+        self.add("histogram", total, value)
 
     def _open(self, typ: str) -> MmapedDict:
         path = os.path.join(_multiprocess_dir(), f"{typ}_requests_{os.getpid()}.db")
@@ -601,30 +614,14 @@ _FILES = _ProcessFiles()
 os.register_at_fork(after_in_child=_FILES.forget)
 
 
-class _FileSeries:
+class _FileSeries(t.NamedTuple):
     """The file keys of one request series' values, made once per series."""
 
-    __slots__ = (
-        "count",
-        "duration",
-        "duration_sum",
-        "request",
-        "request_sum",
-        "response",
-        "response_sum",
-    )
-
-    def __init__(
-        self,
-        duration: tuple[list[str], str],
-        request: tuple[list[str], str],
-        response: tuple[list[str], str],
-        count: str | None,
-    ) -> None:
-        self.duration, self.duration_sum = duration
-        self.request, self.request_sum = request
-        self.response, self.response_sum = response
-        self.count = count
+    duration: _FileKeys
+    request: _FileKeys
+    response: _FileKeys
+    #: The classic request counter's key (classic naming only).
+    counter: str | None
 
 
 class FileRequestStats(_RequestMetrics):
@@ -667,33 +664,18 @@ class FileRequestStats(_RequestMetrics):
         series = self._series.get(key) or _capped(
             self._series, key, self._lock, self._cap, self._overflowed, self._keys
         )
-        bounds, size_bounds = self._bounds, self._size_bounds
         files = _FILES
         with files.lock:
-            add = files.add
-            # A histogram's buckets are all in this process's file from its
-            # first observation on, as a client histogram's are (a forked
-            # worker starts a file of its own). Per bucket, not cumulative:
-            # as the client's histogram files are. A size histogram exists
-            # once a size was known (a stream's response has none).
-            if series.duration_sum not in files.values:
-                files.declare("histogram", (*series.duration, series.duration_sum))
-            add("histogram", series.duration[bisect_left(bounds, duration)], 1.0)
-            add("histogram", series.duration_sum, duration)
+            files.observe(series.duration, self._bounds, duration)
+            # A size histogram exists once a size was known (a stream's has none).
             if request_size is not None:
-                if series.request_sum not in files.values:
-                    files.declare("histogram", (*series.request, series.request_sum))
-                add("histogram", series.request[bisect_left(size_bounds, request_size)], 1.0)
-                add("histogram", series.request_sum, request_size)
+                files.observe(series.request, self._size_bounds, request_size)
             if response_size is not None:
-                if series.response_sum not in files.values:
-                    files.declare("histogram", (*series.response, series.response_sum))
-                add("histogram", series.response[bisect_left(size_bounds, response_size)], 1.0)
-                add("histogram", series.response_sum, response_size)
-            if series.count is not None:
-                add("counter", series.count, 1.0)
+                files.observe(series.response, self._size_bounds, response_size)
+            if series.counter is not None:
+                files.add("counter", series.counter, 1.0)
             if group is not None:
-                add(_LIVE, group.key, -1.0)
+                files.add(_LIVE, group.key, -1.0)
 
     def collect(self) -> list[Metric]:
         families = self._families()
@@ -710,23 +692,18 @@ class FileRequestStats(_RequestMetrics):
             )
         done: set[str] = set()  # classic: several series share a duration and a count
         for key, keys in series:
-            if keys.duration_sum in values and keys.duration_sum not in done:
-                done.add(keys.duration_sum)
+            if keys.duration[1] in values and keys.duration[1] not in done:
+                done.add(keys.duration[1])
                 labels = [*key[:3], *static] if self._classic else [*key, *static]
-                _add_histogram(
-                    duration, labels, self._les, *_read(values, keys.duration, keys.duration_sum)
-                )
-            if keys.count is not None and keys.count not in done:
-                done.add(keys.count)
+                _add_histogram(duration, labels, self._les, *_read(values, keys.duration))
+            if keys.counter is not None and keys.counter not in done:
+                done.add(keys.counter)
                 count = t.cast(CounterMetricFamily, families[2])
-                count.add_metric([key[0], key[2], *static], values.get(keys.count, 0.0))
-            for sizes, buckets, total in (
-                (request, keys.request, keys.request_sum),
-                (response, keys.response, keys.response_sum),
-            ):
-                if total in values:  # a size was known
+                count.add_metric([key[0], key[2], *static], values.get(keys.counter, 0.0))
+            for sizes, file_keys in ((request, keys.request), (response, keys.response)):
+                if file_keys[1] in values:  # a size was known
                     _add_histogram(
-                        sizes, [*key, *static], self._size_les, *_read(values, buckets, total)
+                        sizes, [*key, *static], self._size_les, *_read(values, file_keys)
                     )
         return families
 
@@ -755,7 +732,7 @@ class FileRequestStats(_RequestMetrics):
     @staticmethod
     def _histogram(
         name: str, labels: tuple[str, ...], values: tuple[str, ...], les: list[str]
-    ) -> tuple[list[str], str]:
+    ) -> _FileKeys:
         buckets = [
             mmap_key(name, name + "_bucket", [*labels, "le"], [*values, le], HELP[name])
             for le in les
@@ -764,8 +741,9 @@ class FileRequestStats(_RequestMetrics):
         return buckets, total
 
 
-def _read(values: dict[str, float], buckets: list[str], total: str) -> tuple[list[int], float]:
+def _read(values: dict[str, float], keys: _FileKeys) -> tuple[list[int], float]:
     """A file histogram's per-bucket counts and sum, from this process's values."""
+    buckets, total = keys
     return [int(values.get(key, 0.0)) for key in buckets], values.get(total, 0.0)
 
 
@@ -918,8 +896,8 @@ def compact(pid: int) -> int:
 def process_died(pid: int) -> None:
     """What a server's hook calls when a worker exits: mark it dead, then compact."""
     mark_process_dead(pid)  # type: ignore[no-untyped-call]
-    for live in glob.glob(os.path.join(_multiprocess_dir(), f"{_LIVE}_requests_{pid}.db")):
-        os.remove(live)  # ours, which mark_process_dead does not know
+    with contextlib.suppress(FileNotFoundError):  # ours, which mark_process_dead does not know
+        os.remove(os.path.join(_multiprocess_dir(), f"{_LIVE}_requests_{pid}.db"))
     compact(pid)
 
 
