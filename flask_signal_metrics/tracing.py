@@ -223,12 +223,12 @@ class Tracing:
             _span_name(method, route),
             parent,
             kind,
-            self._attributes(request, method, route),
+            _StartAttributes(self, request, method, route),
             start_time=start_ns,
         )
         return span, context.attach(trace.set_span_in_context(span, parent)), start_ns
 
-    def _attributes(self, request: Request, method: str, route: str) -> dict[str, t.Any]:
+    def attributes(self, request: Request, method: str, route: str) -> dict[str, t.Any]:
         """The attributes known at the start, read from the request's environ.
 
         A ``ProxyFix`` the user applied rewrote the environ (scheme, host,
@@ -336,6 +336,61 @@ class Tracing:
         if span_context.trace_flags.sampled and span_context.is_valid:
             return span_context.trace_id, span_context.span_id
         return None
+
+
+class _StartAttributes(cabc.Mapping[str, t.Any]):
+    """A server span's start attributes, read from the request when first asked for.
+
+    They are passed to ``start_span`` so that a sampler can decide on them, as
+    the conventions ask; the SDK's own samplers (always on or off, trace-id
+    ratio, parent based) read them only to keep them on a span they sample.
+    For a span they drop, nobody reads them, and making them was 13 000 of
+    the 114 000 instructions an unsampled span cost (valgrind, bench/
+    bench_instructions.py --bench tracing). A sampler of the user's that
+    reads them gets the same values, made at its first look.
+    """
+
+    __slots__ = ("_made", "_method", "_request", "_route", "_tracing")
+
+    def __init__(self, tracing: Tracing, request: Request, method: str, route: str) -> None:
+        self._tracing = tracing
+        self._request = request
+        self._method = method
+        self._route = route
+        self._made: dict[str, t.Any] | None = None
+
+    def _get(self) -> dict[str, t.Any]:
+        made = self._made
+        if made is None:
+            made = self._made = self._tracing.attributes(self._request, self._method, self._route)
+        return made
+
+    # Each read goes to the dict's own methods: the SDK copies a sampled
+    # span's attributes with items(), which the Mapping default would do
+    # with a Python call per key.
+    def __getitem__(self, key: str) -> t.Any:
+        return self._get()[key]
+
+    def __iter__(self) -> t.Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._get()
+
+    def items(self) -> cabc.ItemsView[str, t.Any]:
+        return self._get().items()
+
+    def keys(self) -> cabc.KeysView[str]:
+        return self._get().keys()
+
+    def values(self) -> cabc.ValuesView[t.Any]:
+        return self._get().values()
+
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        return self._get().get(key, default)
 
 
 def _global_provider() -> TracerProvider:

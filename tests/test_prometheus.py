@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from prometheus_client import CollectorRegistry
+from prometheus_client.mmap_dict import mmap_key
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -263,6 +265,8 @@ def test_multiprocess_backend_exposes_the_same(naming: str, tmp_path: Path) -> N
 _FORKED_RUN = """
 import os, sys
 from prometheus_client import CollectorRegistry
+from prometheus_client.mmap_dict import mmap_key
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from tests.conftest import make_app
 from flask_signal_metrics import SignalMetrics
@@ -305,6 +309,49 @@ def test_a_forked_worker_writes_a_file_of_its_own(tmp_path: Path) -> None:
     ).stdout.splitlines()
     files = ["gauge_livesum_requests"] * 2 + ["histogram_requests"] * 2
     assert out == ["4.0", "4.0", "0.0", str(files)]
+
+
+def test_values_written_into_the_map_are_what_the_client_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Request values are written straight into MmapedDict's map (its _m and
+    # _positions): on the installed client they must read back as its own
+    # writes do, also once the file grew past its first 1 MiB and was mapped anew.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    files = prometheus._ProcessFiles()
+    keys = [f"{n:05d}" + "k" * 100 for n in range(12_000)]
+    with files.lock:
+        for n, key in enumerate(keys):
+            files.add("counter", key, n)
+        files.add("counter", keys[0], 0.5)  # a key made before the file grew
+        files.observe((["le=1", "le=+Inf"], "sum"), [1.0, math.inf], 2.5)
+    files.forget()  # closes them
+    (counters,) = tmp_path.glob("counter_requests_*.db")
+    assert counters.stat().st_size > 1 << 20
+    read = {k: v for k, v, _, _ in MmapedDict.read_all_values_from_file(str(counters))}  # type: ignore[no-untyped-call]
+    assert read == {key: float(n) for n, key in enumerate(keys)} | {keys[0]: 0.5}
+    (histogram,) = tmp_path.glob("histogram_requests_*.db")
+    read = {k: v for k, v, _, _ in MmapedDict.read_all_values_from_file(str(histogram))}  # type: ignore[no-untyped-call]
+    assert read == {"le=1": 0.0, "le=+Inf": 1.0, "sum": 2.5}
+
+
+def test_a_file_still_empty_breaks_no_scrape_and_is_compacted_away(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A process opens its file empty, then sizes it: a scrape in between, or
+    # a worker killed in between, must not fail the scrape or the compaction.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    key = mmap_key("jobs", "jobs_total", ["queue"], ["mail"], "Jobs.")
+    written = MmapedDict(str(tmp_path / "counter_100.db"))  # type: ignore[no-untyped-call]
+    written.write_value(key, 3.0, 0.0)  # type: ignore[no-untyped-call]
+    written.close()  # type: ignore[no-untyped-call]
+    (tmp_path / "counter_200.db").touch()  # empty, as between open and sizing
+    (family,) = prometheus.read_multiprocess(str(tmp_path))
+    assert [(s.name, s.labels, s.value) for s in family.samples] == [
+        ("jobs_total", {"queue": "mail"}, 3.0)
+    ]
+    assert prometheus.compact(200) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_100.db"]
 
 
 #: (duration, request size, response size, sampled span ids) recorded in order;

@@ -9,11 +9,20 @@ from flask import Response
 from flask import stream_with_context
 from opentelemetry import baggage
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import ParentBased
+from opentelemetry.sdk.trace.sampling import Sampler
+from opentelemetry.sdk.trace.sampling import SamplingResult
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from opentelemetry.trace import Link
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace import StatusCode
+from opentelemetry.trace import TraceState
+from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -22,6 +31,7 @@ from flask_signal_metrics import SignalMetrics
 from flask_signal_metrics import TraceContextFilter
 from flask_signal_metrics.tracing import redact_query
 from flask_signal_metrics.tracing import split_host
+from flask_signal_metrics.tracing import Tracing
 
 from .conftest import make_app
 from .conftest import MakeTraced
@@ -335,6 +345,70 @@ def test_unsampled_requests_have_no_exemplar(make_traced: MakeTraced) -> None:
     om = traced.client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
     assert "trace_id" not in om
     assert traced.spans(None) == []
+
+
+class _RouteSampler(Sampler):
+    """Samples by the start attributes, as the conventions allow a sampler to."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, t.Any]] = []
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: t.Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        found = dict(attributes or {})
+        self.seen.append(found)
+        sampled = found.get("http.route") != "/abort"
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP, attributes)
+
+    def get_description(self) -> str:
+        return "RouteSampler"
+
+
+def test_a_sampler_decides_on_the_start_attributes(make_traced: MakeTraced) -> None:
+    sampler = _RouteSampler()
+    traced = make_traced(sampler=sampler)
+    traced.client.get("/item/3?q=1")
+    traced.client.get("/abort")
+    first, second = sampler.seen
+    assert first["http.request.method"] == "GET"
+    assert first["url.path"] == "/item/3"
+    assert first["url.query"] == "q=1"
+    assert first["http.route"] == "/item/<int:item_id>"
+    assert first["server.address"] == "localhost"
+    assert second["http.route"] == "/abort"
+    (span,) = traced.spans()  # /abort was dropped by its attributes
+    assert {k: v for k, v in (span.attributes or {}).items() if k in first} == first
+
+
+@pytest.mark.parametrize(
+    ("sampler", "made"),
+    [(None, 1), (ALWAYS_OFF, 0), (ParentBased(TraceIdRatioBased(0.0)), 0)],
+    ids=["sampled", "always-off", "ratio-zero"],
+)
+def test_start_attributes_are_made_only_when_read(
+    make_traced: MakeTraced, monkeypatch: pytest.MonkeyPatch, sampler: Sampler | None, made: int
+) -> None:
+    """The SDK's samplers never read a dropped span's attributes: they are not made."""
+    calls: list[str] = []
+    attributes = Tracing.attributes
+
+    def counted(self: Tracing, *args: t.Any) -> dict[str, t.Any]:
+        calls.append("made")
+        return attributes(self, *args)
+
+    monkeypatch.setattr(Tracing, "attributes", counted)
+    traced = make_traced(sampler=sampler)
+    assert traced.client.get("/item/1").status_code == 200
+    assert len(calls) == made
+    assert len(traced.spans()) == made
 
 
 def test_classic_naming_carries_exemplars(make_traced: MakeTraced) -> None:
