@@ -584,8 +584,8 @@ class _ProcessFiles:
     a request's start and record 50 700 -> 34 100 instructions; the demo's
     GET /items/1 in a worker 946 000 -> 933 000). The bytes are assigned in
     one slice, as the client does, so a reader never sees a half-written
-    value. ``tests/test_multiprocess.py`` checks those attributes on the
-    installed client.
+    value. ``tests/test_prometheus.py`` checks, on the installed client,
+    that it reads back what is written so, also after the file grew.
     """
 
     def __init__(self) -> None:
@@ -873,8 +873,8 @@ def _read_directory(directory: str) -> list[Metric]:
     Its files, but those still empty: a process makes its file by opening it
     (empty) and then sizing it, and prometheus_client fails on an empty file
     (``struct.error``). A scrape between the two, as gunicorn boots a worker
-    under load, answered 500 (tests/test_multiprocess.py under a loaded
-    machine). An empty file holds no value.
+    under load, answered 500 (tests/test_multiprocess.py on a loaded
+    machine). An empty file holds no value (tests/test_prometheus.py).
     """
     files = []
     for path in glob.glob(os.path.join(directory, "*.db")):
