@@ -930,6 +930,9 @@ def compact(pid: int) -> int:
     folded = 0
     with _directory_lock(directory, fcntl.LOCK_EX):
         for file in glob.glob(os.path.join(directory, f"*_{pid}.db")):
+            if not os.path.getsize(file):  # killed while making it: no value
+                os.remove(file)
+                continue
             parts = os.path.basename(file)[:-3].split("_")
             if parts[0] == "gauge":
                 if parts[1] not in _MERGE:
@@ -937,9 +940,6 @@ def compact(pid: int) -> int:
                 merge, target = _MERGE[parts[1]], f"gauge_{parts[1]}_compacted.db"
             else:
                 merge, target = _MERGE["sum"], f"{parts[0]}_compacted.db"
-            if not os.path.getsize(file):  # killed while making it: no value
-                os.remove(file)
-                continue
             compacted = MmapedDict(os.path.join(directory, target))  # type: ignore[no-untyped-call]
             try:
                 for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(file):  # type: ignore[no-untyped-call]

@@ -365,9 +365,6 @@ class _StartAttributes(cabc.Mapping[str, t.Any]):
             made = self._made = self._tracing.attributes(self._request, self._method, self._route)
         return made
 
-    # Each read goes to the dict's own methods: the SDK copies a sampled
-    # span's attributes with items(), which the Mapping default would do
-    # with a Python call per key.
     def __getitem__(self, key: str) -> t.Any:
         return self._get()[key]
 
@@ -377,20 +374,10 @@ class _StartAttributes(cabc.Mapping[str, t.Any]):
     def __len__(self) -> int:
         return len(self._get())
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._get()
-
     def items(self) -> cabc.ItemsView[str, t.Any]:
+        # The SDK copies a sampled span's attributes with items(), which the
+        # Mapping default would do with a Python call per key.
         return self._get().items()
-
-    def keys(self) -> cabc.KeysView[str]:
-        return self._get().keys()
-
-    def values(self) -> cabc.ValuesView[t.Any]:
-        return self._get().values()
-
-    def get(self, key: str, default: t.Any = None) -> t.Any:
-        return self._get().get(key, default)
 
 
 def _global_provider() -> TracerProvider:
