@@ -258,6 +258,30 @@ def test_forged_scheme_is_not_a_label(client: FlaskClient, registry: CollectorRe
     assert requests_counted(registry, "/item/<int:item_id>", 200, scheme="https") == 1
 
 
+def test_no_request_data_becomes_a_label_value(
+    client: FlaskClient, registry: CollectorRegistry
+) -> None:
+    """Path values, query, client address, headers, cookies and bodies stay out of /metrics."""
+    marker, item, address = "zq7marker", "91827364", "203.0.113.77"
+    headers = {
+        "User-Agent": marker,
+        f"X-{marker}": marker,
+        "Cookie": f"session={marker}",
+        "Host": f"{marker}.example",
+        "Referer": f"https://{marker}.example/",
+    }
+    environ = {"REMOTE_ADDR": address}
+    client.get(f"/item/{item}?{marker}={marker}", headers=headers, environ_base=environ)
+    client.get(f"/{marker}/{item}", headers=headers, environ_base=environ)  # no route
+    client.post(f"/echo?q={marker}", data=marker * 3, headers=headers, environ_base=environ)
+    assert total_requests(registry) == 3
+    for accept in ("text/plain", "application/openmetrics-text"):
+        exposed = client.get("/metrics", headers={"Accept": accept}).text
+        assert "/item/<int:item_id>" in exposed and 'http_route="/echo"' in exposed
+        for secret in (marker, item, address):
+            assert secret not in exposed
+
+
 def test_unknown_methods_and_schemes_are_not_remembered(
     client: FlaskClient, registry: CollectorRegistry, app: Flask
 ) -> None:
