@@ -68,7 +68,8 @@ _MISSING = object()
 _perf_counter = time.perf_counter
 
 #: (start, method, scheme, route, the metrics backend's in-flight group or
-#: None, the server span: (span, context token, start in ns), "external" or None)
+#: None, the server span: (span or None if it records nothing, context token,
+#: start in ns), "external" or None)
 _Start = tuple[float, str, str, str, t.Any, t.Any]
 
 
@@ -311,7 +312,7 @@ def _record(
     )
     if exception is not None and metrics.escaped is not None:  # classic naming
         metrics.escaped.child((method, status_label)).inc()
-    if type(traced) is tuple:
+    if type(traced) is tuple and traced[0] is not None:
         # Last: a span processor of the user's that raises cannot cost the
         # request its metrics. The span ends when the recorded duration does.
         end_ns = traced[2] + int(duration * 1e9)

@@ -8,9 +8,11 @@ import pytest
 from flask import Response
 from flask import stream_with_context
 from opentelemetry import baggage
+from opentelemetry import propagate
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.sdk.trace.sampling import Decision
@@ -22,6 +24,7 @@ from opentelemetry.trace import Link
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace import StatusCode
 from opentelemetry.trace import TraceState
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -29,6 +32,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from flask_signal_metrics import exclude
 from flask_signal_metrics import SignalMetrics
 from flask_signal_metrics import TraceContextFilter
+from flask_signal_metrics.tracing import EnvironGetter
+from flask_signal_metrics.tracing import extract_parent
 from flask_signal_metrics.tracing import redact_query
 from flask_signal_metrics.tracing import split_host
 from flask_signal_metrics.tracing import Tracing
@@ -121,6 +126,74 @@ def test_parent_from_traceparent_and_baggage_current_in_view(traced: Traced) -> 
     assert seen["baggage"] == "acme"
     # After the request, the context before it is current again.
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"HTTP_TRACEPARENT": TRACEPARENT},
+        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}-00"},
+        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}-ff"},
+        {"HTTP_TRACEPARENT": f" \t00-{TRACE_ID}-{PARENT_ID}-01\t "},
+        {"HTTP_TRACEPARENT": f"00-{TRACE_ID.upper()}-{PARENT_ID}-01"},
+        {"HTTP_TRACEPARENT": f"00-{'0' * 32}-{PARENT_ID}-01"},
+        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{'0' * 16}-01"},
+        {"HTTP_TRACEPARENT": f"ff-{TRACE_ID}-{PARENT_ID}-01"},
+        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}-01-future"},
+        {"HTTP_TRACEPARENT": f"cc-{TRACE_ID}-{PARENT_ID}-01-future"},
+        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}-1"},
+        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}"},
+        {"HTTP_TRACEPARENT": f"00_{TRACE_ID}_{PARENT_ID}_01"},
+        {"HTTP_TRACEPARENT": ""},
+        {"HTTP_TRACEPARENT": "garbage"},
+        {"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_TRACESTATE": "vendor=a,other=b"},
+        {"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_TRACESTATE": "=bad="},
+        {"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_BAGGAGE": "tenant=acme"},
+        {"HTTP_BAGGAGE": "tenant=acme"},
+    ],
+    ids=lambda headers: repr(headers)[:60],
+)
+def test_own_traceparent_parsing_gives_the_propagators_context(headers: dict[str, str]) -> None:
+    # The fast path (the API's default propagator, no tracestate or baggage)
+    # and the propagator itself must agree on every rule of the header.
+    assert propagate.get_global_textmap().fields == {"traceparent", "tracestate", "baggage"}
+    environ = {"REQUEST_METHOD": "GET", **headers}
+    ours = extract_parent(environ)
+    theirs = propagate.extract(environ, getter=EnvironGetter())
+    assert (
+        trace.get_current_span(ours).get_span_context()
+        == trace.get_current_span(theirs).get_span_context()
+    )
+    assert baggage.get_all(ours) == baggage.get_all(theirs)
+    assert ours.keys() == theirs.keys()  # nothing else set, nothing missing
+
+
+class _UpperCaseTraceContext(TraceContextTextMapPropagator):
+    """A propagator of the user's: accepts what the W3C one refuses (uppercase hex)."""
+
+    def extract(self, carrier: t.Any, context: t.Any = None, getter: t.Any = None) -> t.Any:
+        (value,) = getter.get(carrier, "traceparent") or [""]
+        return super().extract({"traceparent": value.lower()}, context)
+
+
+@pytest.mark.parametrize(
+    "textmap",
+    [_UpperCaseTraceContext(), CompositePropagator([_UpperCaseTraceContext()])],
+    ids=["alone", "composite"],
+)
+def test_a_propagator_of_the_users_decides_the_parent(
+    traced: Traced, textmap: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", textmap)  # set_global_textmap, undone
+    assert propagate.get_global_textmap() is textmap
+    headers = {"traceparent": f"00-{TRACE_ID.upper()}-{PARENT_ID.upper()}-01"}
+    traced.client.get("/item/1", headers=headers)
+    traced.client.get("/item/2", headers={"traceparent": TRACEPARENT})
+    first, second = traced.spans()
+    for span in (first, second):
+        assert f"{span.context.trace_id:032x}" == TRACE_ID
+        assert span.parent is not None and f"{span.parent.span_id:016x}" == PARENT_ID
 
 
 def test_log_records_carry_trace_and_span_ids(
