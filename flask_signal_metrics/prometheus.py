@@ -585,7 +585,11 @@ class _ProcessFiles:
     GET /items/1 in a worker 946 000 -> 933 000). The bytes are assigned in
     one slice, as the client does, so a reader never sees a half-written
     value. ``tests/test_prometheus.py`` checks, on the installed client,
-    that it reads back what is written so, also after the file grew.
+    that it reads back what is written so, also after the file grew; and
+    each process checks it once on a scratch file (:func:`_writes_directly`)
+    before it writes so: where a client release moved those attributes or
+    the layout, every value goes through ``MmapedDict.write_value`` instead,
+    slower but right.
     """
 
     def __init__(self) -> None:
@@ -603,8 +607,11 @@ class _ProcessFiles:
         self._files = {}
         #: Each value written, by its file key.
         self.values: dict[str, float] = {}
-        #: Each value's file and position in it, by its file key.
+        #: Each value's file and position in it (-1: written through
+        #: ``write_value``), by its file key.
         self._slots: dict[str, tuple[MmapedDict, int]] = {}
+        #: Whether values go straight into the maps (checked at the first file).
+        self._direct: bool | None = None
 
     def add(self, typ: str, key: str, amount: float) -> None:
         """Add ``amount`` to one value and write it through (hold :attr:`lock`)."""
@@ -613,7 +620,10 @@ class _ProcessFiles:
         file, position = self._slots[key]
         value = self.values[key] + amount
         self.values[key] = value
-        file._m[position : position + 16] = _PACK(value, 0.0)
+        if position >= 0:
+            file._m[position : position + 16] = _PACK(value, 0.0)
+        else:
+            file.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
 
     def observe(self, keys: _FileKeys, bounds: list[float], value: float) -> None:
         """Count ``value`` in a histogram's bucket and sum (hold :attr:`lock`).
@@ -631,19 +641,46 @@ class _ProcessFiles:
                 file, position = slots[key]
                 amount += values[key]
                 values[key] = amount
-                file._m[position : position + 16] = _PACK(amount, 0.0)
+                if position >= 0:
+                    file._m[position : position + 16] = _PACK(amount, 0.0)
+                else:
+                    file.write_value(key, amount, 0.0)  # type: ignore[no-untyped-call]
 
     def _make(self, typ: str, keys: cabc.Iterable[str]) -> None:
         """Put each key in the ``typ`` file (as 0, or as the file has it)."""
         file = self._files.get(typ) or self._open(typ)
         for key in keys:
             self.values[key] = file.read_value(key)[0]  # type: ignore[no-untyped-call]
-            self._slots[key] = (file, file._positions[key])
+            self._slots[key] = (file, file._positions[key] if self._direct else -1)
 
     def _open(self, typ: str) -> MmapedDict:
-        path = os.path.join(_multiprocess_dir(), f"{typ}_requests_{os.getpid()}.db")
+        directory = _multiprocess_dir()
+        if self._direct is None:
+            self._direct = _writes_directly(directory)
+        path = os.path.join(directory, f"{typ}_requests_{os.getpid()}.db")
         file = self._files[typ] = MmapedDict(path)  # type: ignore[no-untyped-call]
         return file
+
+
+def _writes_directly(directory: str) -> bool:
+    """Whether a value assigned into a ``MmapedDict``'s map is what the client reads.
+
+    Tried on a scratch file that no collector reads (not ``*.db``), removed after.
+    """
+    path = os.path.join(directory, f"probe_{os.getpid()}.tmp")
+    try:
+        probe = MmapedDict(path)  # type: ignore[no-untyped-call]
+        try:
+            probe.read_value("probe")  # type: ignore[no-untyped-call]  # makes the key
+            position = probe._positions["probe"]
+            probe._m[position : position + 16] = _PACK(1.5, 0.0)
+            read = MmapedDict.read_all_values_from_file(path)  # type: ignore[no-untyped-call]
+            return [(key, value) for key, value, _, _ in read] == [("probe", 1.5)]
+        finally:
+            probe.close()  # type: ignore[no-untyped-call]
+            os.remove(path)
+    except Exception:
+        return False
 
 
 _FILES = _ProcessFiles()

@@ -3,8 +3,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
+import typing as t
 from pathlib import Path
 
 import pytest
@@ -325,6 +327,7 @@ def test_values_written_into_the_map_are_what_the_client_reads(
             files.add("counter", key, n)
         files.add("counter", keys[0], 0.5)  # a key made before the file grew
         files.observe((["le=1", "le=+Inf"], "sum"), [1.0, math.inf], 2.5)
+    assert files._direct is True  # checked on a scratch file at the first open
     files.forget()  # closes them
     (counters,) = tmp_path.glob("counter_requests_*.db")
     assert counters.stat().st_size > 1 << 20
@@ -333,6 +336,38 @@ def test_values_written_into_the_map_are_what_the_client_reads(
     (histogram,) = tmp_path.glob("histogram_requests_*.db")
     read = {k: v for k, v, _, _ in MmapedDict.read_all_values_from_file(str(histogram))}  # type: ignore[no-untyped-call]
     assert read == {"le=1": 0.0, "le=+Inf": 1.0, "sum": 2.5}
+    assert list(tmp_path.glob("*.tmp")) == []  # the scratch file is gone
+
+
+def _swapped(value: float, timestamp: float) -> bytes:
+    return struct.pack("dd", timestamp, value)
+
+
+def _moved(value: float, timestamp: float) -> bytes:
+    raise AttributeError("'MmapedDict' object has no attribute '_m'")
+
+
+@pytest.mark.parametrize("pack", [_swapped, _moved], ids=["another-layout", "moved-attribute"])
+def test_a_client_whose_map_is_not_as_expected_gets_its_own_writes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pack: t.Callable[[float, float], bytes]
+) -> None:
+    # A client release that moved MmapedDict's map or changed its layout:
+    # the per-process check sees it, and every value goes through write_value.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(prometheus, "_PACK", pack)
+    assert not prometheus._writes_directly(str(tmp_path))
+    files = prometheus._ProcessFiles()
+    with files.lock:
+        files.add("counter", "jobs", 2.0)
+        files.add("counter", "jobs", 1.0)
+        files.observe((["le=1", "le=+Inf"], "sum"), [1.0, math.inf], 2.5)
+    assert files._direct is False
+    files.forget()
+    read: dict[str, float] = {}
+    for path in sorted(tmp_path.glob("*_requests_*.db")):
+        read |= {k: v for k, v, _, _ in MmapedDict.read_all_values_from_file(str(path))}  # type: ignore[no-untyped-call]
+    assert read == {"jobs": 3.0, "le=1": 0.0, "le=+Inf": 1.0, "sum": 2.5}
+    assert list(tmp_path.glob("*.tmp")) == []
 
 
 def test_a_file_still_empty_breaks_no_scrape_and_is_compacted_away(
