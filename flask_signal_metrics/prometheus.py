@@ -668,19 +668,22 @@ def _writes_directly(directory: str) -> bool:
     Tried on a scratch file that no collector reads (not ``*.db``), removed after.
     """
     path = os.path.join(directory, f"probe_{os.getpid()}.tmp")
+    probe = None
     try:
         probe = MmapedDict(path)  # type: ignore[no-untyped-call]
-        try:
-            probe.read_value("probe")  # type: ignore[no-untyped-call]  # makes the key
-            position = probe._positions["probe"]
-            probe._m[position : position + 16] = _PACK(1.5, 0.0)
-            read = MmapedDict.read_all_values_from_file(path)  # type: ignore[no-untyped-call]
-            return [(key, value) for key, value, _, _ in read] == [("probe", 1.5)]
-        finally:
-            probe.close()  # type: ignore[no-untyped-call]
-            os.remove(path)
+        probe.read_value("probe")  # type: ignore[no-untyped-call]  # makes the key
+        position = probe._positions["probe"]
+        probe._m[position : position + 16] = _PACK(1.5, 0.0)
+        read = MmapedDict.read_all_values_from_file(path)  # type: ignore[no-untyped-call]
+        return [(key, value) for key, value, _, _ in read] == [("probe", 1.5)]
     except Exception:
         return False
+    finally:
+        with contextlib.suppress(Exception):
+            if probe is not None:
+                probe.close()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 _FILES = _ProcessFiles()

@@ -357,6 +357,8 @@ class Tracing:
         end_ns: int,
     ) -> None:
         """End a recording server span: status code, error, captured response headers."""
+        if not span.is_recording():
+            return  # the view ended it already: adding to it would only warn
         span.set_attribute(_STATUS_CODE, status)
         if error:
             span.set_attribute(_ERROR_TYPE, error)

@@ -370,6 +370,22 @@ def test_a_client_whose_map_is_not_as_expected_gets_its_own_writes(
     assert list(tmp_path.glob("*.tmp")) == []
 
 
+def test_the_scratch_file_is_removed_when_the_check_fails_early(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    class FailingMap(MmapedDict):
+        """Made its file, then failed (as when mmap itself fails)."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__(path)  # type: ignore[no-untyped-call]
+            self.close()  # type: ignore[no-untyped-call]
+            raise OSError("mmap failed")
+
+    monkeypatch.setattr(prometheus, "MmapedDict", FailingMap)
+    assert not prometheus._writes_directly(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_file_still_empty_breaks_no_scrape_and_is_compacted_away(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -565,6 +565,23 @@ def test_propagated_exception_still_ends_the_span_once(traced: Traced) -> None:
     assert not trace.get_current_span().get_span_context().is_valid
 
 
+def test_a_span_the_view_ended_is_left_alone(
+    traced: Traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    @traced.app.get("/ends")
+    def ends() -> str:
+        trace.get_current_span().end()
+        raise ValueError("after the span ended")
+
+    with caplog.at_level(logging.WARNING, logger="opentelemetry"):
+        assert traced.client.get("/ends").status_code == 500
+    (span,) = traced.spans()  # exported once, as the view ended it
+    assert "http.response.status_code" not in (span.attributes or {})
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+    assert value(traced.registry, "flask_request_exceptions_total", http_request_method="GET",
+                 http_route="/ends", error_type="ValueError") == 1  # fmt: skip
+
+
 def test_a_raising_span_processor_costs_no_metric(traced: Traced) -> None:
     from opentelemetry.sdk.trace import SpanProcessor
 
