@@ -267,8 +267,6 @@ def test_multiprocess_backend_exposes_the_same(naming: str, tmp_path: Path) -> N
 _FORKED_RUN = """
 import os, sys
 from prometheus_client import CollectorRegistry
-from prometheus_client.mmap_dict import mmap_key
-from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from tests.conftest import make_app
 from flask_signal_metrics import SignalMetrics
