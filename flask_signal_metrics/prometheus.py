@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import glob
@@ -50,7 +51,7 @@ logger = logging.getLogger("flask_signal_metrics")
 if t.TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-M = t.TypeVar("M", bound=MetricWrapperBase)
+M = t.TypeVar("M", bound="MetricWrapperBase | FileHistogram")
 
 _time = time.time
 
@@ -133,17 +134,16 @@ class Family(t.Generic[M]):
             if found is not None:
                 return found
             if len(self._children) < self._cap:
-                found = self._metric.labels(*key, *self._static)
-                self._children[key] = found
-                return found
+                made = t.cast(M, self._metric.labels(*key, *self._static))  # same type
+                self._children[key] = made
+                return made
         # Folded label sets are not remembered: remembering them is the
         # unbounded memory the cap exists to prevent.
         self._overflowed.inc()
         folded = self._folded
         if folded is None:
-            folded = self._folded = self._metric.labels(
-                *(labels.OVERFLOW,) * len(key), *self._static
-            )
+            overflow = (labels.OVERFLOW,) * len(key)
+            folded = self._folded = t.cast(M, self._metric.labels(*overflow, *self._static))
         return folded
 
 
@@ -536,12 +536,15 @@ class FileGroup:
     call as on :class:`Group`; :meth:`FileRequestStats.record` counts it out.
     """
 
-    __slots__ = ("key", "started")
+    __slots__ = ("key", "seen", "started", "value")
 
     def __init__(self, key: str) -> None:
         #: The in-flight value's key in this process's file.
         self.key = key
         self.started = self
+        #: The value, and the process's table it was made in (see _FileSeries).
+        self.seen: dict[str, _Value] | None = None
+        self.value: _Value | None = None
 
     def __iter__(self) -> FileGroup:
         return self
@@ -550,10 +553,18 @@ class FileGroup:
         lock = _FILES.lock
         lock.acquire()  # not ``with``: half its instructions, on every request
         try:
-            _FILES.add(_LIVE, self.key, 1.0)
+            _write(((self.live(), 1.0),))
         finally:
             lock.release()
         return 0
+
+    def live(self) -> _Value:
+        """This process's in-flight value (hold the files' lock)."""
+        value = self.value
+        if value is None or self.seen is not _FILES.values:
+            value = self.value = _FILES.value(_LIVE, self.key)
+            self.seen = _FILES.values
+        return value
 
 
 #: A file histogram's keys: one per bucket (per bucket, not cumulative, as
@@ -561,8 +572,42 @@ class FileGroup:
 _FileKeys = tuple[list[str], str]
 
 
+class _Value:
+    """One value in this process's file: its number and where to write it."""
+
+    __slots__ = ("file", "key", "number", "position")
+
+    def __init__(self, file: MmapedDict, key: str, number: float, position: int) -> None:
+        self.file = file
+        self.key = key
+        self.number = number
+        #: Where its bytes are in ``file``'s map; -1: written through ``write_value``.
+        self.position = position
+
+
+#: A file histogram's values: per bucket, and its sum.
+_HistogramValues = tuple[list[_Value], _Value]
+
+
+def _write(writes: cabc.Iterable[tuple[_Value, float]]) -> None:
+    """Add each amount to its value and write the value through (hold the files' lock).
+
+    The bytes go straight into the map (read on every write: the file may
+    have grown and been mapped anew), in one slice as the client writes
+    them, so a reader never sees half a value (``struct.pack_into`` zeroes
+    first: the client's comment on it).
+    """
+    for value, amount in writes:
+        number = value.number = value.number + amount
+        position = value.position
+        if position >= 0:
+            value.file._m[position : position + 16] = _PACK(number, 0.0)
+        else:
+            value.file.write_value(value.key, number, 0.0)  # type: ignore[no-untyped-call]
+
+
 class _ProcessFiles:
-    """This process's files for the request metrics, in prometheus_client's format.
+    """This process's files for the request and render metrics, in prometheus_client's format.
 
     prometheus_client's multiprocess values each take one process-wide lock,
     look up the pid and write the file on every increment: about ten per
@@ -578,15 +623,14 @@ class _ProcessFiles:
 
     A value's bytes are written straight into the file's map at the position
     ``MmapedDict`` gave its key when it made it (its ``_m`` and
-    ``_positions``; the map is read on every write, as the file may have
-    grown and been mapped anew): ``MmapedDict.write_value`` costs 2 800
-    instructions a value, this 1 500, and a request writes seven (valgrind:
-    a request's start and record 50 700 -> 34 100 instructions; the demo's
-    GET /items/1 in a worker 946 000 -> 933 000). The bytes are assigned in
-    one slice, as the client does, so a reader never sees a half-written
-    value. ``tests/test_prometheus.py`` checks, on the installed client,
-    that it reads back what is written so, also after the file grew; and
-    each process checks it once on a scratch file (:func:`_writes_directly`)
+    ``_positions``): ``MmapedDict.write_value`` costs 2 800 instructions a
+    value, a slice assignment 635; and the request's metrics hold their
+    :class:`_Value` objects, so a write looks nothing up (valgrind: a
+    request's start and record 50 700 instructions with ``write_value``,
+    32 700 with direct writes found by key, 25 800 as now).
+    ``tests/test_prometheus.py`` checks, on the installed client, that it
+    reads back what is written so, also after the file grew; and each
+    process checks it once on a scratch file (:func:`_writes_directly`)
     before it writes so: where a client release moved those attributes or
     the layout, every value goes through ``MmapedDict.write_value`` instead,
     slower but right.
@@ -600,58 +644,36 @@ class _ProcessFiles:
         """Start empty: at import, and in a forked child (the parent's files are its own).
 
         The files open here are closed: in a child, that closes only its copies.
+        A new :attr:`values` table tells the metrics holding values of the
+        parent's (their ``seen``) to make their own.
         """
         for file in self._files.values():
             file.close()  # type: ignore[no-untyped-call]
         self.lock = threading.Lock()
         self._files = {}
-        #: Each value written, by its file key.
-        self.values: dict[str, float] = {}
-        #: Each value's file and position in it (-1: written through
-        #: ``write_value``), by its file key.
-        self._slots: dict[str, tuple[MmapedDict, int]] = {}
+        #: Each value of this process, by its file key.
+        self.values: dict[str, _Value] = {}
         #: Whether values go straight into the maps (checked at the first file).
         self._direct: bool | None = None
 
+    def value(self, typ: str, key: str) -> _Value:
+        """The value of ``key`` in the ``typ`` file, made if new (hold :attr:`lock`)."""
+        found = self.values.get(key)
+        if found is None:
+            file = self._files.get(typ) or self._open(typ)
+            number = file.read_value(key)[0]  # type: ignore[no-untyped-call]  # makes it
+            position = file._positions[key] if self._direct else -1
+            found = self.values[key] = _Value(file, key, number, position)
+        return found
+
     def add(self, typ: str, key: str, amount: float) -> None:
         """Add ``amount`` to one value and write it through (hold :attr:`lock`)."""
-        if key not in self._slots:
-            self._make(typ, (key,))
-        file, position = self._slots[key]
-        value = self.values[key] + amount
-        self.values[key] = value
-        if position >= 0:
-            file._m[position : position + 16] = _PACK(value, 0.0)
-        else:
-            file.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+        _write(((self.value(typ, key), amount),))
 
-    def observe(self, keys: _FileKeys, bounds: list[float], value: float) -> None:
-        """Count ``value`` in a histogram's bucket and sum (hold :attr:`lock`).
-
-        Its buckets are all in this process's file from its first observation
-        on, as a client histogram's are (a forked worker starts its own file).
-        """
+    def histogram(self, keys: _FileKeys) -> _HistogramValues:
+        """A histogram's values, all made in the file at once, as the client's are."""
         buckets, total = keys
-        slots, values = self._slots, self.values
-        if total not in slots:
-            self._make("histogram", (*buckets, total))
-        # Inline, not two add() calls: a call costs a tenth of a request's recording.
-        for key, amount in ((buckets[bisect_left(bounds, value)], 1.0), (total, value)):
-            if amount:  # a zero adds nothing (an empty body's sum): no write
-                file, position = slots[key]
-                amount += values[key]
-                values[key] = amount
-                if position >= 0:
-                    file._m[position : position + 16] = _PACK(amount, 0.0)
-                else:
-                    file.write_value(key, amount, 0.0)  # type: ignore[no-untyped-call]
-
-    def _make(self, typ: str, keys: cabc.Iterable[str]) -> None:
-        """Put each key in the ``typ`` file (as 0, or as the file has it)."""
-        file = self._files.get(typ) or self._open(typ)
-        for key in keys:
-            self.values[key] = file.read_value(key)[0]  # type: ignore[no-untyped-call]
-            self._slots[key] = (file, file._positions[key] if self._direct else -1)
+        return [self.value("histogram", key) for key in buckets], self.value("histogram", total)
 
     def _open(self, typ: str) -> MmapedDict:
         directory = _multiprocess_dir()
@@ -690,14 +712,41 @@ _FILES = _ProcessFiles()
 os.register_at_fork(after_in_child=_FILES.forget)
 
 
-class _FileSeries(t.NamedTuple):
-    """The file keys of one request series' values, made once per series."""
+class _FileSeries:
+    """One request series: its values' file keys, made once, and this process's values.
 
-    duration: _FileKeys
-    request: _FileKeys
-    response: _FileKeys
-    #: The classic request counter's key (classic naming only).
-    counter: str | None
+    The values are made in the process that records (``seen`` is the table
+    they were made in): a forked worker makes its own, in its own files.
+    """
+
+    __slots__ = ("counter", "duration", "request", "response", "seen", "values")
+
+    def __init__(
+        self, duration: _FileKeys, request: _FileKeys, response: _FileKeys, counter: str | None
+    ) -> None:
+        self.duration = duration
+        self.request = request
+        self.response = response
+        #: The classic request counter's key (classic naming only).
+        self.counter = counter
+        self.seen: dict[str, _Value] | None = None
+        #: [duration, request size, response size, classic counter]; a size
+        #: histogram is made at its first known size (a stream's has none).
+        self.values: list[t.Any] = []
+
+    def resolve(self) -> list[t.Any]:
+        """This process's values (hold the files' lock)."""
+        files = _FILES
+        counter = None if self.counter is None else files.value("counter", self.counter)
+        self.values = [files.histogram(self.duration), None, None, counter]
+        self.seen = files.values
+        return self.values
+
+    def sized(self, index: int) -> _HistogramValues:
+        """The request (1) or response (2) size histogram's values (hold the files' lock)."""
+        found = _FILES.histogram(self.request if index == 1 else self.response)
+        self.values[index] = found
+        return found
 
 
 class FileRequestStats(_RequestMetrics):
@@ -744,16 +793,25 @@ class FileRequestStats(_RequestMetrics):
         lock = files.lock
         lock.acquire()  # not ``with``: half its instructions, on every request
         try:
-            files.observe(series.duration, self._bounds, duration)
-            # A size histogram exists once a size was known (a stream's has none).
+            values = series.values if series.seen is files.values else series.resolve()
+            # One write list, one loop: a call per value costs 1 200 instructions more.
+            buckets, total = values[0]
+            writes = [(buckets[bisect_left(self._bounds, duration)], 1.0), (total, duration)]
             if request_size is not None:
-                files.observe(series.request, self._size_bounds, request_size)
+                buckets, total = values[1] or series.sized(1)
+                writes.append((buckets[bisect_left(self._size_bounds, request_size)], 1.0))
+                if request_size:  # an empty body adds nothing to the sum: no write
+                    writes.append((total, request_size))
             if response_size is not None:
-                files.observe(series.response, self._size_bounds, response_size)
-            if series.counter is not None:
-                files.add("counter", series.counter, 1.0)
+                buckets, total = values[2] or series.sized(2)
+                writes.append((buckets[bisect_left(self._size_bounds, response_size)], 1.0))
+                if response_size:
+                    writes.append((total, response_size))
+            if values[3] is not None:
+                writes.append((values[3], 1.0))
             if group is not None:
-                files.add(_LIVE, group.key, -1.0)
+                writes.append((group.live(), -1.0))
+            _write(writes)
         finally:
             lock.release()
 
@@ -764,7 +822,7 @@ class FileRequestStats(_RequestMetrics):
             groups = list(self.groups.items())
             series = list(self._series.items())
         with _FILES.lock:
-            values = dict(_FILES.values)
+            values = {key: value.number for key, value in _FILES.values.items()}
         static = self._static
         for (method, scheme), group in groups:
             t.cast(GaugeMetricFamily, active).add_metric(
@@ -794,9 +852,9 @@ class FileRequestStats(_RequestMetrics):
         count = None
         if self._classic:
             method, path, status = key[0], key[1], key[2]
-            duration = self._histogram(
+            duration = _histogram_keys(
                 CLASSIC_DURATION, ("method", "path", "status", *self._static_names),
-                (method, path, status, *self._static), self._les,
+                (method, path, status, *self._static), self._les, HELP[CLASSIC_DURATION],
             )  # fmt: skip
             count_labels = ["method", "status", *self._static_names]
             count = mmap_key(
@@ -804,27 +862,116 @@ class FileRequestStats(_RequestMetrics):
                 [method, status, *self._static], HELP[CLASSIC_COUNT],
             )  # fmt: skip
         else:
-            duration = self._histogram(DURATION, labels, values, self._les)
-        request = self._histogram(REQUEST_SIZE, labels, values, self._size_les)
-        response = self._histogram(RESPONSE_SIZE, labels, values, self._size_les)
+            duration = _histogram_keys(DURATION, labels, values, self._les, HELP[DURATION])
+        request = _histogram_keys(REQUEST_SIZE, labels, values, self._size_les, HELP[REQUEST_SIZE])
+        response = _histogram_keys(
+            RESPONSE_SIZE, labels, values, self._size_les, HELP[RESPONSE_SIZE]
+        )
         return _FileSeries(duration, request, response, count)
 
-    @staticmethod
-    def _histogram(
-        name: str, labels: tuple[str, ...], values: tuple[str, ...], les: list[str]
-    ) -> _FileKeys:
-        buckets = [
-            mmap_key(name, name + "_bucket", [*labels, "le"], [*values, le], HELP[name])
-            for le in les
-        ]
-        total = mmap_key(name, name + "_sum", list(labels), list(values), HELP[name])
-        return buckets, total
+
+def _histogram_keys(
+    name: str, labels: cabc.Sequence[str], values: cabc.Sequence[str], les: list[str], doc: str
+) -> _FileKeys:
+    """The keys prometheus_client's own Histogram writes for one series."""
+    buckets = [mmap_key(name, name + "_bucket", [*labels, "le"], [*values, le], doc) for le in les]
+    return buckets, mmap_key(name, name + "_sum", list(labels), list(values), doc)
 
 
 def _read(values: dict[str, float], keys: _FileKeys) -> tuple[list[int], float]:
     """A file histogram's per-bucket counts and sum, from this process's values."""
     buckets, total = keys
     return [int(values.get(key, 0.0)) for key in buckets], values.get(total, 0.0)
+
+
+_H = t.TypeVar("_H", bound="FileHistogram")
+
+
+class FileHistogram(Collector):
+    """A labelled histogram in this process's files, for :class:`Family` in multiprocess mode.
+
+    The template and stream-ready histograms: the client's Histogram in
+    multiprocess mode takes its values' lock, checks the pid and calls
+    ``write_value`` for the bucket and for the sum, 17 300 instructions an
+    observation (valgrind), the largest part of a render's cost in a
+    worker; this writes both as the request metrics do (:func:`_write`), in
+    the same files and format. Like the client's, it is its own series
+    (``labels()`` returns one); as a collector it reads this process's
+    values, for the OTLP bridge (``/metrics`` reads every process's files).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: cabc.Sequence[str],
+        buckets: cabc.Sequence[float],
+        registry: CollectorRegistry,
+        unit: str = "",
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._unit = unit
+        self._bounds = [*buckets, float("inf")]
+        self._les = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._lock = threading.Lock()
+        #: The series made by ``labels()``, by label values.
+        self._series: dict[tuple[str, ...], FileHistogram] = {}
+        #: This series' file keys (none for the labelled parent).
+        self._keys: _FileKeys = ([], "")
+        if not self._labelnames:  # its own one series
+            self._keys = _histogram_keys(name, (), (), self._les, documentation)
+            self._series[()] = self
+        #: This process's values, and the table they were made in (see _FileSeries).
+        self._seen: dict[str, _Value] | None = None
+        self._values: _HistogramValues | None = None
+        registry.register(self)
+
+    def labels(self: _H, *values: str) -> _H:
+        """The series of these label values (made once; :class:`Family` caches it)."""
+        with self._lock:
+            found = self._series.get(values)
+            if found is None:
+                # Shares the parent's options, lock and series table.
+                found = self._series[values] = copy.copy(self)
+                found._keys = _histogram_keys(
+                    self._name, self._labelnames, values, self._les, self._documentation
+                )
+        return t.cast(_H, found)
+
+    def observe(self, amount: float) -> None:
+        files = _FILES
+        lock = files.lock
+        lock.acquire()  # not ``with``: half its instructions
+        try:
+            if self._seen is files.values:
+                buckets, total = self._values  # type: ignore[misc]  # made with _seen
+            else:
+                buckets, total = self._values = files.histogram(self._keys)
+                self._seen = files.values
+            _write(((buckets[bisect_left(self._bounds, amount)], 1.0), (total, amount)))
+        finally:
+            lock.release()
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        family = self._family()
+        with self._lock:
+            series = list(self._series.items())
+        with _FILES.lock:
+            values = {key: value.number for key, value in _FILES.values.items()}
+        for label_values, made in series:
+            if made._keys[1] in values:  # observed in this process
+                _add_histogram(family, list(label_values), self._les, *_read(values, made._keys))
+        return [family]
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(
+            self._name, self._documentation, labels=list(self._labelnames), unit=self._unit
+        )
 
 
 #: The process collector's sample -> our per-worker gauge (set, not added).
@@ -1069,36 +1216,21 @@ class Metrics:
             "Unhandled exceptions raised while handling a request (got_request_exception).",
             ("http_request_method", "http_route", "error_type"),
         )
-        self.template_duration = self._family(
-            Histogram(
-                "flask_template_render_duration_seconds",
-                "Time to render a template (before_render_template to template_rendered).",
-                ("template", *self._static_names),
-                registry=registry,
-                buckets=buckets,
-                unit="seconds",
-            ),
+        self.template_duration = self._histogram(
             "flask_template_render_duration_seconds",
+            "Time to render a template (before_render_template to template_rendered).",
+            ("template",),
+            buckets,
         )
         self.flashes = self._counter(
             "flask_flashed_messages", "Messages flashed, by category.", ("category",)
         )
-        self.stream_ready = self._family(
-            Histogram(
-                "flask_response_ready_duration_seconds",
-                "Streamed responses: time from the request's start to its response object"
-                " (the body follows; http_server_request_duration_seconds ends with it).",
-                (
-                    "http_request_method",
-                    "http_route",
-                    "http_response_status_code",
-                    *self._static_names,
-                ),
-                registry=registry,
-                buckets=buckets,
-                unit="seconds",
-            ),
+        self.stream_ready = self._histogram(
             "flask_response_ready_duration_seconds",
+            "Streamed responses: time from the request's start to its response object"
+            " (the body follows; http_server_request_duration_seconds ends with it).",
+            ("http_request_method", "http_route", "http_response_status_code"),
+            buckets,
         )
         info = Gauge(
             "flask_exporter_info" if naming == "classic" else "flask_signal_metrics_info",
@@ -1117,6 +1249,19 @@ class Metrics:
         for signal in ("traces", "metrics"):
             for reason in ("export_failed", "queue_full"):
                 self.otlp_dropped.child((signal, reason))  # 0 for series known in advance
+
+    def _histogram(
+        self, name: str, doc: str, labelnames: tuple[str, ...], buckets: cabc.Sequence[float]
+    ) -> Family[Histogram] | Family[FileHistogram]:
+        """A seconds histogram; in multiprocess mode written as the request metrics are."""
+        names = (*labelnames, *self._static_names)
+        if self.workers is not None:  # multiprocess
+            made = FileHistogram(name, doc, names, buckets, self.registry, unit="seconds")
+            return self._family(made, name)
+        metric = Histogram(
+            name, doc, names, registry=self.registry, buckets=buckets, unit="seconds"
+        )
+        return self._family(metric, name)
 
     def _family(self, metric: M, name: str) -> Family[M]:
         return Family(metric, self._static, self._cap, self._overflow.labels(name, *self._static))
