@@ -4,11 +4,14 @@
 
 The demo shop under gunicorn (4 gthread workers, multiprocess mode, the
 examples/gunicorn.conf.py settings), once with the extension and once with
-SIGNAL_METRICS_ENABLED=false, both running, loaded in turn by Debian's
-``wrk`` on GET /items/1 for the same time. Prints requests/s, the ratio per
-round and their median (target: at least 0.9), and checks that the
-instrumented shop counted every request wrk saw completed. Needs wrk
-(apt-get install wrk).
+SIGNAL_METRICS_ENABLED=false, both running, loaded in turn (in a new random
+order each round) by Debian's ``wrk`` on GET /items/1 for the same time.
+Prints requests/s, the ratio per round and their median (target: at least
+0.9), and checks that the instrumented shop counted every request wrk saw
+completed. It also prints the CPU time the workers spent per request (from
+/proc): on shared cores the requests/s of a round swing with the
+neighbours' load, the CPU a request takes much less. Needs wrk (apt-get
+install wrk).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import re
 import shutil
 import socket
@@ -38,8 +42,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def workers_cpu(master: int) -> float:
+    """CPU seconds (user + system) spent so far by the workers of a gunicorn master."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                # After "pid (comm)": state ppid ... utime stime (fields 14, 15).
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == master:
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
 @contextlib.contextmanager
-def shop(instrumented: bool, workers: int = 4) -> t.Iterator[str]:
+def shop(instrumented: bool, workers: int = 4) -> t.Iterator[tuple[str, int]]:
     port = _free_port()
     directory = tempfile.mkdtemp(prefix="bench-load-")
     env = {
@@ -65,7 +89,7 @@ def shop(instrumented: bool, workers: int = 4) -> t.Iterator[str]:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("gunicorn did not start") from None
                 time.sleep(0.1)
-        yield base
+        yield base, server.pid
     finally:
         server.terminate()
         try:
@@ -120,16 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     # alternate between them, so that the shared machine's swings, which
     # reach 2x over minutes here, hit both alike; the ratio is taken per pair.
     rates: dict[str, list[float]] = {"bare": [], "instrumented": []}
+    cpu = {"bare": 0.0, "instrumented": 0.0}
+    served = {"bare": 0.0, "instrumented": 0.0}
     completed = failed = 0.0
-    with shop(instrumented=False) as bare_base, shop(instrumented=True) as ours_base:
+    with shop(instrumented=False) as bare_shop, shop(instrumented=True) as ours_shop:
+        shops = [("bare", *bare_shop), ("instrumented", *ours_shop)]
         for _ in range(args.rounds):
-            for name, base in (("bare", bare_base), ("instrumented", ours_base)):
+            random.shuffle(shops)  # neither always first
+            for name, base, master in shops:
+                before = workers_cpu(master)
                 result = wrk(base + "/items/1", args.seconds, args.connections)
+                cpu[name] += workers_cpu(master) - before
+                served[name] += result["requests"]
                 rates[name].append(result["rate"])
                 if name == "instrumented":
                     completed += result["requests"]
                     failed += result["failed"]
-        got = counted(ours_base)
+        got = counted(ours_shop[0])
     # wrk stops with up to one request per connection in flight: the server
     # may have counted those too.
     exact = completed <= got <= completed + args.connections * args.rounds and failed == 0
@@ -142,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"instrumented  {statistics.median(rates['instrumented']):10.0f} req/s (median)")
     print("ratios per round: " + " ".join(f"{r:.3f}" for r in ratios))
     print(f"ratio instrumented/bare: {statistics.median(ratios):.3f} (median of rounds)")
+    per = {name: cpu[name] / served[name] * 1e6 for name in cpu}
+    print(f"workers' CPU per request: bare {per['bare']:.0f} µs, instrumented"
+          f" {per['instrumented']:.0f} µs;"
+          f" bare/instrumented {per['bare'] / per['instrumented']:.3f}")  # fmt: skip
     return 0 if exact else 1
 
 

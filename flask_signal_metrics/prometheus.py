@@ -834,7 +834,7 @@ class FileRequestStats(_RequestMetrics):
                 done.add(keys.duration[1])
                 labels = [*key[:3], *static] if self._classic else [*key, *static]
                 _add_histogram(duration, labels, self._les, *_read(values, keys.duration))
-            if keys.counter is not None and keys.counter not in done:
+            if keys.counter is not None and keys.counter in values and keys.counter not in done:
                 done.add(keys.counter)
                 count = t.cast(CounterMetricFamily, families[2])
                 count.add_metric([key[0], key[2], *static], values.get(keys.counter, 0.0))
@@ -930,6 +930,8 @@ class FileHistogram(Collector):
 
     def labels(self: _H, *values: str) -> _H:
         """The series of these label values (made once; :class:`Family` caches it)."""
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name}: {len(self._labelnames)} label values expected")
         with self._lock:
             found = self._series.get(values)
             if found is None:
@@ -948,6 +950,8 @@ class FileHistogram(Collector):
             if self._seen is files.values:
                 buckets, total = self._values  # type: ignore[misc]  # made with _seen
             else:
+                if not self._keys[1]:  # before anything is written
+                    raise ValueError(f"{self._name} has labels: observe a series of labels()")
                 buckets, total = self._values = files.histogram(self._keys)
                 self._seen = files.values
             _write(((buckets[bisect_left(self._bounds, amount)], 1.0), (total, amount)))

@@ -475,3 +475,20 @@ def test_folded_buckets_are_exact(monkeypatch: pytest.MonkeyPatch, fold_at: int)
     }
     # The latest of each bucket: (5, 6) came after (1, 2) in (0.1, 0.5].
     assert exemplars == {"0.5": (f"{5:032x}", 0.2), "+Inf": (f"{3:032x}", 5.0)}
+
+
+def test_a_file_histogram_refuses_what_the_clients_refuses(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Observing the labelled parent, or the wrong number of label values, is
+    # an error before anything is written: an empty key in a file would fail
+    # every later scrape of the directory.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    histogram = prometheus.FileHistogram(
+        "renders", "Renders.", ["template"], [1.0], CollectorRegistry()
+    )
+    with pytest.raises(ValueError, match="has labels"):
+        histogram.observe(0.5)
+    with pytest.raises(ValueError, match="1 label values expected"):
+        histogram.labels("a", "b")
+    assert list(tmp_path.iterdir()) == []
