@@ -77,7 +77,16 @@ def _wait_until_up(url: str, seconds: float) -> None:
             time.sleep(0.1)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # Ctrl-C and a plain kill both stop the shop and the collector, also when
+    # the demo was started from a background job of a shell script, which
+    # starts it with SIGINT ignored (Python then keeps it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description="Run the flask-signal-metrics demo.")
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "8000")))
     parser.add_argument("--rounds", type=int, default=3, help="rounds of demo traffic")

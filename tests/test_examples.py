@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -90,6 +92,9 @@ def test_demo_runs_and_says_where_to_look() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        # Its own process group: whatever happens, the demo, its shop and its
+        # collector are stopped at the end (they hold the stdout pipe).
+        start_new_session=True,
     )
     try:
         assert demo.stdout is not None
@@ -123,12 +128,14 @@ def test_demo_runs_and_says_where_to_look() -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             assert b"http_server_request_duration_seconds_count" in response.read()
     finally:
-        demo.send_signal(signal.SIGINT)
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
         try:
             demo.wait(timeout=20)
         except subprocess.TimeoutExpired:
             demo.kill()
             demo.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # anything the demo left running
+            os.killpg(demo.pid, signal.SIGKILL)
         if demo.stdout is not None:
             demo.stdout.close()
     assert demo.returncode == 0
