@@ -895,7 +895,7 @@ class FileHistogram(Collector):
     ``write_value`` for the bucket and for the sum, 17 300 instructions an
     observation (valgrind), the largest part of a render's cost in a
     worker; this writes both as the request metrics do (:func:`_write`), in
-    the same files and format. Like the client's, it is its own series
+    the same files and format, for 9 300. Like the client's, it is its own series
     (``labels()`` returns one); as a collector it reads this process's
     values, for the OTLP bridge (``/metrics`` reads every process's files).
     """
