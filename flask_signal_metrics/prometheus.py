@@ -666,9 +666,10 @@ class _ProcessFiles:
             found = self.values[key] = _Value(file, key, number, position)
         return found
 
-    def add(self, typ: str, key: str, amount: float) -> None:
-        """Add ``amount`` to one value and write it through (hold :attr:`lock`)."""
-        _write(((self.value(typ, key), amount),))
+    def numbers(self) -> dict[str, float]:
+        """Each value's number, by its file key (takes :attr:`lock`)."""
+        with self.lock:
+            return {key: value.number for key, value in self.values.items()}
 
     def histogram(self, keys: _FileKeys) -> _HistogramValues:
         """A histogram's values, all made in the file at once, as the client's are."""
@@ -821,8 +822,7 @@ class FileRequestStats(_RequestMetrics):
         with self._lock:
             groups = list(self.groups.items())
             series = list(self._series.items())
-        with _FILES.lock:
-            values = {key: value.number for key, value in _FILES.values.items()}
+        values = _FILES.numbers()
         static = self._static
         for (method, scheme), group in groups:
             t.cast(GaugeMetricFamily, active).add_metric(
@@ -887,17 +887,38 @@ def _read(values: dict[str, float], keys: _FileKeys) -> tuple[list[int], float]:
 _H = t.TypeVar("_H", bound="FileHistogram")
 
 
-class FileHistogram(Collector):
-    """A labelled histogram in this process's files, for :class:`Family` in multiprocess mode.
+def histogram(
+    name: str,
+    documentation: str,
+    labelnames: cabc.Sequence[str],
+    buckets: cabc.Sequence[float],
+    registry: CollectorRegistry,
+    unit: str = "",
+) -> Histogram | FileHistogram:
+    """A histogram of the extension's (templates, streams, declared signals).
 
-    The template and stream-ready histograms: the client's Histogram in
-    multiprocess mode takes its values' lock, checks the pid and calls
-    ``write_value`` for the bucket and for the sum, 17 300 instructions an
-    observation (valgrind), the largest part of a render's cost in a
-    worker; this writes both as the request metrics do (:func:`_write`), in
-    the same files and format, for 9 300. Like the client's, it is its own series
-    (``labels()`` returns one); as a collector it reads this process's
-    values, for the OTLP bridge (``/metrics`` reads every process's files).
+    prometheus_client's own in one process; in multiprocess mode a
+    :class:`FileHistogram`, written as the request metrics are.
+    """
+    if multiprocess():
+        return FileHistogram(name, documentation, labelnames, buckets, registry, unit)
+    return Histogram(
+        name, documentation, tuple(labelnames), registry=registry, buckets=buckets, unit=unit
+    )
+
+
+class FileHistogram(Collector):
+    """A histogram in this process's files, for :class:`Family` in multiprocess mode.
+
+    Made by :func:`histogram`. The client's Histogram in multiprocess mode
+    takes its values' lock, checks the pid and calls ``write_value`` for the
+    bucket and for the sum, 17 300 instructions an observation (valgrind),
+    the largest part of a render's cost in a worker; this writes both as the
+    request metrics do (:func:`_write`), in the same files and format, for
+    9 300. Like the client's, a labelled one makes its series with
+    ``labels()``, an unlabelled one is its own; as a collector it reads this
+    process's values, for the OTLP bridge (``/metrics`` reads every
+    process's files).
     """
 
     def __init__(
@@ -932,6 +953,7 @@ class FileHistogram(Collector):
         """The series of these label values (made once; :class:`Family` caches it)."""
         if len(values) != len(self._labelnames):
             raise ValueError(f"{self._name}: {len(self._labelnames)} label values expected")
+        values = tuple(map(str, values))  # as the client's labels() makes them
         with self._lock:
             found = self._series.get(values)
             if found is None:
@@ -965,8 +987,7 @@ class FileHistogram(Collector):
         family = self._family()
         with self._lock:
             series = list(self._series.items())
-        with _FILES.lock:
-            values = {key: value.number for key, value in _FILES.values.items()}
+        values = _FILES.numbers()
         for label_values, made in series:
             if made._keys[1] in values:  # observed in this process
                 _add_histogram(family, list(label_values), self._les, *_read(values, made._keys))
@@ -1256,16 +1277,9 @@ class Metrics:
 
     def _histogram(
         self, name: str, doc: str, labelnames: tuple[str, ...], buckets: cabc.Sequence[float]
-    ) -> Family[Histogram] | Family[FileHistogram]:
-        """A seconds histogram; in multiprocess mode written as the request metrics are."""
+    ) -> Family[Histogram | FileHistogram]:
         names = (*labelnames, *self._static_names)
-        if self.workers is not None:  # multiprocess
-            made = FileHistogram(name, doc, names, buckets, self.registry, unit="seconds")
-            return self._family(made, name)
-        metric = Histogram(
-            name, doc, names, registry=self.registry, buckets=buckets, unit="seconds"
-        )
-        return self._family(metric, name)
+        return self._family(histogram(name, doc, names, buckets, self.registry, "seconds"), name)
 
     def _family(self, metric: M, name: str) -> Family[M]:
         return Family(metric, self._static, self._cap, self._overflow.labels(name, *self._static))
@@ -1404,13 +1418,7 @@ class SignalStore:
         labelnames: cabc.Sequence[str],
         buckets: cabc.Sequence[float],
     ) -> Family[t.Any]:
-        metric = Histogram(
-            name,
-            documentation,
-            tuple(labelnames),
-            registry=self.registry,
-            buckets=buckets,
-        )
+        metric = histogram(name, documentation, labelnames, buckets, self.registry)
         return Family(metric, (), self._cap, self._overflow.labels(name))
 
 

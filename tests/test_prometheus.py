@@ -335,8 +335,8 @@ def test_values_written_into_the_map_are_what_the_client_reads(
     keys = [f"{n:05d}" + "k" * 100 for n in range(12_000)]
     with files.lock:
         for n, key in enumerate(keys):
-            files.add("counter", key, n)
-        files.add("counter", keys[0], 0.5)  # a key made before the file grew
+            prometheus._write([(files.value("counter", key), n)])
+        prometheus._write([(files.value("counter", keys[0]), 0.5)])  # made before the file grew
         buckets, total = files.histogram((["le=1", "le=+Inf"], "sum"))
         prometheus._write([(buckets[1], 1.0), (total, 2.5)])
     assert files._direct is True  # checked on a scratch file at the first open
@@ -370,8 +370,8 @@ def test_a_client_whose_map_is_not_as_expected_gets_its_own_writes(
     assert not prometheus._writes_directly(str(tmp_path))
     files = prometheus._ProcessFiles()
     with files.lock:
-        files.add("counter", "jobs", 2.0)
-        files.add("counter", "jobs", 1.0)
+        jobs = files.value("counter", "jobs")
+        prometheus._write([(jobs, 2.0), (jobs, 1.0)])
         buckets, total = files.histogram((["le=1", "le=+Inf"], "sum"))
         prometheus._write([(buckets[1], 1.0), (total, 2.5)])
     assert files._direct is False
@@ -492,3 +492,44 @@ def test_a_file_histogram_refuses_what_the_clients_refuses(
     with pytest.raises(ValueError, match="1 label values expected"):
         histogram.labels("a", "b")
     assert list(tmp_path.iterdir()) == []
+
+
+_DECLARED_RUN = """
+import os, sys
+from blinker import Namespace
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from tests.conftest import make_app
+from flask_signal_metrics import SignalMetrics
+signals = Namespace()
+started, finished = signals.signal("job-started"), signals.signal("job-finished")
+ext = SignalMetrics(make_app())
+key = lambda sender, **kw: kw["job_id"]
+ext.time(started, finished, key=key, name="jobs_seconds", buckets=[0.5, 1.0])
+ext.time(started, finished, key=key, name="jobs_by_queue_seconds", buckets=[0.5, 1.0],
+         labels={"queue": lambda sender, **kw: kw["queue"]})
+for n in range(3):
+    started.send("worker", job_id=n, queue="mail")
+    finished.send("worker", job_id=n, queue="mail")
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+print(registry.get_sample_value("jobs_seconds_bucket", {"le": "0.5"}))
+print(registry.get_sample_value("jobs_by_queue_seconds_count", {"queue": "mail"}))
+print(sorted({f.rsplit("_", 1)[0] for f in os.listdir(sys.argv[1])}))
+"""
+
+
+def test_declared_histograms_in_a_worker_are_written_to_its_files(tmp_path: Path) -> None:
+    # Time between the app's own signals, unlabelled and labelled, in
+    # multiprocess mode: in our files (no client histogram file), all counted.
+    out = subprocess.run(
+        [sys.executable, "-c", _DECLARED_RUN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    files = ["counter", "gauge_liveall", "gauge_max", "histogram_requests"]
+    assert out == ["3.0", "3.0", str(files)]
