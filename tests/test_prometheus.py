@@ -231,6 +231,23 @@ def traffic_samples(naming: str) -> Samples:
     }
 
 
+def in_a_worker(script: str, directory: Path, *args: str) -> str:
+    """Run ``script`` in a new process in multiprocess mode (``directory``); its output.
+
+    prometheus_client chooses multiprocess mode when first imported, so the
+    mode needs a process of its own.
+    """
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+        check=True,
+    ).stdout
+
+
 _MULTIPROCESS_RUN = """
 import json, sys
 from tests.test_prometheus import traffic_samples
@@ -244,16 +261,7 @@ def test_multiprocess_backend_exposes_the_same(naming: str, tmp_path: Path) -> N
     # The files a worker writes in multiprocess mode, summed by
     # prometheus_client's collector, and our in-process cells must expose the
     # same families, labels and values for the same traffic.
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, "-c", _MULTIPROCESS_RUN, naming],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=Path(__file__).parent.parent,
-        timeout=60,
-        check=True,
-    ).stdout
+    out = in_a_worker(_MULTIPROCESS_RUN, tmp_path, naming)
     files = {(name, tuple(map(tuple, labels))): value for name, labels, value in json.loads(out)}
     ours = traffic_samples(naming)
     assert files.keys() == ours.keys()
@@ -307,15 +315,7 @@ print(sorted({f.rsplit("_", 1)[0] for f in os.listdir(sys.argv[1]) if "_requests
 def test_a_forked_worker_writes_a_file_of_its_own(tmp_path: Path) -> None:
     # A value written before the fork is the parent's: the child starts its
     # own file at 0 and the two add up, with no count lost or doubled.
-    out = subprocess.run(
-        [sys.executable, "-c", _FORKED_RUN, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-        cwd=Path(__file__).parent.parent,
-        timeout=60,
-        check=True,
-    ).stdout.splitlines()
+    out = in_a_worker(_FORKED_RUN, tmp_path, str(tmp_path)).splitlines()
     # The template histogram too (made before the fork): this process's own
     # values for the OTLP bridge (2), everyone's on /metrics (4), written to
     # our files (no client histogram file).
@@ -522,14 +522,6 @@ print(sorted({f.rsplit("_", 1)[0] for f in os.listdir(sys.argv[1])}))
 def test_declared_histograms_in_a_worker_are_written_to_its_files(tmp_path: Path) -> None:
     # Time between the app's own signals, unlabelled and labelled, in
     # multiprocess mode: in our files (no client histogram file), all counted.
-    out = subprocess.run(
-        [sys.executable, "-c", _DECLARED_RUN, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-        cwd=Path(__file__).parent.parent,
-        timeout=60,
-        check=True,
-    ).stdout.splitlines()
+    out = in_a_worker(_DECLARED_RUN, tmp_path, str(tmp_path)).splitlines()
     files = ["counter", "gauge_liveall", "gauge_max", "histogram_requests"]
     assert out == ["3.0", "3.0", str(files)]
