@@ -38,6 +38,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from flask import Request
     from flask import Response
+    from flask.ctx import RequestContext
     from jinja2 import Template
 
     from .prometheus import Metrics
@@ -47,8 +48,8 @@ if t.TYPE_CHECKING:
 # three keys, each written by one signal with one dict store. The start is a
 # tuple, cheaper to make than an object.
 
-#: (start, method, scheme, route, group, traced) from request_started; None
-#: if the request is excluded; "done" once recorded.
+#: (start, method, scheme, route, group, traced, context) from
+#: request_started; None if the request is excluded; "done" once recorded.
 START_KEY = "flask_signal_metrics.start"
 #: The response from request_finished (the last one wins); read at teardown.
 RESPONSE_KEY = "flask_signal_metrics.response"
@@ -69,8 +70,8 @@ _perf_counter = time.perf_counter
 
 #: (start, method, scheme, route, the metrics backend's in-flight group or
 #: None, the server span: (span or None if it records nothing, context token,
-#: start in ns), "external" or None)
-_Start = tuple[float, str, str, str, t.Any, t.Any]
+#: start in ns), "external" or None, the id of the request context)
+_Start = tuple[float, str, str, str, t.Any, t.Any, int]
 
 
 class _ProxyContext:
@@ -95,9 +96,10 @@ except ImportError:  # a Flask whose context internals moved
     _cv_request = _ProxyContext()  # type: ignore[assignment]
 
 
-def _begin(app: Flask, request: Request, in_flight: bool) -> _Start | None:
+def _begin(app: Flask, ctx: RequestContext, in_flight: bool) -> _Start | None:
     """Note the request's start, or mark the request excluded (``None``)."""
     state: State = app.extensions[EXTENSION_KEY]
+    request = ctx.request
     environ = request.environ
     rule = request.url_rule
     if rule is None:
@@ -115,20 +117,24 @@ def _begin(app: Flask, request: Request, in_flight: bool) -> _Start | None:
         return None
     found = state.lanes.get((request.method, request.scheme))
     method, scheme, group = found or state.lane(request.method, request.scheme)
+    began = _perf_counter()
     traced: t.Any = None
+    if in_flight and state.tracing is not None:
+        # Before the in-flight count: a sampler or provider that raises here
+        # must not leave a request counted in flight that nothing ends.
+        traced = state.tracing.start(app, request, method, route)
     if in_flight:
         next(group.started)
     else:
         group = None  # a late start is not counted in flight
-    began = _perf_counter()
-    if in_flight and state.tracing is not None:
-        traced = state.tracing.start(app, request, method, route)
-    start = (began, method, scheme, route, group, traced)
+    # The context's id, not the context: the environ holding the context
+    # holding the environ would be a cycle only the garbage collector frees.
+    start = (began, method, scheme, route, group, traced, id(ctx))
     environ[START_KEY] = start
     return start
 
 
-def _started(app: Flask, request: Request) -> _Start | None:
+def _started(app: Flask, ctx: RequestContext) -> _Start | None:
     """The request's start; noted late if ``request_started`` missed it.
 
     Our ``request_started`` receiver is skipped when another receiver of that
@@ -137,13 +143,16 @@ def _started(app: Flask, request: Request) -> _Start | None:
     duration then starts late). A late start is not counted in flight:
     nothing would balance it.
     """
-    found = request.environ.get(START_KEY, _MISSING)
+    found = ctx.request.environ.get(START_KEY, _MISSING)
     if found is _MISSING:
-        return _begin(app, request, False)
+        return _begin(app, ctx, False)
     if found is None or found is _DONE or found is _STREAMING:
         return None
     return t.cast(_Start, found)
 
+
+#: Statuses whose responses carry no body (Werkzeug sends none, as RFC 9110 says).
+_NO_BODY = frozenset((100, 101, 102, 103, 204, 304))
 
 #: CONTENT_LENGTH values of a request without a body (absent, empty, zero).
 _EMPTY = (None, "", "0")
@@ -162,7 +171,7 @@ def _request_size(environ: dict[str, t.Any]) -> int | None:
 
 def _on_request_started(sender: Flask, **extra: object) -> None:
     try:
-        _begin(sender, _cv_request.get().request, True)
+        _begin(sender, _cv_request.get(), True)
     except Exception as e:
         _failed(sender, signals.request_started.name, e)
 
@@ -183,10 +192,10 @@ def _on_request_finished(sender: Flask, response: Response, **extra: object) -> 
 
 def _on_got_request_exception(sender: Flask, exception: BaseException, **extra: object) -> None:
     try:
-        request = _cv_request.get().request
-        start = _started(sender, request)
+        ctx = _cv_request.get()
+        start = _started(sender, ctx)
         if start is not None:
-            request.environ[ERROR_KEY] = exception
+            ctx.request.environ[ERROR_KEY] = exception
             state: State = sender.extensions[EXTENSION_KEY]
             assert state.metrics is not None
             key = (start[1], start[3], type(exception).__qualname__)
@@ -200,11 +209,16 @@ def _on_request_tearing_down(
 ) -> None:
     """Record the request, once: Flask 3.1 tears a streamed request down twice."""
     try:
-        request = _cv_request.get().request
-        environ = request.environ
+        ctx = _cv_request.get()
+        environ = ctx.request.environ
         start = environ.get(START_KEY, _MISSING)
         if start is _MISSING:
-            start = _started(sender, request)
+            if RESPONSE_KEY not in environ:
+                # Neither started, nor answered, nor failed (each would have
+                # noted it): a context pushed outside a request, such as
+                # test_request_context() for url_for in a job. Not a request.
+                return
+            start = _started(sender, ctx)
         elif start is _STREAMING:
             # The second teardown of a stream_with_context body: it ended, maybe raising.
             if exc is not None:
@@ -212,9 +226,12 @@ def _on_request_tearing_down(
             return
         if start is None or start is _DONE:
             return  # excluded stays None: a streamed template renders after teardown
+        if start[6] != id(ctx):
+            # A copy of the request's context (copy_current_request_context,
+            # for a thread or greenlet) popped with the same environ: the
+            # request itself is not over.
+            return
         environ[START_KEY] = _DONE
-        if start[5] is not None:
-            _end_context(start[5])
         response: Response | None = environ.get(RESPONSE_KEY)
         size: int | None
         if response is None:
@@ -223,8 +240,8 @@ def _on_request_tearing_down(
             size = None
         else:
             body = response.response
-            if start[1] == "HEAD":
-                size = 0
+            if response.status_code in _NO_BODY or environ.get("REQUEST_METHOD") == "HEAD":
+                size = 0  # the server sends no body, whatever the response holds
             elif type(body) is list:  # a buffered body: its bytes are the truth
                 size = sum(map(len, body))
             else:
@@ -249,7 +266,8 @@ def _defer_to_close(
     """A stream of unknown length: the server produces the body after teardown.
 
     The request ends when the server closes the body, and stays in flight
-    until then; the time to the response object is recorded now.
+    (and its span current) until then; the time to the response object is
+    recorded now.
     """
     environ[START_KEY] = _STREAMING
     response.call_on_close(functools.partial(_close_stream, app, environ, start, response, exc))
@@ -285,7 +303,7 @@ def _record(
     :param response: None when request_finished was never sent (the
         exception propagated): the server answers 500.
     """
-    began, method, scheme, route, group, traced = start
+    began, method, scheme, route, group, traced, _ = start
     duration = _perf_counter() - began
     status = 500 if response is None else response.status_code
     exception = environ.get(ERROR_KEY) or exc
@@ -312,17 +330,21 @@ def _record(
     )
     if exception is not None and metrics.escaped is not None:  # classic naming
         metrics.escaped.child((method, status_label)).inc()
-    if type(traced) is tuple and traced[0] is not None:
+    if traced is not None:
         # Last: a span processor of the user's that raises cannot cost the
-        # request its metrics. The span ends when the recorded duration does.
-        end_ns = traced[2] + int(duration * 1e9)
-        state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
-            traced[0], status, error, exception, response, end_ns
-        )
+        # request its metrics. Here, not at teardown, for a stream: what its
+        # body does (spans, a streamed template) nests under the request.
+        _end_context(traced)
+        if type(traced) is tuple and traced[0] is not None:
+            # The span ends when the recorded duration does.
+            end_ns = traced[2] + int(duration * 1e9)
+            state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
+                traced[0], status, error, exception, response, end_ns
+            )
 
 
 def _end_context(traced: t.Any) -> None:
-    """At the request's (first) teardown: end what the request made current.
+    """When the request is over: end what the request made current.
 
     Renders whose template raised never sent template_rendered: their spans
     end here, as failed, innermost first, so that each context token is

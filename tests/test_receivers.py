@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 import typing as t
 
 import pytest
+from flask import copy_current_request_context
 from flask import Flask
+from flask import Response
 from flask import signals
+from flask import url_for
 from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
 
@@ -172,6 +176,77 @@ def test_head_sends_no_body(client: FlaskClient, registry: CollectorRegistry) ->
     head = {**_labels("/item/<int:item_id>"), "http_request_method": "HEAD"}
     assert value(registry, "http_server_response_body_size_bytes_sum", **head) == 0
     assert value(registry, "http_server_response_body_size_bytes_count", **head) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "known"),
+    [
+        ("GET", 204, None),
+        ("GET", 304, None),
+        ("HEAD", 200, "GET"),  # HEAD labelled _OTHER still sends no body
+    ],
+)
+def test_responses_the_server_sends_without_a_body_record_no_bytes(
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    status: int,
+    known: str | None,
+) -> None:
+    if known is not None:
+        monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", known)
+    app = make_app()
+
+    @app.get("/bodyless")
+    def bodyless() -> Response:
+        return Response("a body the server drops", status=status)
+
+    SignalMetrics(app, registry=registry)
+    response = app.test_client().open("/bodyless", method=method)
+    assert (response.status_code, response.data) == (status, b"")
+    labels = {
+        **_labels("/bodyless"),
+        "http_request_method": method if known is None else "_OTHER",
+        "http_response_status_code": str(status),
+    }
+    assert value(registry, "http_server_response_body_size_bytes_count", **labels) == 1
+    assert value(registry, "http_server_response_body_size_bytes_sum", **labels) == 0
+
+
+def test_a_copied_request_context_does_not_end_the_request(
+    app: Flask, registry: CollectorRegistry
+) -> None:
+    """copy_current_request_context: the copy's pop tears down the same environ."""
+
+    @app.get("/work")
+    def work() -> str:
+        @copy_current_request_context
+        def job() -> None:
+            pass
+
+        worker = threading.Thread(target=job)
+        worker.start()
+        worker.join(10)
+        return "done"
+
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/work").status_code == 200
+    assert requests_counted(registry, "/work", 200) == 3
+    assert total_requests(registry) == 3
+    assert in_flight(registry) == 0
+
+
+def test_a_request_context_outside_a_request_is_not_counted(
+    app: Flask, registry: CollectorRegistry
+) -> None:
+    """test_request_context() for url_for or e-mails in a job: not a request, no 500."""
+    with app.test_request_context("/item/1"):
+        assert url_for("item", item_id=2) == "/item/2"
+    with pytest.raises(ValueError), app.test_request_context("/item/1"):
+        raise ValueError("in a job")
+    assert total_requests(registry) == 0
+    assert in_flight(registry) == 0
 
 
 def test_templates_and_flashes(client: FlaskClient, registry: CollectorRegistry) -> None:

@@ -6,6 +6,7 @@ import typing as t
 
 import pytest
 from flask import Response
+from flask import stream_template_string
 from flask import stream_with_context
 from opentelemetry import baggage
 from opentelemetry import propagate
@@ -38,8 +39,10 @@ from flask_signal_metrics.tracing import redact_query
 from flask_signal_metrics.tracing import split_host
 from flask_signal_metrics.tracing import Tracing
 
+from .conftest import in_flight
 from .conftest import make_app
 from .conftest import MakeTraced
+from .conftest import requests_counted
 from .conftest import Traced
 from .conftest import value
 
@@ -248,6 +251,51 @@ def test_streamed_shapes_end_once_after_their_body(traced: Traced, path: str, bo
     response.close()
     (span,) = traced.spans()
     assert (span.attributes or {})["http.response.status_code"] == 200
+
+
+@pytest.mark.parametrize("wrap", [stream_with_context, iter])
+def test_what_a_streamed_body_does_nests_under_the_request(
+    make_traced: MakeTraced, wrap: t.Callable[[t.Iterator[str]], t.Iterable[str]]
+) -> None:
+    traced = make_traced()
+
+    @traced.app.get("/feed")
+    def feed() -> Response:
+        def chunks() -> t.Iterator[str]:
+            with traced.provider.get_tracer("app").start_as_current_span("query"):
+                yield "a"
+
+        return Response(wrap(chunks()))
+
+    response = traced.client.get("/feed")
+    assert response.get_data() == b"a"
+    response.close()
+    query, server = sorted(traced.spans(None), key=lambda span: span.kind != SpanKind.INTERNAL)
+    assert server.name == "GET /feed"
+    assert query.parent is not None and query.parent.span_id == server.context.span_id
+    assert query.context.trace_id == server.context.trace_id
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_a_streamed_template_is_a_render_like_any_other(make_traced: MakeTraced) -> None:
+    app = make_app()
+
+    @app.get("/list")
+    def listing() -> Response:
+        return Response(stream_template_string("{% for i in n %}{{ i }}{% endfor %}", n=range(3)))
+
+    traced = make_traced(app)
+    response = traced.client.get("/list")
+    assert response.get_data() == b"012"
+    response.close()
+    render, server = sorted(traced.spans(None), key=lambda span: span.kind != SpanKind.INTERNAL)
+    assert render.name == "render __string__"
+    assert render.status.status_code == StatusCode.UNSET
+    assert render.parent is not None and render.parent.span_id == server.context.span_id
+    assert render.end_time is not None and server.end_time is not None
+    assert render.end_time <= server.end_time
+    count = "flask_template_render_duration_seconds_count"
+    assert value(traced.registry, count, template="__string__") == 1
 
 
 def test_span_duration_is_the_histogram_duration(traced: Traced) -> None:
@@ -534,6 +582,9 @@ def test_a_failing_provider_never_changes_the_response(
     errors = value(registry, "flask_signal_metrics_receiver_errors_total", signal="request-started")
     assert errors == 3
     assert len(caplog.records) == 1
+    # Counted (from a late start), and not left in flight.
+    assert requests_counted(registry, "/item/<int:item_id>", 200) == 3
+    assert in_flight(registry) == 0
 
 
 def test_tracer_provider_of_the_wrong_type_is_refused() -> None:
