@@ -15,6 +15,8 @@ import os
 import re
 import typing as t
 
+from . import labels
+
 #: The semantic conventions' advice for ``http.server.request.duration``
 #: (seconds); identical to prometheus_client's default buckets.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -124,6 +126,12 @@ def _path(key: str, value: object) -> str | None:
         )
     if not value.startswith("/"):
         raise ValueError(f"{key} must start with '/': use {'/' + value!r}.")
+    if "<" in value or ">" in value:
+        # A variable part would be passed to the metrics view, which takes none.
+        raise ValueError(
+            f"{key} must be a fixed path with no '<variable>' parts, such as"
+            f" '/metrics'; got {value!r}."
+        )
     return value
 
 
@@ -143,7 +151,12 @@ def _buckets(key: str, value: object) -> tuple[float, ...]:
     for item in value:
         if isinstance(item, bool) or not isinstance(item, (int, float)):
             raise TypeError(f"{key} must hold numbers only; {item!r} is not one.")
-        bounds.append(float(item))
+        try:
+            bounds.append(float(item))
+        except OverflowError:
+            raise ValueError(
+                f"{key} holds {item!r}, too large for a float; use a smaller bound."
+            ) from None
     if bounds and math.isinf(bounds[-1]) and bounds[-1] > 0:
         bounds.pop()  # +Inf is always added by the client; accept it written out.
     if not bounds:
@@ -184,10 +197,34 @@ def _exclude(key: str, value: object) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def alternation(patterns: cabc.Sequence[str], flags: int = 0) -> re.Pattern[str] | None:
-    """The patterns as one regex: one match call per request, whatever their number."""
+class AnyOf:
+    """Patterns matched one by one, for those that cannot be one expression."""
+
+    __slots__ = ("_patterns",)
+
+    def __init__(self, patterns: cabc.Sequence[re.Pattern[str]]) -> None:
+        self._patterns = tuple(patterns)
+
+    def fullmatch(self, text: str) -> bool:
+        return any(pattern.fullmatch(text) for pattern in self._patterns)
+
+
+#: What decides whether a whole string matches one of several patterns.
+Matcher: t.TypeAlias = "re.Pattern[str] | AnyOf"
+
+
+def alternation(patterns: cabc.Sequence[str], flags: int = 0) -> Matcher | None:
+    """The patterns as one regex: one match call per request, whatever their number.
+
+    Groups are numbered across the whole expression, so with two patterns
+    holding groups, the second's ``\\1`` would name the first's group:
+    those are matched one by one.
+    """
     if not patterns:
         return None
+    compiled = [re.compile(p, flags) for p in patterns]
+    if sum(1 for c in compiled if c.groups) > 1:
+        return AnyOf(compiled)
     return re.compile("|".join(f"(?:{p})" for p in patterns), flags)
 
 
@@ -208,6 +245,11 @@ def _labels(key: str, value: object) -> tuple[tuple[str, str], ...]:
             )
         if not isinstance(label_value, str):
             raise TypeError(f"{key}[{name!r}] must be a string; got {label_value!r}.")
+        if labels.text(label_value) != label_value:
+            raise ValueError(
+                f"{key}[{name!r}] holds a lone surrogate ({label_value!r}), which no"
+                " exposition can encode: decode the bytes it came from as UTF-8."
+            )
         pairs.append((name, label_value))
     return tuple(pairs)
 
@@ -350,6 +392,6 @@ def load(
         elif key in config:
             values[field] = parse(key, config[key])
     for variable, (field, parse) in _ENVIRON.items():
-        if variable in environ:
+        if environ.get(variable):  # empty is unset, as the OpenTelemetry spec says
             values[field] = parse(variable, environ[variable])
     return Settings(**values)  # type: ignore[arg-type]

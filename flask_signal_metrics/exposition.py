@@ -8,12 +8,15 @@ ways of serving go through :func:`respond`, so they answer alike.
 from __future__ import annotations
 
 import collections.abc as cabc
+import contextlib
 import gzip
 import hmac
 import logging
+import os
 import socketserver
 import threading
 import typing as t
+import weakref
 from wsgiref.simple_server import make_server
 from wsgiref.simple_server import WSGIRequestHandler
 from wsgiref.simple_server import WSGIServer
@@ -131,20 +134,87 @@ def metrics_app(
     return app
 
 
-def start_server(
-    addr: str, port: int, collectors: cabc.Sequence[Collector], settings: Settings
+def bind_server(
+    addr: str,
+    port: int,
+    collectors: cabc.Sequence[Collector],
+    settings: Settings,
+    *,
+    key: str = "SIGNAL_METRICS_PORT",
+    for_workers: bool = False,
 ) -> WSGIServer:
-    """Serve the metrics on ``addr:port`` from a daemon thread; returns the server."""
-    server = make_server(
-        addr,
-        port,
-        metrics_app(collectors, settings),
-        server_class=_ThreadingServer,
-        handler_class=_QuietHandler,
-    )
+    """Listen on ``addr:port`` (nothing is served until :func:`serve`).
+
+    Separate from serving so that a port in use fails before the app changes.
+
+    :param for_workers: the server is meant to outlive forks (a gunicorn
+        master's, for its workers); otherwise a forked child is told that
+        the port serves its parent's numbers.
+    :raises OSError: the port cannot be had; the message names ``key`` and the fixes.
+    """
+    try:
+        server = make_server(
+            addr,
+            port,
+            metrics_app(collectors, settings),
+            server_class=_ThreadingServer,
+            handler_class=_QuietHandler,
+        )
+    except OSError as e:
+        raise OSError(
+            e.errno,
+            f"{key}: cannot listen on {addr}:{port} ({e.strerror or e}). Another"
+            " process holds it: another process of this app (several worker processes"
+            " share one server: set PROMETHEUS_MULTIPROC_DIR and call"
+            " start_metrics_server(port) in gunicorn's when_ready hook, see"
+            " examples/gunicorn.conf.py), or another program. Choose a free port.",
+        ) from e
+    _LISTENING[server] = (os.getpid(), for_workers)
+    return server
+
+
+def serve(server: WSGIServer) -> WSGIServer:
+    """Serve the metrics from a daemon thread; returns the server."""
     thread = threading.Thread(
-        target=server.serve_forever, name=f"flask-signal-metrics:{port}", daemon=True
+        target=server.serve_forever,
+        name=f"flask-signal-metrics:{server.server_port}",
+        daemon=True,
     )
     thread.start()
-    logger.info("flask-signal-metrics: serving metrics on http://%s:%d/", addr, port)
+    host, port = server.server_address[:2]
+    logger.info("flask-signal-metrics: serving metrics on http://%s:%d/", host, port)
     return server
+
+
+#: Servers listening in this process (or inherited by a fork): the pid that
+#: opened each, and whether it serves a process group.
+_LISTENING: weakref.WeakKeyDictionary[WSGIServer, tuple[int, bool]] = weakref.WeakKeyDictionary()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child holds a copy of its parent's listening socket, not its thread.
+
+    The parent goes on answering on the port with its own numbers; the child
+    lets go of the socket (so that the port is free once the parent is gone).
+    A per-app server (SIGNAL_METRICS_PORT) forked away from the requests
+    it should count (gunicorn's ``preload_app``) is said, once per child.
+    """
+    for server, (pid, for_workers) in list(_LISTENING.items()):
+        del _LISTENING[server]
+        with contextlib.suppress(OSError):
+            server.socket.close()
+        if not for_workers:
+            logger.warning(
+                "flask-signal-metrics: SIGNAL_METRICS_PORT (port %d) was opened by"
+                " process %d, which then forked this one: the port serves process"
+                " %d's metrics only. If this process serves requests (gunicorn's"
+                " preload_app), they are not on that port: for worker processes set"
+                " PROMETHEUS_MULTIPROC_DIR and call start_metrics_server(port) in"
+                " gunicorn's when_ready hook instead (examples/gunicorn.conf.py).",
+                server.server_port,
+                pid,
+                pid,
+            )
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

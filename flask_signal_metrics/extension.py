@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import typing as t
 
+import click
 from blinker import ANY
+from flask.helpers import get_debug_flag
+from werkzeug.serving import is_running_from_reloader
 
 from . import cli
 from . import config
@@ -18,6 +22,7 @@ from . import tracing
 from .state import exclude
 from .state import EXTENSION_KEY
 from .state import INSTANCES
+from .state import logger
 from .state import State
 
 if t.TYPE_CHECKING:
@@ -100,6 +105,8 @@ class SignalMetrics:
             max_series,
         )
         self._declared: list[str] = []
+        #: Whether an app's config capped the declared metrics (the first app's does).
+        self._capped = "max_series" in options
         if app is not None:
             self.init_app(app)
 
@@ -133,23 +140,32 @@ class SignalMetrics:
                 " hook (see examples/gunicorn.conf.py), and unset SIGNAL_METRICS_PORT."
             )
         registry = self._registry if self._registry is not None else prometheus.new_registry()
-        metrics = _shared_registry_guard(
-            prometheus.Metrics,
-            registry,
-            naming=settings.naming,
-            buckets=settings.buckets,
-            size_buckets=settings.size_buckets,
-            static_labels=settings.labels,
-            max_series=settings.max_series,
-            version=VERSION,
-            signals=receivers.SIGNAL_NAMES,
-        )
         # A registry passed in is also the declared signals' one, and may be
         # the default one: each once, or its families would be read twice.
         owned = tuple(dict.fromkeys((registry, self._store.registry)))
         collectors: tuple[t.Any, ...] = owned
         if settings.serve_default_registry:
             collectors = tuple(dict.fromkeys((*owned, prometheus.default_registry())))
+        server = None
+        if settings.port is not None and _serves_requests():
+            # Before anything changes: a port in use leaves the app as it was.
+            server = exposition.bind_server(settings.addr, settings.port, collectors, settings)
+        try:
+            metrics = _shared_registry_guard(
+                prometheus.Metrics,
+                registry,
+                naming=settings.naming,
+                buckets=settings.buckets,
+                size_buckets=settings.size_buckets,
+                static_labels=settings.labels,
+                max_series=settings.max_series,
+                version=VERSION,
+                signals=receivers.SIGNAL_NAMES,
+            )
+        except BaseException:
+            if server is not None:
+                server.server_close()
+            raise
         app.extensions[EXTENSION_KEY] = state = State(
             settings=settings,
             metrics=metrics,
@@ -161,6 +177,9 @@ class SignalMetrics:
             owned=owned,
         )
         INSTANCES.add(state)
+        if not self._capped:
+            self._capped = True
+            self._store.cap(settings.max_series)
         if settings.path is not None:
             view = exposition.metrics_view
             if settings.decorator is not None:
@@ -172,10 +191,8 @@ class SignalMetrics:
         app.cli.add_command(cli.group)
         if metrics.workers is not None:
             metrics.workers.start()
-        if settings.port is not None:
-            state.server = exposition.start_server(
-                settings.addr, settings.port, collectors, settings
-            )
+        if server is not None:
+            state.server = exposition.serve(server)
 
     def count(
         self,
@@ -276,7 +293,11 @@ def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
             start_metrics_server(9100)
     """
     settings = config.load({}, {"port": port, "addr": addr}, environ={})
-    exposition.start_server(settings.addr, port, (prometheus.default_registry(),), settings)
+    collectors = (prometheus.default_registry(),)
+    server = exposition.bind_server(
+        settings.addr, port, collectors, settings, key="start_metrics_server", for_workers=True
+    )
+    exposition.serve(server)
 
 
 def worker_exited(pid: int) -> None:
@@ -316,6 +337,30 @@ def _tracing(settings: config.Settings, provider: TracerProvider | None) -> trac
         sanitize=config.alternation(settings.sanitize_headers, re.IGNORECASE),
     )
     return tracing.Tracing(provider, VERSION, capture)
+
+
+def _serves_requests() -> bool:
+    """Whether this process will serve the app's requests, for SIGNAL_METRICS_PORT.
+
+    Under the ``flask`` command every command loads the app: ``flask run``
+    with the reloader twice (a watcher, and the child that serves, marked by
+    ``WERKZEUG_RUN_MAIN``), and ``flask shell``, ``flask routes`` or a
+    migration while the app may be running with the port. Only the process
+    that serves opens it.
+    """
+    if os.environ.get("FLASK_RUN_FROM_CLI") != "true" or is_running_from_reloader():
+        return True
+    command = click.get_current_context(silent=True)
+    if command is None or command.info_name != "run":
+        logger.info(
+            "flask-signal-metrics: SIGNAL_METRICS_PORT is not opened by this flask"
+            " command, which serves no request (only `flask run` opens it)."
+        )
+        return False
+    reload = command.params.get("reload")
+    if reload is None:  # flask run's own default: the reloader in debug mode
+        reload = get_debug_flag()
+    return not reload  # with the reloader, this is the watcher; its child serves
 
 
 def _check_route_free(app: Flask, path: str) -> None:

@@ -46,3 +46,16 @@ def error_type(status: int, exception: BaseException | None) -> str:
 def template(name: str | None) -> str:
     """The ``template`` label: the template's name, one value for string templates."""
     return name if name else STRING_TEMPLATE
+
+
+def text(value: object) -> str:
+    """A label value every exposition can encode: ``str(value)``, with each lone
+    surrogate (bytes smuggled through ``surrogateescape``, a JSON ``"\\udcff"``)
+    made U+FFFD. UTF-8 refuses to encode them, which would fail every scrape.
+    """
+    value = str(value)
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    return value

@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import struct
+import sys
 import threading
 import time
 import typing as t
@@ -134,7 +135,8 @@ class Family(t.Generic[M]):
             if found is not None:
                 return found
             if len(self._children) < self._cap:
-                made = t.cast(M, self._metric.labels(*key, *self._static))  # same type
+                values = map(labels.text, key)  # once per label set: the cache holds ``key``
+                made = t.cast(M, self._metric.labels(*values, *self._static))  # same type
                 self._children[key] = made
                 return made
         # Folded label sets are not remembered: remembering them is the
@@ -1199,10 +1201,13 @@ class Metrics:
             registry=registry,
         )
 
+        # The self-metrics' label values are the extension's own, a fixed few:
+        # not capped, so that a small SIGNAL_METRICS_MAX_SERIES never folds them.
         self.receiver_errors = self._counter(
             RECEIVER_ERRORS,
             "Failures inside the extension's signal receivers (the request went on unharmed).",
             ("signal",),
+            capped=False,
         )
         for signal in signals:
             self.receiver_errors.child((signal,))  # export 0 for series known in advance
@@ -1270,6 +1275,7 @@ class Metrics:
             "Spans and metric points the OTLP export of this process dropped (collector"
             " down, slow or refusing, or the span queue full); requests never wait.",
             ("signal", "reason"),
+            capped=False,
         )
         for signal in ("traces", "metrics"):
             for reason in ("export_failed", "queue_full"):
@@ -1281,12 +1287,15 @@ class Metrics:
         names = (*labelnames, *self._static_names)
         return self._family(histogram(name, doc, names, buckets, self.registry, "seconds"), name)
 
-    def _family(self, metric: M, name: str) -> Family[M]:
-        return Family(metric, self._static, self._cap, self._overflow.labels(name, *self._static))
+    def _family(self, metric: M, name: str, capped: bool = True) -> Family[M]:
+        cap = self._cap if capped else sys.maxsize
+        return Family(metric, self._static, cap, self._overflow.labels(name, *self._static))
 
-    def _counter(self, name: str, doc: str, labelnames: cabc.Sequence[str]) -> Family[Counter]:
+    def _counter(
+        self, name: str, doc: str, labelnames: cabc.Sequence[str], capped: bool = True
+    ) -> Family[Counter]:
         metric = Counter(name, doc, (*labelnames, *self._static_names), registry=self.registry)
-        return self._family(metric, name + "_total")
+        return self._family(metric, name + "_total", capped)
 
 
 class _Union(Collector):
@@ -1385,6 +1394,7 @@ class SignalStore:
     def __init__(self, registry: CollectorRegistry, max_series: int) -> None:
         self.registry = registry
         self._cap = max_series
+        self._families: list[Family[t.Any]] = []
         self._overflow = Counter(
             SIGNAL_OVERFLOW,
             "Recordings of declared signal metrics folded into their overflow series.",
@@ -1409,7 +1419,7 @@ class SignalStore:
         self, name: str, documentation: str, labelnames: cabc.Sequence[str]
     ) -> Family[t.Any]:
         metric = Counter(name, documentation, tuple(labelnames), registry=self.registry)
-        return Family(metric, (), self._cap, self._overflow.labels(name + "_total"))
+        return self._family(metric, name + "_total")
 
     def histogram(
         self,
@@ -1419,7 +1429,18 @@ class SignalStore:
         buckets: cabc.Sequence[float],
     ) -> Family[t.Any]:
         metric = histogram(name, documentation, labelnames, buckets, self.registry)
-        return Family(metric, (), self._cap, self._overflow.labels(name))
+        return self._family(metric, name)
+
+    def cap(self, max_series: int) -> None:
+        """Cap the declared metrics, those made and to come, at ``max_series`` label sets."""
+        self._cap = max_series
+        for family in self._families:
+            family._cap = max_series
+
+    def _family(self, metric: M, name: str) -> Family[M]:
+        family = Family(metric, (), self._cap, self._overflow.labels(name))
+        self._families.append(family)
+        return family
 
 
 # -- reading metrics back (the report command) -------------------------------------

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import typing as t
 import weakref
 
 from . import labels
+from .config import Matcher
 from .config import Settings
 from .prometheus import Metrics
 from .tracing import Tracing
@@ -41,7 +41,7 @@ class State:
     #: What ``/metrics`` serves: the extension's registry, and the default one.
     collectors: tuple[Collector, ...]
     #: SIGNAL_METRICS_EXCLUDE as one compiled alternation, or None.
-    exclude_path: re.Pattern[str] | None
+    exclude_path: Matcher | None
     methods: dict[str, str]
     #: id(url rule) -> (route template, view excluded?). Filled on first sight
     #: of each rule, which lets views be decorated after ``init_app``; rules

@@ -5,6 +5,7 @@ import typing as t
 
 import pytest
 
+from flask_signal_metrics.config import alternation
 from flask_signal_metrics.config import DURATION_BUCKETS
 from flask_signal_metrics.config import KNOWN_METHODS
 from flask_signal_metrics.config import load
@@ -59,6 +60,8 @@ def test_good_values(key: str, given: object, expected: object) -> None:
         ("SIGNAL_METRICS_ENABLED", "yes", TypeError, "True or False"),
         ("SIGNAL_METRICS_PATH", "metrics", ValueError, "'/metrics'"),
         ("SIGNAL_METRICS_PATH", 8080, TypeError, "URL path"),
+        ("SIGNAL_METRICS_PATH", "/metrics/<name>", ValueError, "no '<variable>' parts"),
+        ("SIGNAL_METRICS_PATH", "/m<", ValueError, "such as '/metrics'"),
         ("SIGNAL_METRICS_NAMING", "prometheus", ValueError, "'otel'"),
         ("SIGNAL_METRICS_BUCKETS", [1, 0.5], ValueError, "sort it: [0.5, 1.0]"),
         ("SIGNAL_METRICS_BUCKETS", [0.5, 0.5], ValueError, "strictly increasing"),
@@ -66,6 +69,7 @@ def test_good_values(key: str, given: object, expected: object) -> None:
         ("SIGNAL_METRICS_BUCKETS", [0.1, "1"], TypeError, "numbers only"),
         ("SIGNAL_METRICS_BUCKETS", [], ValueError, "at least one"),
         ("SIGNAL_METRICS_BUCKETS", [float("nan")], ValueError, "finite"),
+        ("SIGNAL_METRICS_BUCKETS", [1, 10**400], ValueError, "use a smaller bound"),
         ("SIGNAL_METRICS_SIZE_BUCKETS", [10, 5], ValueError, "sort it"),
         ("SIGNAL_METRICS_EXCLUDE", ["/ok", "/bad("], ValueError, "re.escape"),
         ("SIGNAL_METRICS_EXCLUDE", [3], TypeError, "as strings"),
@@ -75,6 +79,7 @@ def test_good_values(key: str, given: object, expected: object) -> None:
         ("SIGNAL_METRICS_LABELS", {"__x": "a"}, ValueError, "'__'"),
         ("SIGNAL_METRICS_LABELS", {"http_route": "a"}, ValueError, "choose another"),
         ("SIGNAL_METRICS_LABELS", {"env": 1}, TypeError, "string"),
+        ("SIGNAL_METRICS_LABELS", {"env": "pr\udcff"}, ValueError, "decode the bytes"),
         ("SIGNAL_METRICS_MAX_SERIES", "100", TypeError, "whole number"),
         ("SIGNAL_METRICS_MAX_SERIES", 0, ValueError, "at least 1"),
         ("SIGNAL_METRICS_MAX_SERIES", True, TypeError, "whole number"),
@@ -108,6 +113,31 @@ def test_unknown_key_is_an_error() -> None:
 def test_known_methods_env(env: str, expected: set[str]) -> None:
     settings = load({}, {}, environ={"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS": env})
     assert settings.known_methods == expected
+
+
+def test_an_empty_variable_is_unset() -> None:
+    """As the OpenTelemetry spec says of every OTEL_* variable."""
+    variables = [
+        "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
+    ]
+    assert load({}, {}, environ=dict.fromkeys(variables, "")) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("patterns", "excluded", "measured"),
+    [
+        (["/x", "/(b)\\1"], ["/x", "/bb"], ["/b1"]),  # one with groups: one expression
+        (["/(a)\\1", "/(b)\\1"], ["/aa", "/bb"], ["/ab", "/ba"]),  # more: one by one
+        (["/(?P<n>c)(?P=n)", "/(?P<n>d)(?P=n)"], ["/cc", "/dd"], ["/cd"]),
+    ],
+)
+def test_exclusions_with_groups_mean_what_each_says_alone(
+    patterns: list[str], excluded: list[str], measured: list[str]
+) -> None:
+    matcher = alternation(load({"SIGNAL_METRICS_EXCLUDE": patterns}, {}, environ={}).exclude)
+    assert matcher is not None
+    assert [path for path in excluded + measured if matcher.fullmatch(path)] == excluded
 
 
 def test_known_methods_env_empty_is_an_error() -> None:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import gc
+import typing as t
 
 import pytest
+from blinker import Namespace
 from flask import Flask
 from flask import signals
 from prometheus_client import CollectorRegistry
@@ -83,8 +85,8 @@ def test_no_route(registry: CollectorRegistry, path: object) -> None:
 
 def test_route_taken_is_an_error_before_the_app_changes() -> None:
     app = make_app()
-    with pytest.raises(ValueError, match="already routes it to 'item'"):
-        SignalMetrics(app, path="/item/<int:item_id>")
+    with pytest.raises(ValueError, match="already routes it to 'aborts'"):
+        SignalMetrics(app, path="/abort")
     assert "signal_metrics" not in app.extensions
     assert not signals.request_started.has_receivers_for(app)
 
@@ -173,3 +175,23 @@ def test_a_registry_passed_in_is_read_once(registry: CollectorRegistry) -> None:
     assert state.owned == (registry,)
     series = [(r.family, tuple(sorted(r.labels.items()))) for r in prometheus.readings(state.owned)]
     assert series and len(series) == len(set(series))
+
+
+@pytest.mark.parametrize("where", ["config", "option"])
+def test_the_max_series_of_the_app_caps_the_declared_metrics(where: str) -> None:
+    chosen = Namespace().signal("plan-chosen")
+    app = make_app()
+    options: dict[str, t.Any] = {"serve_default_registry": False}
+    if where == "config":
+        app.config["SIGNAL_METRICS_MAX_SERIES"] = 3
+    else:
+        options["max_series"] = 3
+    ext = SignalMetrics(**options)
+    ext.count(chosen, labels={"plan": lambda sender, **extra: extra["plan"]})
+    ext.init_app(app)
+    for n in range(10):
+        chosen.send(None, plan=f"p{n}")
+    text = app.test_client().get("/metrics").text
+    series = [row for row in text.splitlines() if row.startswith("flask_signal_plan_chosen_total{")]
+    assert len(series) == 4, series  # 3 plans and the overflow series
+    assert 'flask_signal_plan_chosen_total{plan="__overflow__"} 7.0' in series

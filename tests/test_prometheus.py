@@ -97,6 +97,40 @@ def test_cap_applies_to_flash_categories(registry: CollectorRegistry) -> None:
     )
 
 
+def test_the_self_metrics_are_not_capped(registry: CollectorRegistry) -> None:
+    """Their label values are the extension's own: a small cap never folds them."""
+    SignalMetrics(make_app(), registry=registry, max_series=1)
+    for name in (
+        "flask_signal_metrics_receiver_errors_total",
+        "flask_signal_metrics_otlp_dropped_total",
+    ):
+        assert value(registry, "flask_signal_metrics_series_overflow_total", metric=name) == 0
+    errors = [m for m in registry.collect() if m.name == "flask_signal_metrics_receiver_errors"]
+    assert len(errors[0].samples) >= 7  # one per signal, exported at 0
+
+
+def test_a_label_value_no_encoding_takes_breaks_no_scrape(registry: CollectorRegistry) -> None:
+    """A lone surrogate (a JSON "\\udcff", say) in a user-given label value."""
+    from flask import flash
+    from flask import request
+
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+
+    @app.post("/flash")
+    def flash_view() -> str:
+        flash("hi", request.get_json()["category"])
+        return "ok"
+
+    client = app.test_client()
+    sent = b'{"category": "x\\udcff"}'
+    assert client.post("/flash", data=sent, content_type="application/json").status_code == 200
+    for accept in ("text/plain", "application/openmetrics-text"):
+        scrape = client.get("/metrics", headers={"Accept": accept})
+        assert scrape.status_code == 200
+        assert 'flask_flashed_messages_total{category="x\ufffd"} 1.0' in scrape.text
+
+
 def test_classic_naming_is_prometheus_flask_exporter_compatible(
     registry: CollectorRegistry,
 ) -> None:

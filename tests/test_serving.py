@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -19,6 +21,7 @@ from flask_signal_metrics import SignalMetrics
 from .conftest import free_port
 from .conftest import make_app
 from .conftest import requests_counted
+from .conftest import ROOT
 from .conftest import value
 from .servers import example_shop
 from .servers import running
@@ -133,6 +136,104 @@ def test_metrics_on_a_separate_port(registry: CollectorRegistry) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_port_in_use_is_an_error_before_the_app_changes(registry: CollectorRegistry) -> None:
+    port = free_port()
+    first = make_app("first")
+    SignalMetrics(first, registry=registry, port=port)
+    server = first.extensions["signal_metrics"].server
+    try:
+        second = make_app("second")
+        rules = len(list(second.url_map.iter_rules()))
+        with pytest.raises(
+            OSError, match=f"SIGNAL_METRICS_PORT: cannot listen on 127.0.0.1:{port}"
+        ):
+            SignalMetrics(second, port=port)
+        assert "signal_metrics" not in second.extensions
+        assert len(list(second.url_map.iter_rules())) == rules
+        SignalMetrics(second, port=free_port())  # fixed, the same app takes it
+        second.extensions["signal_metrics"].server.server_close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+_PORT_APP = """
+import os
+from flask import Flask
+from flask_signal_metrics import SignalMetrics
+
+app = Flask(__name__)
+app.config["SIGNAL_METRICS_PORT"] = int(os.environ["METRICS_PORT"])
+SignalMetrics(app)
+
+
+@app.get("/hello")
+def hello():
+    return "hello"
+"""
+
+
+@pytest.mark.real
+def test_separate_port_under_flask_run_and_other_flask_commands(tmp_path: Path) -> None:
+    """The reloader's watcher and `flask routes` load the app without taking the port."""
+    (tmp_path / "port_app.py").write_text(_PORT_APP)
+    port, metrics_port = free_port(), free_port()
+    env = {"METRICS_PORT": str(metrics_port), "PYTHONPATH": str(ROOT)}
+    flask = [sys.executable, "-m", "flask", "--app", "port_app"]
+    args = [*flask, "run", "--debug", "--host", "127.0.0.1", "--port", str(port)]
+    with running(args, tmp_path / "flask-run.log", cwd=tmp_path, env=env) as server:
+        try:
+            wait_for(f"http://127.0.0.1:{metrics_port}/metrics", 60, server)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/hello", timeout=5) as hello:
+                assert hello.read() == b"hello"
+            routes = subprocess.run(
+                [*flask, "routes"], cwd=tmp_path, env={**os.environ, **env},
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert routes.returncode == 0, routes.stderr
+            status, body = _fetch(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert status == 200
+            counted = [
+                row
+                for row in body.splitlines()
+                if row.startswith("http_server_request_duration_seconds_count")
+                and 'http_route="/hello"' in row
+            ]
+            assert len(counted) == 1 and counted[0].endswith(" 1.0"), counted
+        finally:
+            children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+            for pid in children.read_text().split() if children.exists() else []:
+                os.kill(int(pid), signal.SIGTERM)
+
+
+def test_a_process_forked_after_opening_the_port_is_told(
+    registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    """gunicorn's preload_app: the child has the parent's socket, not its thread."""
+    port = free_port()
+    app = make_app()
+    SignalMetrics(app, registry=registry, path=None, port=port)
+    server = app.extensions["signal_metrics"].server
+    log = tmp_path / "child.log"
+    handler = logging.FileHandler(log)  # inherited: the child's warning lands in the file
+    logging.getLogger("flask_signal_metrics").addHandler(handler)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: did it let go of the parent's socket?
+            os._exit(0 if server.socket.fileno() == -1 else 2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _fetch(f"http://127.0.0.1:{port}/metrics")[0] == 200  # the parent still serves
+    finally:
+        logging.getLogger("flask_signal_metrics").removeHandler(handler)
+        handler.close()
+        server.shutdown()
+        server.server_close()
+    said = log.read_text()
+    assert f"SIGNAL_METRICS_PORT (port {port}) was opened by process {os.getpid()}" in said
+    assert "start_metrics_server(port)" in said
 
 
 def test_separate_port_is_refused_with_several_workers(
