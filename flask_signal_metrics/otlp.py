@@ -19,9 +19,11 @@ from __future__ import annotations
 import atexit
 import collections.abc as cabc
 import logging
+import math
 import os
 import threading
 import time
+import traceback
 import typing as t
 import weakref
 
@@ -46,6 +48,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import DEFAULT_OFF
+from opentelemetry.sdk.trace.sampling import DEFAULT_ON
+from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+from opentelemetry.sdk.trace.sampling import Sampler
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv._incubating.metrics import http_metrics as incubating_http
 from opentelemetry.semconv.attributes import error_attributes
@@ -125,6 +134,67 @@ def _protocol(environ: cabc.Mapping[str, str], signal: str) -> str:
                 )
             return value
     return "http/protobuf"
+
+
+#: ``OTEL_TRACES_SAMPLER``'s values (the specification's names the Python SDK
+#: implements) -> the sampler, or its factory taking ``OTEL_TRACES_SAMPLER_ARG``.
+SAMPLERS: dict[str, Sampler | t.Callable[[float], Sampler]] = {
+    "always_on": ALWAYS_ON,
+    "always_off": ALWAYS_OFF,
+    "traceidratio": TraceIdRatioBased,
+    "parentbased_always_on": DEFAULT_ON,
+    "parentbased_always_off": DEFAULT_OFF,
+    "parentbased_traceidratio": ParentBasedTraceIdRatio,
+}
+
+
+def _sampler(environ: cabc.Mapping[str, str]) -> Sampler:
+    """``OTEL_TRACES_SAMPLER`` and its argument, refused when unusable.
+
+    The SDK, given none, reads them itself but falls back to its default on
+    a typo or a bad ratio with only a log line: a deployment would then
+    sample what nobody asked for.
+    """
+    # Enum values are case-insensitive, and an empty variable is an unset one
+    # (the specification's rules for environment variables).
+    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    found = SAMPLERS.get(name)
+    if found is None:
+        raise ValueError(
+            f"OTEL_TRACES_SAMPLER={environ['OTEL_TRACES_SAMPLER']!r} is not a sampler; use one"
+            f" of {', '.join(SAMPLERS)}, or unset it for parentbased_always_on."
+        )
+    if isinstance(found, Sampler):
+        return found  # takes no argument: OTEL_TRACES_SAMPLER_ARG is ignored
+    return found(_ratio(environ, name))
+
+
+def _ratio(environ: cabc.Mapping[str, str], sampler: str) -> float:
+    value = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if not value:
+        return 1.0  # the specification's default for the ratio samplers
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = math.nan
+    if not 0.0 <= ratio <= 1.0:  # NaN fails this too
+        raise ValueError(
+            f"OTEL_TRACES_SAMPLER_ARG={value!r} must be a number from 0 to 1, the ratio of"
+            f" traces {sampler} samples (e.g. 0.1 for 10 %); unset it for 1.0."
+        )
+    return ratio
+
+
+def _sdk_disabled(environ: cabc.Mapping[str, str]) -> bool:
+    """``OTEL_SDK_DISABLED``: true turns the export off, as it turns the SDK off."""
+    value = environ.get("OTEL_SDK_DISABLED", "").strip()
+    if value.lower() not in ("", "true", "false"):
+        # OpenTelemetry reads anything but "true" as false: "1" or "yes" would
+        # silently leave the export on.
+        raise ValueError(
+            f"OTEL_SDK_DISABLED={value!r} must be 'true' (export nothing) or 'false' (the default)."
+        )
+    return value.lower() == "true"
 
 
 def _span_exporter(protocol: str) -> SpanExporter:
@@ -264,6 +334,7 @@ class MetricsBridge:
         self._stop = threading.Event()
         self._export_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._logged: set[tuple[str, str, int]] = set()
         _at_fork(self._forked)
 
     def start(self) -> None:
@@ -325,14 +396,26 @@ class MetricsBridge:
                 list(reading.bounds),
                 min=None,  # type: ignore[arg-type]  # not tracked: left out of the OTLP point
                 max=None,  # type: ignore[arg-type]
-                exemplars=[_exemplar(*kept) for kept in reading.exemplars],
+                exemplars=[e for kept in reading.exemplars if (e := _exemplar(*kept)) is not None],
             )
         return NumberDataPoint(attributes, self._start_ns, now, reading.value)
 
     def export(self) -> bool:
-        """Send the current values now; False (and counted) when the collector failed."""
+        """Send the current values now; False (and counted) when that failed. Never raises.
+
+        The bridge thread calls it every interval: an error escaping here
+        would end the thread, and with it the OTLP metrics, for good.
+        """
         with self._export_lock:
-            data = self.collect()
+            try:
+                data = self.collect()
+            except Exception as error:
+                # E.g. a collector of the user's in the app's registry raising:
+                # this reading is lost (its points are unknown); the next one
+                # may succeed.
+                self._log_once(error, "OTLP metrics: reading the registries raised")
+                _dropped("metrics", "collect_failed", 1)
+                return False
             metrics = data.resource_metrics[0].scope_metrics[0].metrics  # one of each
             if not metrics:
                 return True  # no instrumented app in this process (yet)
@@ -347,6 +430,19 @@ class MetricsBridge:
                 return False
             return True
 
+    def _log_once(self, error: Exception, message: str) -> None:
+        """Log an error the first time its cause shows; it would recur every interval."""
+        frames = traceback.extract_tb(error.__traceback__)
+        where = frames[-1] if frames else None
+        cause = (
+            type(error).__qualname__,
+            where.filename if where else "",
+            (where.lineno or 0) if where else 0,
+        )
+        if cause not in self._logged:
+            self._logged.add(cause)
+            logger.warning("%s (logged once; each time counted)", message, exc_info=error)
+
     def shutdown(self) -> None:
         """Stop the thread, send the last values, close the exporter."""
         if self._stop.is_set():
@@ -354,13 +450,26 @@ class MetricsBridge:
         self._stop.set()
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(self._timeout)
-        self.export()
-        self._exporter.shutdown()
+        try:
+            self.export()
+        finally:
+            self._exporter.shutdown()
 
 
-def _exemplar(trace_id: str, span_id: str, value: float, when: float) -> Exemplar:
-    """A /metrics exemplar as an OTLP one: the same trace, the same request."""
+def _exemplar(trace_id: str, span_id: str, value: float, when: float) -> Exemplar | None:
+    """A /metrics exemplar as an OTLP one: the same trace, the same request.
+
+    None when its ids are not W3C ids: the exemplars of a user's own
+    histogram may carry any label called ``trace_id`` (``"req-42"``), and an
+    id that does not fit OTLP's 16 and 8 bytes would fail the whole export.
+    """
+    if not (_is_hex(trace_id, 32) and (not span_id or _is_hex(span_id, 16))):
+        return None
     return Exemplar({}, value, int(when * 1e9), int(span_id or "0", 16), int(trace_id, 16))
+
+
+def _is_hex(value: str, digits: int) -> bool:
+    return len(value) == digits and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 def _data(name: str, kind: str, points: list[t.Any]) -> t.Any:
@@ -395,14 +504,22 @@ class OTLPExport:
         return ok
 
     def shutdown(self) -> None:
-        """Flush and stop (also run at interpreter exit, e.g. when a worker exits)."""
+        """Flush and stop (also run at interpreter exit, e.g. when a worker exits).
+
+        The spans are flushed and the tracer provider shut down whatever the
+        metrics side does: a failure there is logged, never raised past them.
+        """
         if self._shut:
             return
         self._shut = True
-        if self.metrics is not None:
-            self.metrics.shutdown()
-        if self.tracer_provider is not None:
-            self.tracer_provider.shutdown()
+        try:
+            if self.metrics is not None:
+                self.metrics.shutdown()
+        except Exception:
+            logger.warning("OTLP metrics shutdown raised", exc_info=True)
+        finally:
+            if self.tracer_provider is not None:
+                self.tracer_provider.shutdown()
 
 
 def configure_otlp(*, traces: bool = True, metrics: bool = True) -> OTLPExport:
@@ -419,41 +536,59 @@ def configure_otlp(*, traces: bool = True, metrics: bool = True) -> OTLPExport:
     Safe before a fork (gunicorn's ``preload_app``): each worker re-creates the
     export threads and gets its own ``service.instance.id``.
 
+    With ``OTEL_SDK_DISABLED=true`` it starts nothing, sets no global and
+    returns a handle whose ``shutdown()`` and ``force_flush()`` do nothing.
+
+    Every variable is read, and every exporter built, before anything is set
+    or started: after an error nothing is left half-started, and calling it
+    again once the variable is fixed works.
+
     :raises ValueError: a variable has a value this helper cannot use.
     :raises RuntimeError: a global tracer provider is already set.
     """
     env = os.environ
+    if _sdk_disabled(env):
+        return OTLPExport(None, None)
     trace_protocol = _protocol(env, "TRACES")
     metric_protocol = _protocol(env, "METRICS")
     interval = _env_int(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000
     timeout = _env_int(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000
     capacity = _env_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)
-    provider = None
-    if traces:
-        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-            raise RuntimeError(
-                "A global TracerProvider is already set, and OpenTelemetry allows only"
-                " one; call configure_otlp(traces=False) and add an OTLP exporter to"
-                " your provider yourself, or drop your own set-up."
-            )
-        queue = _Queue(capacity)
-        # Shut down by the handle (at exit too), after the last metrics.
-        provider = TracerProvider(shutdown_on_exit=False)
-        provider.add_span_processor(queue)
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                _Counted(_span_exporter(trace_protocol), queue), max_queue_size=capacity
-            )
+    sampler = _sampler(env) if traces else None
+    if traces and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        raise RuntimeError(
+            "A global TracerProvider is already set, and OpenTelemetry allows only"
+            " one; call configure_otlp(traces=False) and add an OTLP exporter to"
+            " your provider yourself, or drop your own set-up."
         )
+    # The exporters read (and may refuse) their variables when built.
+    span_exporter = _span_exporter(trace_protocol) if traces else None
+    metric_exporter = _metric_exporter(metric_protocol) if metrics else None
+    provider = None
+    if span_exporter is not None and sampler is not None:
+        # Last, as its batch processor checks the OTEL_BSP_* variables and
+        # only then starts its thread.
+        provider = _tracer_provider(span_exporter, sampler, capacity)
         trace.set_tracer_provider(provider)
     bridge = None
-    if metrics:
-        resource = _ProcessResource(provider)
-        bridge = MetricsBridge(_metric_exporter(metric_protocol), resource, interval, timeout)
+    if metric_exporter is not None:
+        bridge = MetricsBridge(metric_exporter, _ProcessResource(provider), interval, timeout)
         bridge.start()
     handle = OTLPExport(provider, bridge)
     atexit.register(handle.shutdown)
     return handle
+
+
+def _tracer_provider(exporter: SpanExporter, sampler: Sampler, capacity: int) -> TracerProvider:
+    """An SDK provider sending spans through a batch processor (its thread started)."""
+    queue = _Queue(capacity)
+    # Shut down by the handle (at exit too), after the last metrics.
+    provider = TracerProvider(sampler, shutdown_on_exit=False)
+    provider.add_span_processor(queue)
+    provider.add_span_processor(
+        BatchSpanProcessor(_Counted(exporter, queue), max_queue_size=capacity)
+    )
+    return provider
 
 
 class _ProcessResource:

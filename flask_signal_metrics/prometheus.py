@@ -1273,13 +1273,15 @@ class Metrics:
         self.otlp_dropped = self._counter(
             "flask_signal_metrics_otlp_dropped",
             "Spans and metric points the OTLP export of this process dropped (collector"
-            " down, slow or refusing, or the span queue full); requests never wait.",
+            " down, slow or refusing, or the span queue full), and metric readings that"
+            " failed (collect_failed: one per export interval); requests never wait.",
             ("signal", "reason"),
             capped=False,
         )
         for signal in ("traces", "metrics"):
             for reason in ("export_failed", "queue_full"):
                 self.otlp_dropped.child((signal, reason))  # 0 for series known in advance
+        self.otlp_dropped.child(("metrics", "collect_failed"))  # a reading that failed
 
     def _histogram(
         self, name: str, doc: str, labelnames: tuple[str, ...], buckets: cabc.Sequence[float]

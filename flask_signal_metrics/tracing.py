@@ -57,6 +57,8 @@ if t.TYPE_CHECKING:
     from opentelemetry.trace import Tracer
     from opentelemetry.trace import TracerProvider
 
+    from .config import Matcher
+
 logger = logging.getLogger("flask_signal_metrics")
 
 _time_ns = time.time_ns
@@ -196,12 +198,12 @@ class Capture:
     headers matching ``sanitize`` become :data:`REDACTED_HEADER`.
     """
 
-    request: re.Pattern[str] | None = None
-    response: re.Pattern[str] | None = None
-    sanitize: re.Pattern[str] | None = None
+    request: Matcher | None = None
+    response: Matcher | None = None
+    sanitize: Matcher | None = None
 
     def headers(
-        self, prefix: str, pattern: re.Pattern[str], headers: cabc.Iterable[tuple[str, str]]
+        self, prefix: str, pattern: Matcher, headers: cabc.Iterable[tuple[str, str]]
     ) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
         for name, value in headers:
@@ -317,10 +319,11 @@ class Tracing:
             url_attributes.URL_PATH: request.root_path + request.path,
             url_attributes.URL_SCHEME: scheme,
         }
-        if method == labels.OTHER:
-            attributes[http_attributes.HTTP_REQUEST_METHOD_ORIGINAL] = environ.get(
-                "REQUEST_METHOD", request.method
-            )
+        # "_OTHER" for an unknown method, and Werkzeug upper-cases a known
+        # one sent in another case: either way the conventions want the original.
+        original = environ.get("REQUEST_METHOD", method)
+        if original != method:
+            attributes[http_attributes.HTTP_REQUEST_METHOD_ORIGINAL] = original
         if route:
             attributes[_HTTP_ROUTE] = route
         query = environ.get("QUERY_STRING")
@@ -480,6 +483,8 @@ def _host(environ: dict[str, t.Any]) -> str:
     if host:
         return t.cast(str, host)
     name, port = environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", "")
+    if ":" in name:  # an IPv6 address, bracketed as in a Host header
+        name = f"[{name}]"
     return f"{name}:{port}" if port else t.cast(str, name)
 
 
@@ -544,3 +549,15 @@ class TraceContextFilter(logging.Filter):
             record.trace_id = record.span_id = ""
             record.trace_sampled = False
         return True
+
+
+def span_event(tracing: Tracing, name: str, attributes: dict[str, str]) -> None:
+    """An event on the current span, when ``tracing`` has a tracer and the span records.
+
+    For the sends of the app's own signals (``declared.py``), which may not
+    import OpenTelemetry; the caller chooses the attributes and bounds them.
+    """
+    if tracing.tracer() is not None:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(name, attributes)

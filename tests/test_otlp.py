@@ -6,23 +6,37 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 import typing as t
 import urllib.request
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.exporter.otlp.proto.grpc.exporter import InvalidCompressionValueException
+from opentelemetry.sdk.metrics.export import MetricExporter
+from opentelemetry.sdk.metrics.export import MetricExportResult
+from opentelemetry.sdk.metrics.export import MetricsData
+from prometheus_client import CollectorRegistry
+from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import free_port
 from .conftest import ROOT
+from .conftest import value
 from .servers import example_shop
 from .servers import Rotel
 from .servers import rotel
+
+if t.TYPE_CHECKING:
+    from flask_signal_metrics.otlp import MetricsBridge
 
 pytestmark = pytest.mark.real
 
@@ -347,3 +361,245 @@ def test_a_second_global_provider_is_refused_with_the_fix() -> None:
     assert "A global TracerProvider is already set" in result["refused"]
     assert "configure_otlp(traces=False)" in result["refused"]
     assert result["metrics_only"] is True
+
+
+# -- without a collector: the bridge driven directly, configure_otlp refusing ----------
+
+#: The threads configure_otlp starts: the batch span processor's and the bridge's.
+EXPORT_THREADS = {"OtelBatchSpanRecordProcessor", "flask-signal-metrics-otlp"}
+
+
+def export_threads() -> list[str]:
+    return [thread.name for thread in threading.enumerate() if thread.name in EXPORT_THREADS]
+
+
+class Sink(MetricExporter):
+    """A metric exporter that encodes what it gets as the OTLP exporters do, and keeps it."""
+
+    def __init__(self, shutdown_raises: bool = False) -> None:
+        super().__init__()
+        self.sent: list[t.Any] = []
+        self._shutdown_raises = shutdown_raises
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: t.Any
+    ) -> MetricExportResult:
+        self.sent.append(encode_metrics(metrics_data))
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: t.Any) -> None:
+        if self._shutdown_raises:
+            raise OSError("the exporter's connection broke")
+
+
+class Failing:
+    """A collector of the user's, in the app's registry, that raises while ``on``.
+
+    Only when the bridge's thread reads it: the test reads the same registry.
+    """
+
+    on = True
+
+    def collect(self) -> t.Iterator[t.Any]:
+        if self.on and threading.current_thread().name == "flask-signal-metrics-otlp":
+            raise RuntimeError("the user's collector broke")
+        yield from ()
+
+
+def bridge(exporter: MetricExporter, interval: float = 600) -> MetricsBridge:
+    """A bridge of this process's apps (started by the test only when it says so)."""
+    from opentelemetry.sdk.resources import Resource
+
+    from flask_signal_metrics.otlp import MetricsBridge
+
+    return MetricsBridge(exporter, Resource.get_empty, interval, 5)
+
+
+def wait_for(condition: t.Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def collect_failed(registry: CollectorRegistry) -> float:
+    return value(
+        registry,
+        "flask_signal_metrics_otlp_dropped_total",
+        signal="metrics",
+        reason="collect_failed",
+    )
+
+
+@pytest.mark.parametrize(
+    ("trace_id", "span_id"),
+    [("req-42", ""), ("ab" * 32, PARENT_ID), (TRACE_ID, "span-7")],
+    ids=["not-hex", "too-long", "bad-span"],
+)
+def test_exemplars_without_w3c_ids_are_left_out(
+    app: Flask, registry: CollectorRegistry, trace_id: str, span_id: str
+) -> None:
+    """A user's histogram may label exemplars ``trace_id`` as it likes; its points still go."""
+    jobs = Histogram("job_seconds", "A job.", registry=registry, buckets=(1, 10))
+    jobs.observe(0.3, exemplar={"trace_id": trace_id, "span_id": span_id})
+    jobs.observe(5, exemplar={"trace_id": TRACE_ID, "span_id": PARENT_ID})
+    sink = Sink()
+    assert bridge(sink).export() is True
+    (request,) = sink.sent
+    (point,) = [
+        point
+        for metric in request.resource_metrics[0].scope_metrics[0].metrics
+        if metric.name == "job_seconds"
+        for point in metric.histogram.data_points
+    ]
+    assert point.count == 2
+    assert [(e.trace_id.hex(), e.span_id.hex()) for e in point.exemplars] == [(TRACE_ID, PARENT_ID)]
+
+
+def test_a_failing_reading_is_counted_logged_once_and_the_bridge_goes_on(
+    app: Flask, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = Failing()
+    registry.register(failing)
+    sink = Sink()
+    running = bridge(sink, interval=0.02)
+    running.start()
+    try:
+        assert wait_for(lambda: collect_failed(registry) >= 3), "failed readings not counted"
+        assert running._thread is not None and running._thread.is_alive()
+        failing.on = False  # the next reading succeeds: the same thread sends it
+        assert wait_for(lambda: len(sink.sent) >= 1), "the bridge stopped after a failure"
+    finally:
+        running.shutdown()
+        registry.unregister(failing)
+    logged = [r for r in caplog.records if "reading the registries raised" in r.getMessage()]
+    assert len(logged) == 1
+
+
+def test_shutdown_ends_the_spans_even_when_the_metrics_side_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from flask_signal_metrics.otlp import OTLPExport
+
+    class Seen(SpanProcessor):
+        shut = False
+
+        def shutdown(self) -> None:
+            self.shut = True
+
+    seen = Seen()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(seen)
+    OTLPExport(provider, bridge(Sink(shutdown_raises=True))).shutdown()
+    assert seen.shut, "the tracer provider was not shut down: its last spans are lost"
+    assert any("OTLP metrics shutdown raised" in r.getMessage() for r in caplog.records)
+
+
+SAMPLER, ARG = "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"
+RATIO_REFUSED = "must be a number from 0 to 1"
+
+
+@pytest.mark.parametrize(
+    ("environ", "error", "message"),
+    [
+        pytest.param(
+            {
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION": "bogus",
+            },
+            InvalidCompressionValueException,
+            "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+            id="grpc-compression",
+        ),
+        pytest.param(
+            {SAMPLER: "always_onn"},
+            ValueError,
+            "OTEL_TRACES_SAMPLER='always_onn' is not a sampler; use one of always_on,"
+            " always_off, traceidratio, parentbased_always_on, parentbased_always_off,"
+            " parentbased_traceidratio",
+            id="sampler",
+        ),
+        pytest.param(
+            {SAMPLER: "traceidratio", ARG: "10%"},
+            ValueError,
+            "ARG='10%' " + RATIO_REFUSED,
+            id="ratio-percent",
+        ),
+        pytest.param(
+            {SAMPLER: "parentbased_traceidratio", ARG: "5"}, ValueError, RATIO_REFUSED, id="ratio-5"
+        ),
+        pytest.param(
+            {SAMPLER: "traceidratio", ARG: "-0.1"}, ValueError, RATIO_REFUSED, id="ratio-negative"
+        ),
+        pytest.param(
+            {SAMPLER: "TraceIdRatio", ARG: "nan"}, ValueError, RATIO_REFUSED, id="ratio-nan"
+        ),
+        pytest.param(
+            {"OTEL_SDK_DISABLED": "1"},
+            ValueError,
+            "OTEL_SDK_DISABLED='1' must be 'true'",
+            id="sdk-disabled-1",
+        ),
+    ],
+)
+def test_configure_otlp_refuses_before_setting_or_starting_anything(
+    environ: dict[str, str], error: type[Exception], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused with nothing set or started: once the variable is fixed, a retry works."""
+    from opentelemetry import trace
+
+    from flask_signal_metrics import configure_otlp
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    for name, given in environ.items():
+        monkeypatch.setenv(name, given)
+    with pytest.raises(error, match=re.escape(message)):
+        configure_otlp()
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert export_threads() == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, "ParentBased{root:AlwaysOnSampler,"),
+        ({SAMPLER: "", ARG: ""}, "ParentBased{root:AlwaysOnSampler,"),  # empty is unset
+        ({SAMPLER: " TraceIdRatio "}, "TraceIdRatioBased{1.0}"),
+        ({SAMPLER: "traceidratio", ARG: " "}, "TraceIdRatioBased{1.0}"),
+        (
+            {SAMPLER: "parentbased_traceidratio", ARG: "0.25"},
+            "ParentBased{root:TraceIdRatioBased{0.25},",
+        ),
+        ({SAMPLER: "always_off", ARG: "10%"}, "AlwaysOffSampler"),  # takes no argument
+    ],
+    ids=["unset", "empty", "case-and-spaces", "empty-arg", "ratio", "arg-ignored"],
+)
+def test_the_sampler_follows_the_specification(environ: dict[str, str], expected: str) -> None:
+    """Empty is unset, names are case-insensitive, the ratio defaults to 1."""
+    from flask_signal_metrics.otlp import _sampler
+
+    assert _sampler(environ).get_description().startswith(expected)
+
+
+@pytest.mark.parametrize("disabled", ["true", " TRUE "], ids=["true", "TRUE-spaced"])
+def test_sdk_disabled_starts_nothing(disabled: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import trace
+
+    from flask_signal_metrics import configure_otlp
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", disabled)
+    handle = configure_otlp()
+    assert (handle.tracer_provider, handle.metrics) == (None, None)
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert export_threads() == []
+    assert handle.force_flush() is True
+    handle.shutdown()  # nothing to stop

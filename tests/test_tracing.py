@@ -344,6 +344,28 @@ def test_redact_query(query: str, expected: str) -> None:
     assert redact_query(query) == expected
 
 
+_METHOD, _ORIGINAL = "http.request.method", "http.request.method_original"
+_NO_HOST = {"HTTP_HOST": "", "SERVER_PORT": "8080"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"REQUEST_METHOD": "get"}, {_METHOD: "GET", _ORIGINAL: "get"}),
+        ({"REQUEST_METHOD": "GET"}, {_METHOD: "GET", _ORIGINAL: None}),
+        ({**_NO_HOST, "SERVER_NAME": "::1"}, {"server.address": "::1", "server.port": 8080}),
+        ({**_NO_HOST, "SERVER_NAME": "shop"}, {"server.address": "shop", "server.port": 8080}),
+    ],
+)
+def test_attributes_from_the_raw_environ(
+    traced: Traced, environ: dict[str, str], expected: dict[str, object]
+) -> None:
+    """A method in another case is canonical with its original; a Host-less IPv6 server."""
+    traced.client.get("/item/1", environ_overrides=environ)
+    (span,) = traced.spans()
+    assert {key: (span.attributes or {}).get(key) for key in expected} == expected
+
+
 @pytest.mark.parametrize(
     ("host", "scheme", "expected"),
     [
