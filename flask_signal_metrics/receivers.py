@@ -200,6 +200,11 @@ def _on_got_request_exception(sender: Flask, exception: BaseException, **extra: 
             assert state.metrics is not None
             key = (start[1], start[3], type(exception).__qualname__)
             state.metrics.exceptions.child(key).inc()
+        stack = _renders.get(None)
+        if stack:
+            # The exception left the view: a render still open is one it
+            # escaped from. Ended now, the error page is not nested in it.
+            _end_renders(stack)
     except Exception as e:
         _failed(sender, signals.got_request_exception.name, e)
 

@@ -420,10 +420,21 @@ def test_failed_render_span_ends_as_error(traced: Traced) -> None:
     def bad() -> str:
         return render_template_string("{{ 1 / 0 }}")
 
+    @traced.app.errorhandler(500)
+    def error_page(error: Exception) -> tuple[str, int]:
+        return render_template_string("sorry"), 500
+
     traced.app.testing = False
     assert traced.client.get("/badtemplate").status_code == 500
-    (render,) = traced.spans(SpanKind.INTERNAL)
-    assert render.status.status_code is StatusCode.ERROR
+    failed, page = traced.spans(SpanKind.INTERNAL)
+    (server,) = traced.spans()
+    assert failed.status.status_code is StatusCode.ERROR
+    assert page.status.status_code is StatusCode.UNSET
+    # The error page is the request's child, not the failed render's, and
+    # the failed render ended when its exception left the view.
+    assert page.parent is not None and page.parent.span_id == server.context.span_id
+    assert failed.end_time is not None and page.start_time is not None
+    assert failed.end_time <= page.start_time
     assert not trace.get_current_span().get_span_context().is_valid
 
 
