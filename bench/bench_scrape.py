@@ -64,7 +64,7 @@ def _scrape_ms(rounds: int) -> float:
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        body, _ = prometheus.render([], [])
+        body, _ = prometheus.render([prometheus.default_registry()], [])
         times.append(time.perf_counter() - start)
     assert b"http_server_request_duration_seconds_count" in body
     return statistics.median(times) * 1e3
@@ -75,7 +75,7 @@ def _samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
     from flask_signal_metrics import prometheus
 
-    text = prometheus.render([], [])[0].decode()
+    text = prometheus.render([prometheus.default_registry()], [])[0].decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

@@ -1078,6 +1078,12 @@ def exposed(collectors: cabc.Sequence[Collector]) -> list[Collector]:
     directory = _multiprocess_dir()
     with _directory_lock(directory, fcntl.LOCK_SH):
         metrics = _read_directory(directory)
+    if REGISTRY not in collectors:
+        # The files hold every process's metrics, those of the default
+        # registry (the user's module-level ones) too: serve_default_registry
+        # off keeps the families these collectors define.
+        names = {metric.name for collector in collectors for metric in collector.collect()}
+        metrics = [metric for metric in metrics if metric.name in names]
     return [_Collected(metrics)]
 
 

@@ -282,6 +282,33 @@ def in_a_worker(script: str, directory: Path, *args: str) -> str:
     ).stdout
 
 
+_DEFAULT_REGISTRY_RUN = """
+import sys
+from flask import Flask
+from prometheus_client import Counter
+from flask_signal_metrics import SignalMetrics
+
+app = Flask("worker")
+app.get("/hello")(lambda: "hi")
+SignalMetrics(app, serve_default_registry=sys.argv[1] == "on")
+Counter("user_jobs", "A user's module-level metric.").inc()
+client = app.test_client()
+client.get("/hello")
+print(client.get("/metrics").text)
+"""
+
+
+@pytest.mark.parametrize("serve", ["on", "off"])
+def test_serving_the_default_registry_is_an_option_in_multiprocess_mode_too(
+    tmp_path: Path, serve: str
+) -> None:
+    text = in_a_worker(_DEFAULT_REGISTRY_RUN, tmp_path, serve)
+    families = {metric.name for metric in text_string_to_metric_families(text)}
+    assert "http_server_request_duration_seconds" in families
+    assert "flask_signal_metrics_info" in families
+    assert ("user_jobs" in families) is (serve == "on")
+
+
 _MULTIPROCESS_RUN = """
 import json, sys
 from tests.test_prometheus import traffic_samples
