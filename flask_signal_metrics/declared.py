@@ -23,6 +23,11 @@ every metric of the extension.
 The declarations are the receivers: held strongly, they never raise into the
 sender, and a failure is logged once per cause and counted in
 ``flask_signal_metrics_signal_errors_total{signal}``.
+
+Inside a request of an app of the extension that traces, each send a
+declaration records is also a span event on the current span
+(:data:`EVENT`): the signal's name, the metric's, and the declared labels'
+values; never the sender or its keyword arguments.
 """
 
 from __future__ import annotations
@@ -34,14 +39,21 @@ import threading
 import time
 import typing as t
 
+import flask
+
 from . import labels as label_values
+from . import tracing
+from .config import _buckets as valid_buckets
 from .config import DURATION_BUCKETS
 from .config import RESERVED_LABELS
+from .receivers import START_KEY
+from .state import EXTENSION_KEY
 from .state import logger
 
 if t.TYPE_CHECKING:
     from .prometheus import Family
     from .prometheus import SignalStore
+    from .state import State
 
 LabelFunction = t.Callable[..., object]
 
@@ -50,6 +62,18 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 #: Starts of timed pairs kept waiting for their end; past this the oldest go.
 MAX_PENDING = 10_000
+
+#: The span event of a declared send inside a traced request. Only what the
+#: declaration names, never the sender or its keyword arguments: the signal's
+#: name, the metric's exposed name (a signal may be declared more than once),
+#: and per declared label ``flask.signal.label.<label>``, its value after the
+#: allow-list (past the cap too: the cap bounds series, an event adds none).
+EVENT = "flask.signal"
+EVENT_SIGNAL = "flask.signal.name"
+EVENT_METRIC = "flask.signal.metric"
+EVENT_LABEL = "flask.signal.label."
+
+_MISSING = object()
 
 
 def slug(signal_name: str) -> str:
@@ -93,12 +117,18 @@ class _Labels:
                 f"allowed= names {sorted(unknown)}, which labels= does not declare; declare a"
                 " function for each label you bound."
             )
+        for name, values in allowed.items():
+            _check_allow_list(name, values)
         self.names = tuple(functions)
         self._functions = tuple(functions.values())
         self._allowed = tuple(
             frozenset(str(v) for v in allowed[name]) if name in allowed else None
             for name in functions
         )
+
+    def attributes(self, values: tuple[str, ...]) -> dict[str, str]:
+        """A span event's attributes for recorded label values."""
+        return {EVENT_LABEL + name: value for name, value in zip(self.names, values, strict=True)}
 
     def values(self, sender: object, kwargs: dict[str, t.Any]) -> tuple[str, ...]:
         values = []
@@ -112,6 +142,10 @@ class _Labels:
 
 class _Receiver:
     """What every declaration shares: never raising, failures counted and logged once."""
+
+    labels: _Labels
+    #: The metric as exposed (a counter's with ``_total``), for span events.
+    exposed_name: str
 
     def __init__(self, store: SignalStore) -> None:
         self._store = store
@@ -133,6 +167,19 @@ class _Receiver:
         except Exception:
             pass  # nothing may escape into the sender
 
+    def _event(self, signal: str, values: tuple[str, ...] = ()) -> None:
+        """A span event for a send, inside a traced request of an app of this extension.
+
+        :param values: the label values recorded; none for a start, or an end
+            without one (its labels were never taken).
+        """
+        traced = _request_tracing(self._store)
+        if traced is not None:  # only now: with tracing off, nothing is built
+            attributes = {EVENT_SIGNAL: signal, EVENT_METRIC: self.exposed_name}
+            if values:
+                attributes.update(self.labels.attributes(values))
+            tracing.span_event(traced, EVENT, attributes)
+
 
 class Counted(_Receiver):
     """A counter of a signal's sends: ``flask_signal_<name>_total``."""
@@ -151,6 +198,8 @@ class Counted(_Receiver):
         self.signal_name = signal_name(signal, "count()")
         self.labels = _Labels(labels, allowed)
         self.metric_name = _metric_name(name, f"flask_signal_{slug(self.signal_name)}")
+        # The client takes a counter's name with or without _total, and exposes it with.
+        self.exposed_name = self.metric_name.removesuffix("_total") + "_total"
         self._family: Family[t.Any] = store.counter(
             self.metric_name,
             documentation or f"Sends of the signal {self.signal_name!r}.",
@@ -159,7 +208,9 @@ class Counted(_Receiver):
 
     def __call__(self, sender: object, **kwargs: t.Any) -> None:
         try:
-            self._family.child(self.labels.values(sender, kwargs)).inc()
+            values = self.labels.values(sender, kwargs)
+            self._family.child(values).inc()
+            self._event(self.signal_name, values)
         except Exception as e:
             self._failed(self.signal_name, e)
 
@@ -190,9 +241,15 @@ class Timed(_Receiver):
         self.start_name = signal_name(start, "time()'s start")
         self.end_name = signal_name(end, "time()'s end")
         self.labels = _Labels(labels, allowed)
+        # The config key's rules (sorted, no repeats, finite): the client
+        # accepts duplicates and NaN, and would serve them as buckets.
+        bounds = (
+            DURATION_BUCKETS if buckets is None else valid_buckets("time(buckets=...)", buckets)
+        )
         self.metric_name = _metric_name(
             name, f"flask_signal_{slug(self.start_name)}_to_{slug(self.end_name)}_duration_seconds"
         )
+        self.exposed_name = self.metric_name
         self._key = key
         self._pending: collections.OrderedDict[t.Hashable, float] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -200,7 +257,7 @@ class Timed(_Receiver):
             self.metric_name,
             documentation or f"Time from {self.start_name!r} to {self.end_name!r}.",
             self.labels.names,
-            tuple(buckets) if buckets is not None else DURATION_BUCKETS,
+            bounds,
         )
         self._no_start = store.unmatched.labels(self.metric_name, "no_start")
         self._dropped = store.unmatched.labels(self.metric_name, "dropped")
@@ -214,6 +271,7 @@ class Timed(_Receiver):
                 if len(self._pending) > MAX_PENDING:
                     self._pending.popitem(last=False)
                     self._dropped.inc()
+            self._event(self.start_name)
         except Exception as e:
             self._failed(self.start_name, e)
 
@@ -225,8 +283,11 @@ class Timed(_Receiver):
                 start = self._pending.pop(key, None)
             if start is None:
                 self._no_start.inc()
+                self._event(self.end_name)
                 return
-            self._family.child(self.labels.values(sender, kwargs)).observe(end - start)
+            values = self.labels.values(sender, kwargs)
+            self._family.child(values).observe(end - start)
+            self._event(self.end_name, values)
         except Exception as e:
             self._failed(self.end_name, e)
 
@@ -239,3 +300,30 @@ def _metric_name(given: str | None, default: str) -> str:
             f"name= must be a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*); got {given!r}."
         )
     return given
+
+
+def _check_allow_list(label: str, values: object) -> None:
+    # A string is a collection too, of its characters: {"plan": "free"} would
+    # allow "f", "r" and "e" and fold "free" into _OTHER.
+    if isinstance(values, (str, bytes, bytearray)) or not isinstance(values, cabc.Iterable):
+        raise TypeError(
+            f"allowed[{label!r}] must be a collection of strings, e.g."
+            f" {{{label!r}: ['free', 'pro']}}; got {values!r}."
+        )
+
+
+def _request_tracing(store: SignalStore) -> tracing.Tracing | None:
+    """The request's tracing, when a send's span event may be due; else None.
+
+    None outside a request, for an app of another extension (its own
+    declarations make its events), for an app with tracing off, and in an
+    excluded request (which gets no telemetry, as its flashes get none).
+    """
+    if not flask.has_request_context():
+        return None
+    state: State | None = flask.current_app.extensions.get(EXTENSION_KEY)
+    if state is None or state.tracing is None or store.registry not in state.owned:
+        return None
+    if flask.request.environ.get(START_KEY, _MISSING) is None:
+        return None
+    return state.tracing

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import re
+import threading
 import time
 import typing as t
 
@@ -98,8 +99,8 @@ _HTTP_ROUTE = http_attributes.HTTP_ROUTE
 _STATUS_CODE = http_attributes.HTTP_RESPONSE_STATUS_CODE
 _ERROR_TYPE = error_attributes.ERROR_TYPE
 
-#: (span, context token) of a render span made current.
-Handle = tuple["Span", object]
+#: (span, context token, the thread that made it current) of a render span.
+Handle = tuple["Span", object, int]
 
 
 class EnvironGetter(Getter[dict[str, t.Any]]):
@@ -388,15 +389,20 @@ class Tracing:
     def render_started(tracer: Tracer, name: str) -> Handle:
         """A child span for a template render, made current while it renders."""
         span = tracer.start_span(f"render {name}", attributes={TEMPLATE_NAME: name})
-        return span, context.attach(trace.set_span_in_context(span))
+        return span, context.attach(trace.set_span_in_context(span)), threading.get_ident()
 
     @staticmethod
     def render_ended(handle: Handle, failed: bool = False) -> None:
-        span, token = handle
+        span, token, thread = handle
         if failed:
             # template_rendered never came: the render raised.
             span.set_status(Status(StatusCode.ERROR))
         span.end()
+        if thread != threading.get_ident():
+            # Made current in another thread's context (an async view's event
+            # loop, run by asgiref): resetting its token here could only fail
+            # (and log an error); the request's own detach restores this one.
+            return
         context.detach(t.cast("Token[Context]", token))
 
     def flashed(self, category: str) -> None:

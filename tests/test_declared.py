@@ -2,17 +2,24 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import typing as t
 
 import pytest
 from blinker import Namespace
+from flask import Flask
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
 from flask_signal_metrics import declared
+from flask_signal_metrics import exclude
 from flask_signal_metrics import SignalMetrics
+from flask_signal_metrics import tracing
 
 from .conftest import make_app
+from .conftest import memory_provider
 from .conftest import value
 
 
@@ -283,3 +290,191 @@ def test_bad_declarations_say_the_fix(
 def test_slug() -> None:
     assert declared.slug("model-saved") == "model_saved"
     assert declared.slug("User.Registered!") == "user_registered"
+
+
+@pytest.mark.parametrize(
+    ("buckets", "error", "fix"),
+    [
+        ([1.0, 0.5], ValueError, "strictly increasing"),
+        ([0.5, 0.5, 1.0], ValueError, "no repeats"),
+        ([math.nan, 1.0], ValueError, "finite numbers"),
+        ([], ValueError, "at least one"),
+        ("0.5", TypeError, "list of numbers"),
+        ([0.5, "1"], TypeError, "numbers only"),
+    ],
+    ids=["unsorted", "duplicate", "nan", "empty", "string", "not-a-number"],
+)
+def test_bad_time_buckets_say_the_fix(
+    ext: SignalMetrics,
+    registry: CollectorRegistry,
+    signals: Namespace,
+    buckets: object,
+    error: type[Exception],
+    fix: str,
+) -> None:
+    started, finished = signals.signal("job-started"), signals.signal("job-finished")
+    with pytest.raises(error, match=rf"time\(buckets=\.\.\.\) must .*{fix}"):
+        ext.time(started, finished, key=lambda sender, **kw: 1, buckets=buckets)  # type: ignore[arg-type]
+    # Nothing half-declared: no family, no receiver.
+    assert not [m for m in registry.collect() if m.name.startswith("flask_signal_job")]
+    assert not started.receivers and not finished.receivers
+
+
+@pytest.mark.parametrize("allowed", ["free", b"free", 3], ids=["str", "bytes", "int"])
+def test_allow_list_that_is_no_collection_of_strings_says_the_fix(
+    ext: SignalMetrics, signals: Namespace, allowed: object
+) -> None:
+    # {"plan": "free"} read as a set of characters would allow "f", "r", "e".
+    with pytest.raises(
+        TypeError, match=r"allowed\['plan'\] must be a collection of strings, e\.g\."
+    ):
+        ext.count(
+            signals.signal("plan-chosen"),
+            labels={"plan": lambda sender, **kw: kw["plan"]},
+            allowed={"plan": allowed},  # type: ignore[dict-item]
+        )
+
+
+class TracedExtension(t.NamedTuple):
+    """An extension traced through its own SDK provider, not yet on any app."""
+
+    ext: SignalMetrics
+    provider: TracerProvider
+    exporter: InMemorySpanExporter
+
+    def app(self) -> Flask:
+        """A fresh app of this extension."""
+        app = make_app()
+        self.ext.init_app(app)
+        return app
+
+    def events(self) -> list[tuple[str, str, dict[str, object]]]:
+        """(span, event, attributes) of every declared send's event exported."""
+        return [
+            (span.name, event.name, dict(event.attributes or {}))
+            for span in self.exporter.get_finished_spans()
+            for event in span.events
+            if event.name == "flask.signal"
+        ]
+
+
+@pytest.fixture
+def traced_ext() -> t.Iterator[TracedExtension]:
+    """A fresh provider and extension (registry included) per test."""
+    provider, exporter = memory_provider()
+    ext = SignalMetrics(tracer_provider=provider, serve_default_registry=False)
+    yield TracedExtension(ext, provider, exporter)
+    provider.shutdown()
+
+
+def test_sends_in_a_traced_request_are_span_events(
+    traced_ext: TracedExtension, signals: Namespace
+) -> None:
+    registered = signals.signal("user-registered")
+    started, finished = signals.signal("job-started"), signals.signal("job-finished")
+    ext = traced_ext.ext
+    ext.count(
+        registered,
+        labels={"plan": lambda sender, **kw: kw["plan"]},
+        allowed={"plan": {"free", "pro"}},
+    )
+    ext.time(
+        started,
+        finished,
+        key=lambda sender, **kw: kw["job_id"],
+        labels={"outcome": lambda sender, **kw: kw["outcome"]},
+    )
+    app = traced_ext.app()
+
+    @app.get("/send")
+    def send() -> str:
+        registered.send(None, plan="free", email="secret@example.com")
+        registered.send(None, plan="enterprise-1234")
+        started.send(None, job_id=1)
+        finished.send(None, job_id=1, outcome="ok")
+        finished.send(None, job_id=2, outcome="ok")  # never started: no labels taken
+        return "sent"
+
+    assert app.test_client().get("/send").text == "sent"
+    count = "flask_signal_user_registered_total"
+    timed = "flask_signal_job_started_to_job_finished_duration_seconds"
+    name, metric, label = "flask.signal.name", "flask.signal.metric", "flask.signal.label."
+    span = "GET /send"
+    assert traced_ext.events() == [
+        (span, "flask.signal", {name: "user-registered", metric: count, label + "plan": "free"}),
+        (span, "flask.signal", {name: "user-registered", metric: count, label + "plan": "_OTHER"}),
+        (span, "flask.signal", {name: "job-started", metric: timed}),
+        (span, "flask.signal", {name: "job-finished", metric: timed, label + "outcome": "ok"}),
+        (span, "flask.signal", {name: "job-finished", metric: timed}),
+    ]
+
+
+Where = t.Literal["outside a request", "excluded request", "other extension", "tracing off"]
+
+
+@pytest.mark.parametrize("where", t.get_args(Where))
+def test_span_events_only_in_requests_the_extension_traces(
+    traced_ext: TracedExtension, signals: Namespace, where: Where
+) -> None:
+    saved = signals.signal("model-saved")
+    traced_ext.ext.count(saved)
+
+    def send() -> str:
+        saved.send(None)
+        return "sent"
+
+    @exclude
+    def send_excluded() -> str:
+        return send()
+
+    traced = traced_ext.app()
+    traced.add_url_rule("/send", view_func=send)
+    traced.add_url_rule("/excluded", view_func=send_excluded)
+    elsewhere = make_app("elsewhere")
+    if where == "other extension":
+        SignalMetrics(elsewhere, tracer_provider=traced_ext.provider, serve_default_registry=False)
+    elif where == "tracing off":
+        elsewhere.config["SIGNAL_METRICS_TRACING"] = False
+        traced_ext.ext.init_app(elsewhere)
+    elsewhere.add_url_rule("/send", view_func=send)
+    scenarios: dict[Where, t.Callable[[], str]] = {
+        "outside a request": send,
+        "excluded request": lambda: traced.test_client().get("/excluded").text,
+        "other extension": lambda: elsewhere.test_client().get("/send").text,
+        "tracing off": lambda: elsewhere.test_client().get("/send").text,
+    }
+    # A current, recording span around the send: a job's, or a WSGI middleware's.
+    with traced_ext.provider.get_tracer("test").start_as_current_span("job"):
+        assert scenarios[where]() == "sent"
+    assert traced.test_client().get("/send").text == "sent"  # the control
+    assert [(span, event) for span, event, _ in traced_ext.events()] == [
+        ("GET /send", "flask.signal")
+    ]
+
+
+def test_a_failing_span_event_never_reaches_the_sender(
+    traced_ext: TracedExtension,
+    signals: Namespace,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("exporter gone")
+
+    monkeypatch.setattr(tracing, "span_event", broken)
+    saved = signals.signal("model-saved")
+    traced_ext.ext.count(saved)
+    app = traced_ext.app()
+
+    @app.get("/send")
+    def send() -> str:
+        saved.send(None)
+        return "sent"
+
+    caplog.set_level(logging.ERROR, logger="flask_signal_metrics")
+    for _ in range(2):
+        assert app.test_client().get("/send").text == "sent"
+    body = app.test_client().get("/metrics").text
+    assert "flask_signal_model_saved_total 2.0" in body  # recorded before the event
+    assert 'flask_signal_metrics_signal_errors_total{signal="model-saved"} 2.0' in body
+    assert len([r for r in caplog.records if r.name == "flask_signal_metrics"]) == 1

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import typing as t
@@ -435,6 +436,26 @@ def test_failed_render_span_ends_as_error(traced: Traced) -> None:
     assert page.parent is not None and page.parent.span_id == server.context.span_id
     assert failed.end_time is not None and page.start_time is not None
     assert failed.end_time <= page.start_time
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_a_failed_render_in_an_async_view_ends_quietly(
+    traced: Traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its context was made current in asgiref's event loop thread, not the request's."""
+    from flask import render_template_string
+
+    @traced.app.get("/async-render")
+    async def render_fails() -> str:
+        with contextlib.suppress(ZeroDivisionError):
+            render_template_string("{{ 1 / 0 }}")
+        return "caught"
+
+    with caplog.at_level(logging.ERROR):
+        assert traced.client.get("/async-render").text == "caught"
+    assert [record.getMessage() for record in caplog.records] == []
+    (render,) = traced.spans(SpanKind.INTERNAL)
+    assert render.status.status_code is StatusCode.ERROR
     assert not trace.get_current_span().get_span_context().is_valid
 
 
