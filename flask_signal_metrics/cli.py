@@ -16,6 +16,7 @@ only shows what is declared.
 
 from __future__ import annotations
 
+import base64
 import json
 import typing as t
 import urllib.request
@@ -27,6 +28,9 @@ from flask.cli import AppGroup
 from . import prometheus
 from .receivers import SIGNAL_NAMES
 from .state import get_state
+
+if t.TYPE_CHECKING:
+    from .config import Settings
 
 group = AppGroup("signal-metrics", help="Inspect what flask-signal-metrics measures.")
 
@@ -50,7 +54,7 @@ def report(url: str | None, multiproc_dir: str | None, as_json: bool, top: int) 
         raise click.UsageError("Give --url or --multiproc-dir, not both.")
     if url:
         source = url
-        metrics = prometheus.parse_text(_fetch(url))
+        metrics = prometheus.parse_text(_fetch(url, _credentials(state.settings)))
     elif multiproc_dir:
         source = multiproc_dir
         metrics = prometheus.read_multiprocess(multiproc_dir)
@@ -78,8 +82,18 @@ def report(url: str | None, multiproc_dir: str | None, as_json: bool, top: int) 
     click.echo(json.dumps(data, indent=2) if as_json else _text(data))
 
 
-def _fetch(url: str) -> str:
-    request = urllib.request.Request(url, headers={"Accept": "text/plain"})
+def _credentials(settings: Settings) -> dict[str, str]:
+    """The Authorization the app's /metrics asks for, from its own config."""
+    if settings.bearer_token is not None:
+        return {"Authorization": f"Bearer {settings.bearer_token}"}
+    if settings.basic_auth is not None:
+        pair = ":".join(settings.basic_auth).encode()
+        return {"Authorization": f"Basic {base64.b64encode(pair).decode()}"}
+    return {}
+
+
+def _fetch(url: str, headers: dict[str, str]) -> str:
+    request = urllib.request.Request(url, headers={"Accept": "text/plain", **headers})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return t.cast(bytes, response.read()).decode()

@@ -103,6 +103,10 @@ def _begin(app: Flask, ctx: RequestContext, in_flight: bool) -> _Start | None:
     environ = request.environ
     rule = request.url_rule
     if rule is None:
+        if request.path == state.settings.path:
+            # The metrics route, with a method it does not take (a 405).
+            environ[START_KEY] = None
+            return None
         route = ""
     else:
         info = state.rules.get(id(rule))

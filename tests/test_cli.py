@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import typing as t
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from examples import traffic
 from flask_signal_metrics import SignalMetrics
 
+from .conftest import free_port
 from .conftest import make_app
 from .conftest import ROOT
 from .servers import gunicorn
@@ -126,3 +128,25 @@ def test_unreachable_url_is_a_clear_error() -> None:
     )
     assert result.exit_code == 1
     assert "Cannot read http://127.0.0.1:9/metrics" in result.output
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{"bearer_token": "a-token-long-enough-1234"}, {"basic_auth": ("ops", "a-long-password-123")}],
+    ids=["bearer", "basic"],
+)
+def test_report_reads_its_apps_guarded_metrics(credentials: dict[str, t.Any]) -> None:
+    """The app's own credentials, from its config, open its /metrics to the report."""
+    port = free_port()
+    app = make_app()
+    SignalMetrics(app, registry=CollectorRegistry(), port=port, **credentials)
+    server = app.extensions["signal_metrics"].server
+    try:
+        app.test_client().get("/item/1")
+        url = f"http://127.0.0.1:{port}/metrics"
+        result = app.test_cli_runner().invoke(args=["signal-metrics", "report", "--url", url])
+        assert result.exit_code == 0, result.output
+        assert "http_server_request_duration_seconds" in result.output
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -308,6 +308,14 @@ def test_metrics_route_and_excluded_paths_are_not_measured(registry: CollectorRe
     )
 
 
+@pytest.mark.parametrize("method", ["POST", "DELETE"])
+def test_metrics_route_answering_405_is_not_measured(
+    client: FlaskClient, registry: CollectorRegistry, method: str
+) -> None:
+    assert client.open("/metrics", method=method).status_code == 405
+    assert total_requests(registry) == 0
+
+
 def test_view_excluded_after_init_app(registry: CollectorRegistry) -> None:
     app = make_app()
     SignalMetrics(app, registry=registry)
