@@ -17,9 +17,12 @@ OTLP and ``/metrics`` then agree by construction.
 from __future__ import annotations
 
 import atexit
+import bisect
 import collections.abc as cabc
+import dataclasses
 import logging
 import math
+import operator
 import os
 import threading
 import time
@@ -64,8 +67,12 @@ from opentelemetry.semconv.metrics import http_metrics
 
 from . import prometheus
 from .extension import VERSION
+from .prometheus import Reading
 from .state import INSTANCES
 from .tracing import TRACER_NAME
+
+if t.TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 logger = logging.getLogger("flask_signal_metrics")
 
@@ -106,6 +113,10 @@ ATTRIBUTES: dict[str, str] = {
 _INTEGERS = frozenset((http_attributes.HTTP_RESPONSE_STATUS_CODE,))
 #: Gauges that are UpDownCounters in the conventions (a non-monotonic sum).
 _UP_DOWN = frozenset((incubating_http.HTTP_SERVER_ACTIVE_REQUESTS,))
+
+_Attributes = dict[str, "str | int"]
+#: A point's attribute set, hashable: what tells a metric's points apart.
+_Key = frozenset[tuple[str, "str | int"]]
 
 
 def _env_int(environ: cabc.Mapping[str, str], key: str, default: int) -> int:
@@ -360,31 +371,40 @@ class MetricsBridge:
             self.export()
 
     def collect(self) -> MetricsData:
-        """This process's series of every instrumented app, as OTLP data."""
+        """This process's series of every instrumented app, as OTLP data.
+
+        Apps of one process may hold series of one name and attribute set
+        (the same route in two apps): OTLP allows one point per attribute set
+        in a resource, so they are added into one, as ``/metrics`` of the
+        apps would be added up.
+        """
         now = time.time_ns()
-        metrics: dict[str, tuple[str, str, str, list[t.Any]]] = {}
-        for state in list(INSTANCES):  # enabled apps only
-            for reading in prometheus.readings(state.owned):
-                if reading.family in _SKIPPED:
-                    continue
-                name, unit = NAMES.get(reading.family, (reading.family, ""))
-                entry = metrics.setdefault(name, (reading.kind, unit, reading.documentation, []))
-                entry[3].append(self._point(reading, now))
+        metrics: dict[str, tuple[str, str, str, dict[_Key, tuple[_Attributes, Reading]]]] = {}
+        for reading in prometheus.readings(_registries()):
+            if reading.family in _SKIPPED:
+                continue
+            name, unit = NAMES.get(reading.family, (reading.family, ""))
+            series = metrics.setdefault(name, (reading.kind, unit, reading.documentation, {}))[3]
+            attributes = _attributes(reading.labels)
+            key = frozenset(attributes.items())
+            earlier = series.get(key)
+            if earlier is not None:
+                reading = _added(earlier[1], reading)
+            series[key] = (attributes, reading)
         built = [
-            Metric(name, description, unit, _data(name, kind, points))
-            for name, (kind, unit, description, points) in metrics.items()
+            Metric(
+                name,
+                description,
+                unit,
+                _data(name, kind, [self._point(r, a, now) for a, r in series.values()]),
+            )
+            for name, (kind, unit, description, series) in metrics.items()
         ]
         return MetricsData(
             [ResourceMetrics(self._resource(), [ScopeMetrics(self._scope, built, "")], "")]
         )
 
-    def _point(self, reading: prometheus.Reading, now: int) -> t.Any:
-        attributes: dict[str, str | int] = {}
-        for label, value in reading.labels.items():
-            if value == "":
-                continue  # an empty label is an absent attribute
-            key = ATTRIBUTES.get(label, label)
-            attributes[key] = int(value) if key in _INTEGERS and value.isdigit() else value
+    def _point(self, reading: Reading, attributes: _Attributes, now: int) -> t.Any:
         if reading.kind == "histogram":
             return HistogramDataPoint(
                 attributes,
@@ -454,6 +474,81 @@ class MetricsBridge:
             self.export()
         finally:
             self._exporter.shutdown()
+
+
+def _registries() -> list[CollectorRegistry]:
+    """The registries of every enabled app in this process, each once.
+
+    The apps of one extension share its declared signals' registry, and apps
+    may be given one registry: read once per app, its series would be sent
+    twice. By identity, as a registry holds its own series whatever it
+    compares equal to.
+    """
+    found: dict[int, CollectorRegistry] = {}
+    for state in list(INSTANCES):  # enabled apps only
+        for registry in state.owned:
+            found.setdefault(id(registry), registry)
+    return list(found.values())
+
+
+def _attributes(labels: dict[str, str]) -> _Attributes:
+    attributes: _Attributes = {}
+    for label, value in labels.items():
+        if value == "":
+            continue  # an empty label is an absent attribute
+        key = ATTRIBUTES.get(label, label)
+        attributes[key] = int(value) if key in _INTEGERS and value.isdigit() else value
+    return attributes
+
+
+def _added(first: Reading, second: Reading) -> Reading:
+    """Two apps' series of one name and attribute set, as one series: their sum.
+
+    Gauges add too: the requests in flight in the process are each app's.
+    """
+    if first.kind != "histogram":
+        return dataclasses.replace(first, value=first.value + second.value)
+    bounds = first.bounds
+    if second.bounds != bounds:
+        # Apps configured with other buckets: the bounds both have still
+        # split both exactly (each of their buckets is a run of finer ones).
+        shared = set(second.bounds)
+        bounds = tuple(bound for bound in first.bounds if bound in shared)
+    return dataclasses.replace(
+        first,
+        value=first.value + second.value,
+        count=first.count + second.count,
+        bounds=bounds,
+        counts=tuple(map(operator.add, _rebucketed(first, bounds), _rebucketed(second, bounds))),
+        exemplars=_latest(first.exemplars + second.exemplars, bounds),
+    )
+
+
+def _rebucketed(reading: Reading, bounds: tuple[float, ...]) -> list[int]:
+    """The reading's bucket counts on ``bounds``, some of its own bounds."""
+    if reading.bounds == bounds:
+        return list(reading.counts)
+    counts, run = [], 0
+    # Without the last count, +Inf's: added to the last bucket below.
+    for bound, count in zip(reading.bounds, reading.counts[:-1], strict=True):
+        run += count
+        if bound in bounds:
+            counts.append(run)
+            run = 0
+    counts.append(run + reading.counts[-1])
+    return counts
+
+
+def _latest(
+    exemplars: tuple[tuple[str, str, float, float], ...], bounds: tuple[float, ...]
+) -> tuple[tuple[str, str, float, float], ...]:
+    """The latest exemplar of each bucket, as /metrics keeps one per bucket."""
+    kept: dict[int, tuple[str, str, float, float]] = {}
+    for exemplar in exemplars:
+        bucket = bisect.bisect_left(bounds, exemplar[2])  # buckets include their upper bound
+        if bucket not in kept or exemplar[3] > kept[bucket][3]:
+            kept[bucket] = exemplar
+    return tuple(kept[bucket] for bucket in sorted(kept))
 
 
 def _exemplar(trace_id: str, span_id: str, value: float, when: float) -> Exemplar | None:

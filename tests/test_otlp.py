@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import contextlib
 import json
@@ -18,17 +19,25 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from blinker import Namespace
 from flask import Flask
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.exporter.otlp.proto.grpc.exporter import InvalidCompressionValueException
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.metrics.export import MetricExportResult
 from opentelemetry.sdk.metrics.export import MetricsData
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from flask_signal_metrics import SignalMetrics
+from flask_signal_metrics.config import DURATION_BUCKETS
+
 from .conftest import free_port
+from .conftest import http_labels
+from .conftest import make_app
+from .conftest import memory_provider
 from .conftest import ROOT
 from .conftest import value
 from .servers import example_shop
@@ -501,6 +510,91 @@ def test_shutdown_ends_the_spans_even_when_the_metrics_side_fails(
     OTLPExport(provider, bridge(Sink(shutdown_raises=True))).shutdown()
     assert seen.shut, "the tracer provider was not shut down: its last spans are lost"
     assert any("OTLP metrics shutdown raised" in r.getMessage() for r in caplog.records)
+
+
+def exported(sink: Sink, metric: str) -> list[t.Any]:
+    """The points of one metric in the last export the sink got."""
+    for found in sink.sent[-1].resource_metrics[0].scope_metrics[0].metrics:
+        if found.name == metric:
+            data = found.histogram if found.HasField("histogram") else found.sum
+            return list(data.data_points)
+    return []
+
+
+def attributes(point: t.Any) -> dict[str, t.Any]:
+    return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in point.attributes}
+
+
+@pytest.mark.parametrize(
+    ("route", "buckets"),
+    [("/twin", None), ("/twin-buckets", [0.001, 0.5, 1.0, 5.0, 60.0])],
+    ids=["same-buckets", "other-buckets"],  # the route per case: apps of the other may linger
+)
+def test_the_same_route_in_two_apps_is_one_point_their_sum(
+    route: str, buckets: list[float] | None
+) -> None:
+    """Two points of one attribute set in a resource are an invalid OTLP stream."""
+    requests = {"one": 3, "two": 4}
+    apps, scrapes, spans, providers = [], [], [], []  # the apps kept: the bridge holds none
+    try:
+        for name, n in requests.items():
+            app = make_app(name)
+            apps.append(app)
+            app.add_url_rule(route, "twin", lambda: "twin")
+            if buckets is not None and name == "two":
+                app.config["SIGNAL_METRICS_BUCKETS"] = buckets
+            provider, exporter = memory_provider()
+            providers.append(provider)
+            SignalMetrics(app, serve_default_registry=False, tracer_provider=provider)
+            client = app.test_client()
+            for _ in range(n):
+                assert client.get(route).status_code == 200
+            scrapes.append(scraped(client.get("/metrics").get_data(as_text=True)))
+            spans += [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+        sink = Sink()
+        assert bridge(sink).export() is True
+    finally:
+        for provider in providers:
+            provider.shutdown()
+    (point,) = [
+        p
+        for p in exported(sink, "http.server.request.duration")
+        if attributes(p).get("http.route") == route
+    ]
+    key = tuple(sorted(http_labels(route, 200).items()))
+    count, total = (
+        sum(s[(f"http_server_request_duration_seconds_{suffix}", key)] for s in scrapes)
+        for suffix in ("count", "sum")
+    )
+    assert point.count == count == sum(requests.values())  # the apps' /metrics, added
+    assert point.sum == pytest.approx(total)
+    # Other bounds: both apps' buckets add up on the bounds they share.
+    assert list(point.explicit_bounds) == ([0.5, 1.0, 5.0] if buckets else list(DURATION_BUCKETS))
+    assert sum(point.bucket_counts) == point.count
+    # One exemplar per bucket, the latest: the last request's among them.
+    kept = [bisect.bisect_left(point.explicit_bounds, e.as_double) for e in point.exemplars]
+    assert len(kept) == len(set(kept)) >= 1
+    assert spans[-1].context.span_id in {int.from_bytes(e.span_id, "big") for e in point.exemplars}
+
+
+def test_a_declared_signal_of_an_extension_on_two_apps_is_sent_once() -> None:
+    """Its registry is shared by both apps, and read once per export, not once per app."""
+    saved = Namespace().signal("otlp-shared-saved")
+    ext = SignalMetrics(serve_default_registry=False)
+    ext.count(saved)
+    apps = [make_app("one"), make_app("two")]
+    for app in apps:
+        ext.init_app(app)
+    sends = 5
+    for _ in range(sends):
+        saved.send(None)
+    sink = Sink()
+    assert bridge(sink).export() is True
+    (point,) = exported(sink, "flask_signal_otlp_shared_saved")
+    for app in apps:
+        text = app.test_client().get("/metrics").get_data(as_text=True)
+        assert scraped(text)[("flask_signal_otlp_shared_saved_total", ())] == sends
+    assert point.as_double == sends
 
 
 SAMPLER, ARG = "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"
