@@ -92,8 +92,11 @@ def _credentials(settings: Settings) -> dict[str, str]:
     return {}
 
 
-def _fetch(url: str, headers: dict[str, str]) -> str:
-    request = urllib.request.Request(url, headers={"Accept": "text/plain", **headers})
+def _fetch(url: str, credentials: dict[str, str]) -> str:
+    request = urllib.request.Request(url, headers={"Accept": "text/plain"})
+    for name, value in credentials.items():
+        # Not sent on to where a redirect points: the app's secret is for the app.
+        request.add_unredirected_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return t.cast(bytes, response.read()).decode()

@@ -333,6 +333,13 @@ def _header_patterns(key: str, value: object) -> tuple[str, ...]:
                 f"{key}: {pattern!r} is not a valid regular expression ({e}); list header"
                 " names such as 'X-Request-Id,User-Agent', or regexes such as 'X-.*'."
             ) from None
+    try:  # matched as one expression, as the exclusions are
+        alternation(patterns, re.IGNORECASE)
+    except re.error as e:
+        raise ValueError(
+            f"{key} cannot be combined into one expression ({e}); header names match"
+            " whatever their case already: drop global flags such as '(?i)'."
+        ) from None
     return patterns
 
 

@@ -128,7 +128,10 @@ class _Labels:
 
     def attributes(self, values: tuple[str, ...]) -> dict[str, str]:
         """A span event's attributes for recorded label values."""
-        return {EVENT_LABEL + name: value for name, value in zip(self.names, values, strict=True)}
+        return {
+            EVENT_LABEL + name: label_values.text(value)
+            for name, value in zip(self.names, values, strict=True)
+        }
 
     def values(self, sender: object, kwargs: dict[str, t.Any]) -> tuple[str, ...]:
         values = []

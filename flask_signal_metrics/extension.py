@@ -351,7 +351,9 @@ def _serves_requests() -> bool:
     if os.environ.get("FLASK_RUN_FROM_CLI") != "true" or is_running_from_reloader():
         return True
     command = click.get_current_context(silent=True)
-    if command is None or command.info_name != "run":
+    if command is None:
+        return True  # a process a flask command started (it inherits the variable)
+    if command.info_name != "run":
         logger.info(
             "flask-signal-metrics: SIGNAL_METRICS_PORT is not opened by this flask"
             " command, which serves no request (only `flask run` opens it)."

@@ -55,6 +55,8 @@ START_KEY = "flask_signal_metrics.start"
 RESPONSE_KEY = "flask_signal_metrics.response"
 #: The exception from got_request_exception.
 ERROR_KEY = "flask_signal_metrics.error"
+#: The id of the request context whose stream is being sent.
+_STREAM_CONTEXT = "flask_signal_metrics.stream"
 #: When request_finished saw a response whose body is not yet produced.
 READY_KEY = "flask_signal_metrics.ready"
 #: Where opentelemetry-instrumentation-flask keeps its server span in the
@@ -225,12 +227,17 @@ def _on_request_tearing_down(
             if RESPONSE_KEY not in environ:
                 # Neither started, nor answered, nor failed (each would have
                 # noted it): a context pushed outside a request, such as
-                # test_request_context() for url_for in a job. Not a request.
+                # test_request_context() for url_for in a job. Not a request,
+                # but a render of its that raised is over.
+                stack = _renders.get(None)
+                if stack:
+                    _end_renders(stack)
                 return
             start = _started(sender, ctx)
         elif start is _STREAMING:
-            # The second teardown of a stream_with_context body: it ended, maybe raising.
-            if exc is not None:
+            # The second teardown of a stream_with_context body: it ended,
+            # maybe raising (not a copied context's, popped meanwhile).
+            if exc is not None and environ.get(_STREAM_CONTEXT) == id(ctx):
                 environ[ERROR_KEY] = exc
             return
         if start is None or start is _DONE:
@@ -260,6 +267,8 @@ def _on_request_tearing_down(
                 if size is None:
                     _defer_to_close(sender, environ, start, response, exc)
                     return
+        if start[5] is not None:
+            _end_context(start[5])
         _record(sender, environ, start, response, size, exc)
     except Exception as e:
         _failed(sender, signals.request_tearing_down.name, e)
@@ -275,10 +284,12 @@ def _defer_to_close(
     """A stream of unknown length: the server produces the body after teardown.
 
     The request ends when the server closes the body, and stays in flight
-    (and its span current) until then; the time to the response object is
-    recorded now.
+    until then; the time to the response object is recorded now.
     """
     environ[START_KEY] = _STREAMING
+    environ[_STREAM_CONTEXT] = start[6]
+    if start[5] is not None:
+        _release_context(start[5])
     response.call_on_close(functools.partial(_close_stream, app, environ, start, response, exc))
     metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
     ready = metrics.stream_ready.child((start[1], start[3], str(response.status_code)))
@@ -341,15 +352,36 @@ def _record(
         metrics.escaped.child((method, status_label)).inc()
     if traced is not None:
         # Last: a span processor of the user's that raises cannot cost the
-        # request its metrics. Here, not at teardown, for a stream: what its
-        # body does (spans, a streamed template) nests under the request.
-        _end_context(traced)
+        # request its metrics.
+        stack = _renders.get(None)
+        if stack:
+            _end_renders(stack)  # a stream's template that never finished
         if type(traced) is tuple and traced[0] is not None:
             # The span ends when the recorded duration does.
             end_ns = traced[2] + int(duration * 1e9)
             state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
                 traced[0], status, error, exception, response, end_ns
             )
+
+
+def _release_context(traced: t.Any) -> None:
+    """At a stream's first teardown: what the request made current stops being so.
+
+    Its body is produced after this teardown, maybe in another thread, maybe
+    never (a client gone, a middleware that drops ``close()``): a context
+    left current would make the thread's next request a child of this one.
+    The spans stay open: a streamed template's render ends when its body
+    does, the request's span when the server closes the body. Spans made
+    while the body is produced are not the request's children.
+    """
+    stack = _renders.get(None)
+    if stack:
+        for index in range(len(stack) - 1, -1, -1):  # innermost first, as tokens nest
+            template_id, began, render = stack[index]
+            if render is not None:
+                stack[index] = (template_id, began, Tracing.release(render))
+    if type(traced) is tuple:
+        Tracing.detach(traced[1])
 
 
 def _end_context(traced: t.Any) -> None:

@@ -100,7 +100,7 @@ _STATUS_CODE = http_attributes.HTTP_RESPONSE_STATUS_CODE
 _ERROR_TYPE = error_attributes.ERROR_TYPE
 
 #: (span, context token, the thread that made it current) of a render span.
-Handle = tuple["Span", object, int]
+Handle = tuple["Span", "object | None", int]
 
 
 class EnvironGetter(Getter[dict[str, t.Any]]):
@@ -398,12 +398,20 @@ class Tracing:
             # template_rendered never came: the render raised.
             span.set_status(Status(StatusCode.ERROR))
         span.end()
-        if thread != threading.get_ident():
-            # Made current in another thread's context (an async view's event
-            # loop, run by asgiref): resetting its token here could only fail
-            # (and log an error); the request's own detach restores this one.
+        if token is None or thread != threading.get_ident():
+            # No longer current (released), or made current in another
+            # thread's context (an async view's event loop, run by asgiref):
+            # resetting its token here could only fail, and log an error.
             return
         context.detach(t.cast("Token[Context]", token))
+
+    @staticmethod
+    def release(handle: Handle) -> Handle:
+        """A render span no longer current, still open (a streamed template's)."""
+        span, token, thread = handle
+        if token is not None and thread == threading.get_ident():
+            context.detach(t.cast("Token[Context]", token))
+        return span, None, thread
 
     def flashed(self, category: str) -> None:
         """An event on the current span: the category only, never the message."""

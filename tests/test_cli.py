@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import typing as t
 from pathlib import Path
 
 import pytest
 from blinker import Namespace
+from flask import redirect
 from prometheus_client import CollectorRegistry
+from werkzeug.serving import make_server
 
 from examples import traffic
 from flask_signal_metrics import SignalMetrics
@@ -150,3 +154,40 @@ def test_report_reads_its_apps_guarded_metrics(credentials: dict[str, t.Any]) ->
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_report_keeps_the_credentials_from_where_a_redirect_points() -> None:
+    seen: list[str | None] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            body = b"# no metrics here\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: t.Any) -> None:
+            pass
+
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    app = make_app()
+    SignalMetrics(app, registry=CollectorRegistry(), bearer_token="a-token-long-enough-1234")
+
+    @app.get("/moved")
+    def moved() -> t.Any:
+        return redirect(f"http://127.0.0.1:{elsewhere.server_port}/metrics")
+
+    port = free_port()
+    server = make_server("127.0.0.1", port, app)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{port}/moved"
+        app.test_cli_runner().invoke(args=["signal-metrics", "report", "--url", url])
+    finally:
+        server.shutdown()
+        elsewhere.shutdown()
+        elsewhere.server_close()
+    assert seen == [None]

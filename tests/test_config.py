@@ -160,6 +160,9 @@ def test_header_capture_variables(variable: str, field: str) -> None:
     with pytest.raises(ValueError) as info:
         load({}, {}, environ={variable: "X-Ok,x-(bad"})
     assert variable in str(info.value) and "'X-.*'" in str(info.value)
+    with pytest.raises(ValueError) as info:
+        load({}, {}, environ={variable: "X-Request-Id,(?i)x-tenant-.*"})
+    assert variable in str(info.value) and "'(?i)'" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -409,6 +409,23 @@ def test_sends_in_a_traced_request_are_span_events(
     ]
 
 
+def test_a_span_events_label_values_are_text_every_exporter_takes(
+    traced_ext: TracedExtension, signals: Namespace
+) -> None:
+    lone = signals.signal("lone-surrogate")
+    traced_ext.ext.count(lone, labels={"value": lambda sender, **kw: kw["value"]})
+    app = traced_ext.app()
+
+    @app.get("/lone")
+    def lone_view() -> str:
+        lone.send(None, value="x\udcff")  # e.g. from a JSON "\\udcff"
+        return "sent"
+
+    assert app.test_client().get("/lone").text == "sent"
+    ((_, _, attributes),) = traced_ext.events()
+    assert attributes["flask.signal.label.value"] == "x\ufffd"
+
+
 Where = t.Literal["outside a request", "excluded request", "other extension", "tracing off"]
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import typing as t
@@ -235,6 +236,40 @@ def test_a_copied_request_context_does_not_end_the_request(
     assert requests_counted(registry, "/work", 200) == 3
     assert total_requests(registry) == 3
     assert in_flight(registry) == 0
+
+
+def test_a_copied_context_failing_while_a_stream_is_sent_is_not_the_requests_error(
+    app: Flask, registry: CollectorRegistry
+) -> None:
+    gate = threading.Event()
+
+    @app.get("/feed")
+    def feed() -> Response:
+        @copy_current_request_context
+        def job() -> None:
+            gate.wait(10)
+            raise ValueError("a background job failed")
+
+        def run() -> None:
+            with contextlib.suppress(ValueError):
+                job()  # its copied context pops with the error
+
+        worker = threading.Thread(target=run)
+        worker.start()
+
+        def body() -> t.Iterator[str]:
+            yield "a"
+            gate.set()
+            worker.join(10)
+            yield "b"
+
+        return Response(body())
+
+    response = app.test_client().get("/feed")
+    assert response.get_data() == b"ab"
+    response.close()
+    assert requests_counted(registry, "/feed", 200) == 1
+    assert total_requests(registry) == 1
 
 
 def test_a_request_context_outside_a_request_is_not_counted(

@@ -159,6 +159,23 @@ def test_a_port_in_use_is_an_error_before_the_app_changes(registry: CollectorReg
         server.server_close()
 
 
+def test_a_process_a_flask_command_started_opens_its_port(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It inherits FLASK_RUN_FROM_CLI, but it is no flask command (no click context)."""
+    monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")
+    port = free_port()
+    app = make_app()
+    SignalMetrics(app, registry=registry, port=port)
+    server = app.extensions["signal_metrics"].server
+    try:
+        assert server is not None
+        assert _fetch(f"http://127.0.0.1:{port}/metrics")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 _PORT_APP = """
 import os
 from flask import Flask
