@@ -447,6 +447,17 @@ def test_a_failed_render_in_an_async_view_ends_quietly(
     assert not trace.get_current_span().get_span_context().is_valid
 
 
+def test_a_failed_render_outside_a_request_ends_with_its_context(traced: Traced) -> None:
+    """test_request_context() in a job: not a request, but its render span still ends."""
+    from flask import render_template_string
+
+    with traced.app.test_request_context("/mail"), contextlib.suppress(ZeroDivisionError):
+        render_template_string("{{ 1 / 0 }}")
+    (render,) = traced.spans(SpanKind.INTERNAL)
+    assert render.status.status_code is StatusCode.ERROR
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
 def test_no_sdk_no_span_no_context(registry: CollectorRegistry) -> None:
     """The global provider is the API's proxy: nothing is made or attached."""
     app = make_app()
