@@ -28,6 +28,7 @@ import threading
 import time
 import traceback
 import typing as t
+import urllib.parse
 import weakref
 
 from opentelemetry import trace
@@ -64,6 +65,7 @@ from opentelemetry.semconv.attributes import error_attributes
 from opentelemetry.semconv.attributes import http_attributes
 from opentelemetry.semconv.attributes import url_attributes
 from opentelemetry.semconv.metrics import http_metrics
+from opentelemetry.util.re import parse_env_headers
 
 from . import prometheus
 from .extension import VERSION
@@ -98,6 +100,11 @@ NAMES: dict[str, tuple[str, str]] = {
     "flask_signal_metrics_otlp_dropped": ("flask_signal_metrics.otlp.dropped", "1"),
 }
 _SKIPPED = frozenset((prometheus.CLASSIC_COUNT,))
+#: Values of the process that every app's registry repeats: the export's
+#: losses (each app counts every one) and the version info (1 in each).
+_PER_PROCESS = frozenset(
+    ("flask_signal_metrics_otlp_dropped", "flask_signal_metrics_info", "flask_exporter_info")
+)
 
 #: Prometheus label -> OTel attribute, for the request metrics of both namings.
 ATTRIBUTES: dict[str, str] = {
@@ -119,32 +126,176 @@ _Attributes = dict[str, "str | int"]
 _Key = frozenset[tuple[str, "str | int"]]
 
 
-def _env_int(environ: cabc.Mapping[str, str], key: str, default: int) -> int:
+def _env_int(
+    environ: cabc.Mapping[str, str], key: str, default: int, least: int = 1, unit: str = ""
+) -> int:
     value = environ.get(key, "").strip()
     if not value:
         return default
     try:
         number = int(value)
     except ValueError:
-        number = 0
-    if number <= 0:
-        raise ValueError(
-            f"{key} must be a positive integer; got {value!r}. Unset it for {default}."
-        )
+        number = least - 1
+    if number < least:
+        kind = "a positive integer" if least > 0 else "an integer, 0 or more"
+        raise ValueError(f"{key} must be {kind}{unit}; got {value!r}. Unset it for {default}.")
     return number
 
 
-def _protocol(environ: cabc.Mapping[str, str], signal: str) -> str:
-    for key in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+#: The batch span processor's variables -> (the least value it can use, the
+#: specification's default, the unit). Given to the processor as checked: read
+#: by itself, a value it cannot parse is its default with only a log line.
+BATCHING: dict[str, tuple[int, int, str]] = {
+    "OTEL_BSP_SCHEDULE_DELAY": (1, 5000, " (milliseconds)"),  # the SDK refuses 0
+    # Not used by the SDK (1.45): each export is bounded by the exporter's timeout.
+    "OTEL_BSP_EXPORT_TIMEOUT": (0, 30000, " (milliseconds)"),
+    "OTEL_BSP_MAX_QUEUE_SIZE": (1, 2048, " (spans)"),
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": (1, 512, " (spans)"),
+}
+
+
+def _batching(environ: cabc.Mapping[str, str]) -> dict[str, int]:
+    """The ``OTEL_BSP_*`` values, by variable: a batch fits in the queue."""
+    found = {
+        key: _env_int(environ, key, default, least, unit)
+        for key, (least, default, unit) in BATCHING.items()
+    }
+    batch, queue = found["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"], found["OTEL_BSP_MAX_QUEUE_SIZE"]
+    if batch > queue:
+        # The SDK refuses it too, but names neither variable.
+        raise ValueError(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE ({batch}) must not be larger than"
+            f" OTEL_BSP_MAX_QUEUE_SIZE ({queue}), the queue batches are taken from; lower"
+            " the first or raise the second (unset, they are 512 and 2048)."
+        )
+    return found
+
+
+#: The protocol -> the endpoint its exporter sends to when none is set.
+ENDPOINTS = {"http/protobuf": "http://localhost:4318", "grpc": "http://localhost:4317"}
+#: The protocol -> the ``OTEL_EXPORTER_OTLP_*COMPRESSION`` values its exporter
+#: can use (``none``, the default, first). The gRPC exporter reads only gzip,
+#: the one compression the OTLP specification names.
+COMPRESSIONS = {"http/protobuf": ("none", "gzip", "deflate"), "grpc": ("none", "gzip")}
+#: The exporters' timeout when none is set, in seconds.
+DEFAULT_TIMEOUT = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Transport:
+    """One signal's exporter settings, checked: what its exporter is built with."""
+
+    protocol: str
+    endpoint: str | None  # None: unset (the HTTP exporters, given none, append the path)
+    timeout: float  # seconds
+    compression: str
+
+
+_T = t.TypeVar("_T")
+
+
+def _exporter_variable(
+    environ: cabc.Mapping[str, str],
+    signal: str,
+    setting: str,
+    check: t.Callable[[str, str, str], _T],
+    protocol: str,
+) -> _T | None:
+    """The signal's own variable, else the general one, checked; None when both are unset.
+
+    An empty variable is an unset one (the specification's rule), as the HTTP
+    exporters read them.
+    """
+    for key in (f"OTEL_EXPORTER_OTLP_{signal}_{setting}", f"OTEL_EXPORTER_OTLP_{setting}"):
         value = environ.get(key, "").strip()
         if value:
-            if value not in PROTOCOLS:
-                raise ValueError(
-                    f"{key}={value!r} is not supported; use 'http/protobuf' (the default)"
-                    " or 'grpc'."
-                )
-            return value
-    return "http/protobuf"
+            return check(key, value, protocol)
+    return None
+
+
+def _transport(environ: cabc.Mapping[str, str], signal: str) -> _Transport:
+    """What ``OTEL_EXPORTER_OTLP_*`` say for ``signal`` (TRACES or METRICS), refused when unusable.
+
+    Left to themselves the exporters fall back to a default on a bad timeout or
+    compression and drop a header they cannot parse, logging a line at most.
+    """
+    protocol = _exporter_variable(environ, signal, "PROTOCOL", _protocol, "") or "http/protobuf"
+    # The exporters parse the headers themselves (with the same parser): only checked.
+    _exporter_variable(environ, signal, "HEADERS", _headers, protocol)
+    timeout_key = f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT"
+    if protocol == "grpc" and timeout_key in environ and not environ[timeout_key].strip():
+        # The gRPC exporters call float() on it whatever they are given.
+        raise ValueError(
+            f"{timeout_key} is set but empty, which the gRPC exporter cannot read; unset it,"
+            " or set a number of seconds."
+        )
+    return _Transport(
+        protocol,
+        _exporter_variable(environ, signal, "ENDPOINT", _url, protocol),
+        _exporter_variable(environ, signal, "TIMEOUT", _seconds, protocol) or DEFAULT_TIMEOUT,
+        _exporter_variable(environ, signal, "COMPRESSION", _compression, protocol) or "none",
+    )
+
+
+def _protocol(key: str, value: str, _: str) -> str:
+    if value not in PROTOCOLS:
+        raise ValueError(
+            f"{key}={value!r} is not supported; use 'http/protobuf' (the default) or 'grpc'."
+        )
+    return value
+
+
+def _url(key: str, value: str, protocol: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018  # raises ValueError on a port that is no port number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{key}={value!r} is not a URL the exporter can send to: give the scheme (http, or"
+            f" https for TLS), the host and the port, e.g. {ENDPOINTS[protocol]!r}."
+        )
+    return value
+
+
+def _seconds(key: str, value: str, _: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:  # NaN fails this too
+        # 0 would not be "no limit": the HTTP exporter would give up on every
+        # export at once, the gRPC one take its default instead.
+        raise ValueError(
+            f"{key}={value!r} must be a positive number of seconds, e.g. 10 (the Python OTLP"
+            " exporters read seconds, not the specification's milliseconds); unset it for 10."
+        )
+    return seconds
+
+
+def _compression(key: str, value: str, protocol: str) -> str:
+    name = value.lower()
+    if name not in COMPRESSIONS[protocol]:
+        raise ValueError(
+            f"{key}={value!r} is not a compression the {protocol} exporter can use; use one of"
+            f" {', '.join(COMPRESSIONS[protocol])}, or unset it for none."
+        )
+    return name
+
+
+def _headers(key: str, value: str, _: str) -> None:
+    """Refuse an entry the exporters' parser would drop (they log it and send the rest)."""
+    for number, entry in enumerate(value.split(","), 1):
+        if entry.strip() and not parse_env_headers(entry, liberal=True):
+            # Only the name: the value may be a secret, and this error may be logged.
+            name, equals, _value = entry.partition("=")
+            named = f" ({name.strip()!r})" if equals else ""
+            raise ValueError(
+                f"{key}: header {number}{named} is not a name=value pair the exporters can"
+                " send, and would be dropped; give comma-separated name=value pairs, each"
+                " value URL-encoded, e.g. 'api-key=abc123,authorization=Bearer%20xyz'."
+            )
 
 
 #: ``OTEL_TRACES_SAMPLER``'s values (the specification's names the Python SDK
@@ -208,28 +359,46 @@ def _sdk_disabled(environ: cabc.Mapping[str, str]) -> bool:
     return value.lower() == "true"
 
 
-def _span_exporter(protocol: str) -> SpanExporter:
-    # Each exporter reads its endpoint, headers, timeout, compression and
-    # certificates from the standard variables itself.
-    if protocol == "grpc":
+def _span_exporter(transport: _Transport) -> SpanExporter:
+    # The timeout, compression and gRPC endpoint go in as checked: read by the
+    # gRPC exporters themselves, 'none' and empty values would fail there.
+    # Headers and certificates each exporter reads from the variables.
+    if transport.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
 
-        return Grpc()
+        return Grpc(
+            transport.endpoint or ENDPOINTS["grpc"],
+            timeout=transport.timeout,
+            compression=_grpc_compression(transport.compression),
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
 
-    return Http()
+    # No endpoint: the exporter appends /v1/traces to the general one itself.
+    return Http(timeout=transport.timeout, compression=Compression(transport.compression))
 
 
-def _metric_exporter(protocol: str) -> MetricExporter:
-    if protocol == "grpc":
+def _metric_exporter(transport: _Transport) -> MetricExporter:
+    if transport.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as Grpc,
         )
 
-        return Grpc()
+        return Grpc(
+            transport.endpoint or ENDPOINTS["grpc"],
+            timeout=transport.timeout,
+            compression=_grpc_compression(transport.compression),
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
 
-    return Http()
+    return Http(timeout=transport.timeout, compression=Compression(transport.compression))
+
+
+def _grpc_compression(name: str) -> t.Any:
+    import grpc  # type: ignore[import-untyped]  # the exporter's dependency; no type hints
+
+    return {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}[name]
 
 
 def _dropped(signal: str, reason: str, amount: int) -> None:
@@ -376,7 +545,8 @@ class MetricsBridge:
         Apps of one process may hold series of one name and attribute set
         (the same route in two apps): OTLP allows one point per attribute set
         in a resource, so they are added into one, as ``/metrics`` of the
-        apps would be added up.
+        apps would be added up; but a value of the process that each app
+        repeats is sent once (see ``_merged``).
         """
         now = time.time_ns()
         metrics: dict[str, tuple[str, str, str, dict[_Key, tuple[_Attributes, Reading]]]] = {}
@@ -389,7 +559,7 @@ class MetricsBridge:
             key = frozenset(attributes.items())
             earlier = series.get(key)
             if earlier is not None:
-                reading = _added(earlier[1], reading)
+                reading = _merged(earlier[1], reading)
             series[key] = (attributes, reading)
         built = [
             Metric(
@@ -499,6 +669,16 @@ def _attributes(labels: dict[str, str]) -> _Attributes:
         key = ATTRIBUTES.get(label, label)
         attributes[key] = int(value) if key in _INTEGERS and value.isdigit() else value
     return attributes
+
+
+def _merged(first: Reading, second: Reading) -> Reading:
+    """Two apps' series of one name and attribute set, as the process's one."""
+    if first.family in _PER_PROCESS:
+        # The largest, not the first seen: an app made after some losses
+        # counted only the later ones, the oldest app every one (all count
+        # from 0; the info gauge is 1 in each).
+        return max(first, second, key=operator.attrgetter("value"))
+    return _added(first, second)
 
 
 def _added(first: Reading, second: Reading) -> Reading:
@@ -624,9 +804,10 @@ def configure_otlp(*, traces: bool = True, metrics: bool = True) -> OTLPExport:
     processor; its resource from ``OTEL_SERVICE_NAME`` and
     ``OTEL_RESOURCE_ATTRIBUTES``, its sampler from ``OTEL_TRACES_SAMPLER``) and
     starts the metrics bridge (every ``OTEL_METRIC_EXPORT_INTERVAL`` ms, 60000
-    by default). Endpoints, headers, timeouts and compression are read by the
-    exporters from ``OTEL_EXPORTER_OTLP_*``; ``OTEL_EXPORTER_OTLP_PROTOCOL``
-    (or the per-signal variable) picks ``http/protobuf`` (default) or ``grpc``.
+    by default). Endpoints, headers, timeouts (seconds, as the Python
+    exporters read them) and compression come from ``OTEL_EXPORTER_OTLP_*``;
+    ``OTEL_EXPORTER_OTLP_PROTOCOL`` (or the per-signal variable) picks
+    ``http/protobuf`` (default) or ``grpc``.
 
     Safe before a fork (gunicorn's ``preload_app``): each worker re-creates the
     export threads and gets its own ``service.instance.id``.
@@ -644,11 +825,11 @@ def configure_otlp(*, traces: bool = True, metrics: bool = True) -> OTLPExport:
     env = os.environ
     if _sdk_disabled(env):
         return OTLPExport(None, None)
-    trace_protocol = _protocol(env, "TRACES")
-    metric_protocol = _protocol(env, "METRICS")
-    interval = _env_int(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000
-    timeout = _env_int(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000
-    capacity = _env_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+    span_transport = _transport(env, "TRACES") if traces else None
+    metric_transport = _transport(env, "METRICS") if metrics else None
+    interval = _env_int(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000, unit=" (milliseconds)") / 1000
+    timeout = _env_int(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30000, unit=" (milliseconds)") / 1000
+    batching = _batching(env) if traces else {}
     sampler = _sampler(env) if traces else None
     if traces and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         raise RuntimeError(
@@ -656,14 +837,13 @@ def configure_otlp(*, traces: bool = True, metrics: bool = True) -> OTLPExport:
             " one; call configure_otlp(traces=False) and add an OTLP exporter to"
             " your provider yourself, or drop your own set-up."
         )
-    # The exporters read (and may refuse) their variables when built.
-    span_exporter = _span_exporter(trace_protocol) if traces else None
-    metric_exporter = _metric_exporter(metric_protocol) if metrics else None
+    # The exporters read (and may refuse) the variables left to them when built.
+    span_exporter = _span_exporter(span_transport) if span_transport is not None else None
+    metric_exporter = _metric_exporter(metric_transport) if metric_transport is not None else None
     provider = None
     if span_exporter is not None and sampler is not None:
-        # Last, as its batch processor checks the OTEL_BSP_* variables and
-        # only then starts its thread.
-        provider = _tracer_provider(span_exporter, sampler, capacity)
+        # Last, as its batch processor starts its thread when built.
+        provider = _tracer_provider(span_exporter, sampler, batching)
         trace.set_tracer_provider(provider)
     bridge = None
     if metric_exporter is not None:
@@ -674,14 +854,23 @@ def configure_otlp(*, traces: bool = True, metrics: bool = True) -> OTLPExport:
     return handle
 
 
-def _tracer_provider(exporter: SpanExporter, sampler: Sampler, capacity: int) -> TracerProvider:
+def _tracer_provider(
+    exporter: SpanExporter, sampler: Sampler, batching: cabc.Mapping[str, int]
+) -> TracerProvider:
     """An SDK provider sending spans through a batch processor (its thread started)."""
+    capacity = batching["OTEL_BSP_MAX_QUEUE_SIZE"]
     queue = _Queue(capacity)
     # Shut down by the handle (at exit too), after the last metrics.
     provider = TracerProvider(sampler, shutdown_on_exit=False)
     provider.add_span_processor(queue)
     provider.add_span_processor(
-        BatchSpanProcessor(_Counted(exporter, queue), max_queue_size=capacity)
+        BatchSpanProcessor(
+            _Counted(exporter, queue),
+            max_queue_size=capacity,
+            schedule_delay_millis=batching["OTEL_BSP_SCHEDULE_DELAY"],
+            max_export_batch_size=batching["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"],
+            export_timeout_millis=batching["OTEL_BSP_EXPORT_TIMEOUT"],
+        )
     )
     return provider
 

@@ -22,7 +22,6 @@ import pytest
 from blinker import Namespace
 from flask import Flask
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
-from opentelemetry.exporter.otlp.proto.grpc.exporter import InvalidCompressionValueException
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.metrics.export import MetricExportResult
 from opentelemetry.sdk.metrics.export import MetricsData
@@ -516,8 +515,7 @@ def exported(sink: Sink, metric: str) -> list[t.Any]:
     """The points of one metric in the last export the sink got."""
     for found in sink.sent[-1].resource_metrics[0].scope_metrics[0].metrics:
         if found.name == metric:
-            data = found.histogram if found.HasField("histogram") else found.sum
-            return list(data.data_points)
+            return list(getattr(found, found.WhichOneof("data")).data_points)
     return []
 
 
@@ -597,21 +595,134 @@ def test_a_declared_signal_of_an_extension_on_two_apps_is_sent_once() -> None:
     assert point.as_double == sends
 
 
+def test_values_of_the_process_each_app_repeats_are_sent_once() -> None:
+    """Each app counts every loss of the process's export, and has the info gauge: not added."""
+    from flask_signal_metrics.otlp import _dropped
+
+    # A label of this test's own: apps other tests left behind have series of their own.
+    ours = {"case": "per-process"}
+    apps = []  # kept: the bridge holds no app
+    for name in ("one", "two"):
+        app = make_app(name)
+        app.config["SIGNAL_METRICS_LABELS"] = ours
+        SignalMetrics(app, serve_default_registry=False)
+        apps.append(app)
+    _dropped("traces", "export_failed", 1)
+    sink = Sink()
+    assert bridge(sink).export() is True
+    lost = {**ours, "reason": "export_failed", "signal": "traces"}
+    for app in apps:  # each app's /metrics shows the one loss
+        text = app.test_client().get("/metrics").get_data(as_text=True)
+        assert scraped(text)[("flask_signal_metrics_otlp_dropped_total", tuple(lost.items()))] == 1
+
+    def sent(metric: str, wanted: dict[str, str]) -> list[float]:
+        points = exported(sink, metric)
+        return [p.as_double for p in points if wanted.items() <= attributes(p).items()]
+
+    assert sent("flask_signal_metrics.otlp.dropped", lost) == [1]
+    assert sent("flask_signal_metrics_info", ours) == [1]
+
+
 SAMPLER, ARG = "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"
 RATIO_REFUSED = "must be a number from 0 to 1"
+OTLP = "OTEL_EXPORTER_OTLP_"
+SECONDS = "must be a positive number of seconds, e.g. 10 (the Python OTLP exporters read seconds"
+HEADER_REFUSED = "is not a name=value pair the exporters can send, and would be dropped"
+NOT_A_URL = "is not a URL the exporter can send to"
+
+
+def refused(environ: dict[str, str], message: str, id: str) -> t.Any:
+    """A case of configure_otlp refusing ``environ`` with a ValueError saying ``message``."""
+    return pytest.param(environ, ValueError, message, id=id)
 
 
 @pytest.mark.parametrize(
     ("environ", "error", "message"),
     [
-        pytest.param(
-            {
-                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
-                "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION": "bogus",
-            },
-            InvalidCompressionValueException,
-            "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+        refused(
+            {OTLP + "METRICS_PROTOCOL": "grpc", OTLP + "METRICS_COMPRESSION": "bogus"},
+            "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION='bogus' is not a compression the grpc"
+            " exporter can use; use one of none, gzip",
             id="grpc-compression",
+        ),
+        refused(
+            {OTLP + "TRACES_PROTOCOL": "grpc", OTLP + "COMPRESSION": "deflate"},
+            "OTEL_EXPORTER_OTLP_COMPRESSION='deflate' is not a compression the grpc",
+            id="grpc-deflate",
+        ),
+        refused(
+            {OTLP + "COMPRESSION": "brotli"},
+            "OTEL_EXPORTER_OTLP_COMPRESSION='brotli' is not a compression the http/protobuf"
+            " exporter can use; use one of none, gzip, deflate",
+            id="http-compression",
+        ),
+        refused({OTLP + "TIMEOUT": "10s"}, "OTEL_EXPORTER_OTLP_TIMEOUT='10s' " + SECONDS, id="10s"),
+        refused({OTLP + "TRACES_TIMEOUT": "0"}, "TRACES_TIMEOUT='0' " + SECONDS, id="timeout-0"),
+        refused(
+            {OTLP + "METRICS_TIMEOUT": "-5"}, "METRICS_TIMEOUT='-5' " + SECONDS, id="timeout-neg"
+        ),
+        refused(
+            {OTLP + "PROTOCOL": "grpc", OTLP + "TRACES_TIMEOUT": ""},
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT is set but empty, which the gRPC exporter cannot"
+            " read; unset it",
+            id="grpc-empty-timeout",
+        ),
+        refused(
+            {OTLP + "HEADERS": "api-key=abc123,Authorization Bearer xyz"},
+            "OTEL_EXPORTER_OTLP_HEADERS: header 2 " + HEADER_REFUSED,
+            id="header-without-equals",
+        ),
+        refused(
+            {OTLP + "METRICS_HEADERS": 'authorization="Bearer xyz"'},
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS: header 1 ('authorization') " + HEADER_REFUSED,
+            id="header-quoted",
+        ),
+        refused(
+            {OTLP + "ENDPOINT": "localhost:4318"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT='localhost:4318' " + NOT_A_URL + ": give the scheme"
+            " (http, or https for TLS), the host and the port, e.g. 'http://localhost:4318'",
+            id="endpoint-without-scheme",
+        ),
+        refused(
+            {OTLP + "PROTOCOL": "grpc", OTLP + "TRACES_ENDPOINT": "collector:4317"},
+            "TRACES_ENDPOINT='collector:4317' " + NOT_A_URL,
+            id="grpc-endpoint-without-scheme",
+        ),
+        refused({OTLP + "ENDPOINT": "ftp://collector"}, NOT_A_URL, id="endpoint-ftp"),
+        refused({OTLP + "TRACES_ENDPOINT": "http://:4318/v1/traces"}, NOT_A_URL, id="no-host"),
+        refused({OTLP + "METRICS_ENDPOINT": "http://collector:43l8"}, NOT_A_URL, id="bad-port"),
+        refused(
+            {"OTEL_BSP_SCHEDULE_DELAY": "5s"},
+            "OTEL_BSP_SCHEDULE_DELAY must be a positive integer (milliseconds); got '5s'."
+            " Unset it for 5000.",
+            id="bsp-delay-5s",
+        ),
+        refused(
+            {"OTEL_BSP_SCHEDULE_DELAY": "0"},
+            "OTEL_BSP_SCHEDULE_DELAY must be a positive integer",
+            id="bsp-delay-0",
+        ),
+        refused(
+            {"OTEL_BSP_EXPORT_TIMEOUT": "-1"},
+            "OTEL_BSP_EXPORT_TIMEOUT must be an integer, 0 or more (milliseconds)",
+            id="bsp-timeout",
+        ),
+        refused(
+            {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "0"},
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be a positive integer (spans)",
+            id="bsp-batch-0",
+        ),
+        refused(
+            {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096"},
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE (4096) must not be larger than"
+            " OTEL_BSP_MAX_QUEUE_SIZE (2048)",
+            id="bsp-batch-above-queue",
+        ),
+        refused(
+            {"OTEL_BSP_MAX_QUEUE_SIZE": "100"},
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE (512) must not be larger than"
+            " OTEL_BSP_MAX_QUEUE_SIZE (100)",
+            id="bsp-queue-below-batch",
         ),
         pytest.param(
             {SAMPLER: "always_onn"},
@@ -697,3 +808,38 @@ def test_sdk_disabled_starts_nothing(disabled: str, monkeypatch: pytest.MonkeyPa
     assert export_threads() == []
     assert handle.force_flush() is True
     handle.shutdown()  # nothing to stop
+
+
+def test_a_refused_header_shows_no_value() -> None:
+    """The value may be a secret, and the error may end in a log."""
+    from flask_signal_metrics.otlp import _transport
+
+    with pytest.raises(ValueError, match=HEADER_REFUSED) as info:
+        _transport({OTLP + "HEADERS": "api-key=s3cr\u00e9t"}, "TRACES")
+    assert "'api-key'" in str(info.value) and "s3cr" not in str(info.value)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_empty_exporter_variables_are_unset(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The specification's rule, which the gRPC exporters break when left to read them."""
+    from flask_signal_metrics.otlp import _batching
+    from flask_signal_metrics.otlp import _metric_exporter
+    from flask_signal_metrics.otlp import _span_exporter
+    from flask_signal_metrics.otlp import _transport
+    from flask_signal_metrics.otlp import BATCHING
+
+    settings = ("ENDPOINT", "HEADERS", "TIMEOUT", "COMPRESSION")
+    for name in [OTLP + scope + s for scope in ("", "TRACES_", "METRICS_") for s in settings]:
+        monkeypatch.setenv(name, "")
+    for name in BATCHING:
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv(OTLP + "PROTOCOL", protocol)
+    if protocol == "grpc":  # refused instead: see the case grpc-empty-timeout
+        monkeypatch.delenv(OTLP + "TRACES_TIMEOUT")
+        monkeypatch.delenv(OTLP + "METRICS_TIMEOUT")
+    assert _batching(os.environ) == {key: default for key, (_, default, _) in BATCHING.items()}
+    spans, metrics = _transport(os.environ, "TRACES"), _transport(os.environ, "METRICS")
+    assert (spans.endpoint, spans.timeout, spans.compression) == (None, 10.0, "none")
+    assert metrics == spans
+    _span_exporter(spans).shutdown()
+    _metric_exporter(metrics).shutdown()
