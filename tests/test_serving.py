@@ -212,12 +212,7 @@ def test_separate_port_under_flask_run_and_other_flask_commands(tmp_path: Path) 
             assert routes.returncode == 0, routes.stderr
             status, body = _fetch(f"http://127.0.0.1:{metrics_port}/metrics")
             assert status == 200
-            counted = [
-                row
-                for row in body.splitlines()
-                if row.startswith("http_server_request_duration_seconds_count")
-                and 'http_route="/hello"' in row
-            ]
+            counted = _count_rows(body, "/hello")
             assert len(counted) == 1 and counted[0].endswith(" 1.0"), counted
         finally:
             children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
@@ -272,10 +267,15 @@ def test_process_group_server_sums_every_worker(tmp_path: Path) -> None:
             urllib.request.urlopen(f"{base}/items/{n % 3 + 1}", timeout=5).read()
         status, body = _fetch(f"http://127.0.0.1:{metrics_port}/metrics")
         assert status == 200
-        rows = [
-            row
-            for row in body.splitlines()
-            if row.startswith("http_server_request_duration_seconds_count")
-            and 'http_route="/items/<int:item_id>"' in row
-        ]
+        rows = _count_rows(body, "/items/<int:item_id>")
         assert len(rows) == 1 and rows[0].endswith(" 40.0"), rows
+
+
+def _count_rows(body: str, route: str) -> list[str]:
+    """The request-count lines of ``route`` in a text exposition."""
+    return [
+        row
+        for row in body.splitlines()
+        if row.startswith("http_server_request_duration_seconds_count")
+        and f'http_route="{route}"' in row
+    ]
