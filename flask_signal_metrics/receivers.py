@@ -55,6 +55,8 @@ START_KEY = "flask_signal_metrics.start"
 RESPONSE_KEY = "flask_signal_metrics.response"
 #: The exception from got_request_exception.
 ERROR_KEY = "flask_signal_metrics.error"
+#: Set once the request's context was released (a body still to come).
+_RELEASED = "flask_signal_metrics.released"
 #: The id of the request context whose stream is being sent.
 _STREAM_CONTEXT = "flask_signal_metrics.stream"
 #: When request_finished saw a response whose body is not yet produced.
@@ -192,6 +194,10 @@ def _on_request_finished(sender: Flask, response: Response, **extra: object) -> 
             # Maybe a stream, whose body may be produced before teardown
             # (Flask 3.0 with stream_with_context): note when it was ready.
             environ[READY_KEY] = _perf_counter()
+            start = environ.get(START_KEY)
+            if type(start) is tuple and start[5] is not None and _RELEASED not in environ:
+                environ[_RELEASED] = True
+                _release_context(start[5])
     except Exception as e:
         _failed(sender, signals.request_finished.name, e)
 
@@ -231,7 +237,7 @@ def _on_request_tearing_down(
                 # but a render of its that raised is over.
                 stack = _renders.get(None)
                 if stack:
-                    _end_renders(stack)
+                    _end_renders(stack, owner=id(ctx))
                 return
             start = _started(sender, ctx)
         elif start is _STREAMING:
@@ -267,8 +273,6 @@ def _on_request_tearing_down(
                 if size is None:
                     _defer_to_close(sender, environ, start, response, exc)
                     return
-        if start[5] is not None:
-            _end_context(start[5])
         _record(sender, environ, start, response, size, exc)
     except Exception as e:
         _failed(sender, signals.request_tearing_down.name, e)
@@ -288,8 +292,6 @@ def _defer_to_close(
     """
     environ[START_KEY] = _STREAMING
     environ[_STREAM_CONTEXT] = start[6]
-    if start[5] is not None:
-        _release_context(start[5])
     response.call_on_close(functools.partial(_close_stream, app, environ, start, response, exc))
     metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
     ready = metrics.stream_ready.child((start[1], start[3], str(response.status_code)))
@@ -340,74 +342,89 @@ def _record(
         if span is not None:
             exemplar = Tracing.sampled_ids(span)
     metrics: Metrics = state.metrics  # type: ignore[assignment]  # set while connected
-    metrics.requests.record(
-        (method, route, status_label, scheme, error),
-        group,
-        duration,
-        request_size,
-        response_size,
-        exemplar,
-    )
-    if exception is not None and metrics.escaped is not None:  # classic naming
-        metrics.escaped.child((method, status_label)).inc()
-    if traced is not None:
-        # Last: a span processor of the user's that raises cannot cost the
-        # request its metrics.
-        stack = _renders.get(None)
-        if stack:
-            _end_renders(stack)  # a stream's template that never finished
-        if type(traced) is tuple and traced[0] is not None:
-            # The span ends when the recorded duration does.
-            end_ns = traced[2] + int(duration * 1e9)
-            state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
-                traced[0], status, error, exception, response, end_ns
-            )
+    try:
+        metrics.requests.record(
+            (method, route, status_label, scheme, error),
+            group,
+            duration,
+            request_size,
+            response_size,
+            exemplar,
+        )
+        if exception is not None and metrics.escaped is not None:  # classic naming
+            metrics.escaped.child((method, status_label)).inc()
+    finally:
+        if traced is not None:
+            # After the metrics: a span processor of the user's that raises
+            # cannot cost the request its metrics; and whatever recording
+            # did, nothing of the request stays current.
+            _end_context(traced, _RELEASED in environ)
+            if type(traced) is tuple and traced[0] is not None:
+                # The span ends when the recorded duration does.
+                end_ns = traced[2] + int(duration * 1e9)
+                state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
+                    traced[0], status, error, exception, response, end_ns
+                )
 
 
 def _release_context(traced: t.Any) -> None:
-    """At a stream's first teardown: what the request made current stops being so.
+    """A response with a body still to come: what the request made current stops being so.
 
-    Its body is produced after this teardown, maybe in another thread, maybe
-    never (a client gone, a middleware that drops ``close()``): a context
-    left current would make the thread's next request a child of this one.
-    The spans stay open: a streamed template's render ends when its body
-    does, the request's span when the server closes the body. Spans made
-    while the body is produced are not the request's children.
+    A streamed body is produced after the view, maybe in another thread,
+    maybe never (a client gone, a middleware that drops ``close()``; with
+    Flask 3.0's ``stream_with_context`` not even the teardown comes first): a
+    context left current would make the thread's next request a child of
+    this one. The spans stay open: a streamed template's render ends when
+    its body does, the request's span when the server closes the body.
+    Spans made while the body is produced are not the request's children.
     """
     stack = _renders.get(None)
     if stack:
         for index in range(len(stack) - 1, -1, -1):  # innermost first, as tokens nest
-            template_id, began, render = stack[index]
+            template_id, began, render, owner = stack[index]
             if render is not None:
-                stack[index] = (template_id, began, Tracing.release(render))
+                stack[index] = (template_id, began, Tracing.release(render), owner)
     if type(traced) is tuple:
         Tracing.detach(traced[1])
 
 
-def _end_context(traced: t.Any) -> None:
+def _end_context(traced: t.Any, released: bool) -> None:
     """When the request is over: end what the request made current.
 
     Renders whose template raised never sent template_rendered: their spans
     end here, as failed, innermost first, so that each context token is
     reset in order and the request's own parent context is current again.
+
+    :param released: the request's context was released already.
     """
-    stack = _renders.get(None)
-    if stack:
-        _end_renders(stack)
-    if type(traced) is tuple:
-        Tracing.detach(traced[1])
+    try:
+        stack = _renders.get(None)
+        if stack:
+            _end_renders(stack)
+    finally:
+        if type(traced) is tuple and not released:
+            Tracing.detach(traced[1])
 
 
-def _end_renders(stack: list[tuple[int, float, t.Any]]) -> None:
-    while stack:
+def _end_renders(stack: list[_Render], owner: int | None = None) -> None:
+    """End the innermost renders (those begun under request context ``owner``) as failed."""
+    failure: Exception | None = None
+    while stack and (owner is None or stack[-1][3] == owner):
         render = stack.pop()[2]
         if render is not None:
-            Tracing.render_ended(render, failed=True)
+            try:
+                Tracing.render_ended(render, failed=True)
+            except Exception as e:  # a span processor's: end the others first
+                failure = failure or e
+    if failure is not None:
+        raise failure
 
 
-#: (id, start time, span) of the templates being rendered in this context,
-#: innermost last.
-_renders: contextvars.ContextVar[list[tuple[int, float, t.Any]]] = contextvars.ContextVar(
+#: (id of the template, start time, span or None, id of the request context
+#: or 0) of a render begun and not ended.
+_Render = tuple[int, float, t.Any, int]
+#: The renders of this context, innermost last.
+_renders: contextvars.ContextVar[list[_Render]] = contextvars.ContextVar(
     "flask_signal_metrics_renders"
 )
 #: A render that raised never sends template_rendered; past this depth the
@@ -415,8 +432,9 @@ _renders: contextvars.ContextVar[list[tuple[int, float, t.Any]]] = contextvars.C
 _MAX_RENDER_DEPTH = 64
 
 
-def _in_excluded_request() -> bool:
-    found = _cv_request.get(None)
+def _in_excluded_request(found: t.Any = _MISSING) -> bool:
+    if found is _MISSING:
+        found = _cv_request.get(None)
     return found is not None and found.request.environ.get(START_KEY, _MISSING) is None
 
 
@@ -429,12 +447,13 @@ def _on_before_render_template(sender: Flask, template: Template, **extra: objec
         elif len(stack) >= _MAX_RENDER_DEPTH:
             _end_renders(stack)
         render = None
+        ctx = _cv_request.get(None)
         tracing: Tracing | None = sender.extensions[EXTENSION_KEY].tracing
         tracer = None if tracing is None else tracing.tracer()
         # The exclusion lookup only when a span would be made (no SDK: none).
-        if tracer is not None and not _in_excluded_request():
+        if tracer is not None and not _in_excluded_request(ctx):
             render = Tracing.render_started(tracer, labels.template(template.name))
-        stack.append((id(template), _perf_counter(), render))
+        stack.append((id(template), _perf_counter(), render, 0 if ctx is None else id(ctx)))
     except Exception as e:
         _failed(sender, signals.before_render_template.name, e)
 
@@ -444,7 +463,7 @@ def _on_template_rendered(sender: Flask, template: Template, **extra: object) ->
         end = _perf_counter()
         stack = _renders.get(None)
         while stack:
-            template_id, start, render = stack.pop()
+            template_id, start, render, _ = stack.pop()
             if render is not None:
                 # An entry left by a render that raised ends as failed.
                 Tracing.render_ended(render, failed=template_id != id(template))

@@ -394,16 +394,17 @@ class Tracing:
     @staticmethod
     def render_ended(handle: Handle, failed: bool = False) -> None:
         span, token, thread = handle
-        if failed:
-            # template_rendered never came: the render raised.
-            span.set_status(Status(StatusCode.ERROR))
-        span.end()
-        if token is None or thread != threading.get_ident():
+        try:
+            if failed:
+                # template_rendered never came: the render raised.
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()  # a span processor of the user's may raise here
+        finally:
             # No longer current (released), or made current in another
             # thread's context (an async view's event loop, run by asgiref):
             # resetting its token here could only fail, and log an error.
-            return
-        context.detach(t.cast("Token[Context]", token))
+            if token is not None and thread == threading.get_ident():
+                context.detach(t.cast("Token[Context]", token))
 
     @staticmethod
     def release(handle: Handle) -> Handle:

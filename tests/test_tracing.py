@@ -9,6 +9,7 @@ import pytest
 from flask import Response
 from flask import stream_template_string
 from flask import stream_with_context
+from flask import url_for
 from opentelemetry import baggage
 from opentelemetry import propagate
 from opentelemetry import trace
@@ -687,26 +688,50 @@ def test_a_span_the_view_ended_is_left_alone(
                  http_route="/ends", error_type="ValueError") == 1  # fmt: skip
 
 
-def test_a_raising_span_processor_costs_no_metric(traced: Traced) -> None:
+@pytest.mark.parametrize("path", ["/item/1", "/caught-render"])
+def test_a_raising_span_processor_costs_no_metric(traced: Traced, path: str) -> None:
+    """Also with a render left open at teardown (a template error the view caught)."""
+    from flask import render_template_string
     from opentelemetry.sdk.trace import SpanProcessor
 
     class Raising(SpanProcessor):
         def on_end(self, span: t.Any) -> None:
             raise RuntimeError("a broken exporter")
 
+    @traced.app.get("/caught-render")
+    def caught() -> str:
+        with contextlib.suppress(ZeroDivisionError):
+            render_template_string("{{ 1 / 0 }}")
+        return "fallback"
+
     traced.provider.add_span_processor(Raising())
-    assert traced.client.get("/item/1").status_code == 200
-    counted = value(
-        traced.registry,
-        "http_server_request_duration_seconds_count",
-        http_request_method="GET",
-        http_route="/item/<int:item_id>",
-        http_response_status_code="200",
-        url_scheme="http",
-        error_type="",
-    )
-    assert counted == 1
+    assert traced.client.get(path).status_code == 200
+    route = "/item/<int:item_id>" if path == "/item/1" else path
+    assert requests_counted(traced.registry, route, 200) == 1
+    assert in_flight(traced.registry) == 0
     errors = value(
         traced.registry, "flask_signal_metrics_receiver_errors_total", signal="request-tearing-down"
     )
     assert errors == 1  # the span could not end; the failure counted, the metric kept
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_a_request_context_pushed_inside_a_render_leaves_it_alone(traced: Traced) -> None:
+    """A template helper using test_request_context() for an external URL."""
+    from flask import render_template_string
+
+    def external_link() -> str:
+        with traced.app.test_request_context("/", base_url="https://shop.example"):
+            return url_for("item", item_id=1, _external=True)
+
+    traced.app.jinja_env.globals["external_link"] = external_link
+
+    @traced.app.get("/link")
+    def link() -> str:
+        return render_template_string("<a href='{{ external_link() }}'>item</a>")
+
+    assert traced.client.get("/link").text == "<a href='https://shop.example/item/1'>item</a>"
+    (render,) = traced.spans(SpanKind.INTERNAL)
+    assert render.status.status_code is StatusCode.UNSET
+    count = "flask_template_render_duration_seconds_count"
+    assert value(traced.registry, count, template="__string__") == 1
