@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import typing as t
+import urllib.parse
 import urllib.request
 
 import click
@@ -95,13 +96,41 @@ def _credentials(settings: Settings) -> dict[str, str]:
 def _fetch(url: str, credentials: dict[str, str]) -> str:
     request = urllib.request.Request(url, headers={"Accept": "text/plain"})
     for name, value in credentials.items():
-        # Not sent on to where a redirect points: the app's secret is for the app.
+        # Followed by _SameOrigin only: the app's secret is for the app.
         request.add_unredirected_header(name, value)
+    opener = urllib.request.build_opener(_SameOrigin(credentials))
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with opener.open(request, timeout=10) as response:
             return t.cast(bytes, response.read()).decode()
     except OSError as e:
         raise click.ClickException(f"Cannot read {url}: {e}") from None
+
+
+class _SameOrigin(urllib.request.HTTPRedirectHandler):
+    """Redirects keep the credentials on the same scheme, host and port only (as curl does)."""
+
+    def __init__(self, credentials: dict[str, str]) -> None:
+        self._credentials = credentials
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: t.IO[bytes],
+        code: int,
+        msg: str,
+        headers: t.Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) == _origin(req.full_url):
+            for name, value in self._credentials.items():
+                new.add_unredirected_header(name, value)
+        return new
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
 
 
 def _nearest_cap(

@@ -246,6 +246,11 @@ def _protocol(key: str, value: str, _: str) -> str:
 
 
 def _url(key: str, value: str, protocol: str) -> str:
+    if protocol == "grpc":
+        # gRPC targets also come without a scheme ("collector:4317", with
+        # OTEL_EXPORTER_OTLP_INSECURE) or as "unix:///path": the gRPC
+        # exporter takes them, and gRPC itself refuses what it cannot reach.
+        return value
     try:
         parts = urllib.parse.urlsplit(value)
         parts.port  # noqa: B018  # raises ValueError on a port that is no port number

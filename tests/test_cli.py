@@ -191,3 +191,19 @@ def test_report_keeps_the_credentials_from_where_a_redirect_points() -> None:
         elsewhere.shutdown()
         elsewhere.server_close()
     assert seen == [None]
+
+
+def test_report_follows_a_redirect_within_its_app_with_the_credentials() -> None:
+    app = make_app()
+    SignalMetrics(app, registry=CollectorRegistry(), bearer_token="a-token-long-enough-1234")
+    app.get("/old-metrics")(lambda: redirect("/metrics"))
+    port = free_port()
+    server = make_server("127.0.0.1", port, app)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{port}/old-metrics"
+        result = app.test_cli_runner().invoke(args=["signal-metrics", "report", "--url", url])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    assert "http_server_request_duration_seconds" in result.output

@@ -683,11 +683,6 @@ def refused(environ: dict[str, str], message: str, id: str) -> t.Any:
             " (http, or https for TLS), the host and the port, e.g. 'http://localhost:4318'",
             id="endpoint-without-scheme",
         ),
-        refused(
-            {OTLP + "PROTOCOL": "grpc", OTLP + "TRACES_ENDPOINT": "collector:4317"},
-            "TRACES_ENDPOINT='collector:4317' " + NOT_A_URL,
-            id="grpc-endpoint-without-scheme",
-        ),
         refused({OTLP + "ENDPOINT": "ftp://collector"}, NOT_A_URL, id="endpoint-ftp"),
         refused({OTLP + "TRACES_ENDPOINT": "http://:4318/v1/traces"}, NOT_A_URL, id="no-host"),
         refused({OTLP + "METRICS_ENDPOINT": "http://collector:43l8"}, NOT_A_URL, id="bad-port"),
@@ -817,6 +812,20 @@ def test_a_refused_header_shows_no_value() -> None:
     with pytest.raises(ValueError, match=HEADER_REFUSED) as info:
         _transport({OTLP + "HEADERS": "api-key=s3cr\u00e9t"}, "TRACES")
     assert "'api-key'" in str(info.value) and "s3cr" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "target", ["collector:4317", "unix:///run/otel.sock", "http://collector:4317"]
+)
+def test_grpc_targets_are_taken_as_grpc_takes_them(target: str) -> None:
+    """Without a scheme (with OTEL_EXPORTER_OTLP_INSECURE), or a unix socket."""
+    from flask_signal_metrics.otlp import _span_exporter
+    from flask_signal_metrics.otlp import _transport
+
+    environ = {OTLP + "PROTOCOL": "grpc", OTLP + "TRACES_ENDPOINT": target}
+    transport = _transport(environ, "TRACES")
+    assert transport.endpoint == target
+    _span_exporter(transport).shutdown()
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
