@@ -98,7 +98,7 @@ def _fetch(url: str, credentials: dict[str, str]) -> str:
     for name, value in credentials.items():
         # Followed by _SameOrigin only: the app's secret is for the app.
         request.add_unredirected_header(name, value)
-    opener = urllib.request.build_opener(_SameOrigin(credentials))
+    opener = urllib.request.build_opener(_SameOrigin(credentials, _origin(url)))
     try:
         with opener.open(request, timeout=10) as response:
             return t.cast(bytes, response.read()).decode()
@@ -107,10 +107,11 @@ def _fetch(url: str, credentials: dict[str, str]) -> str:
 
 
 class _SameOrigin(urllib.request.HTTPRedirectHandler):
-    """Redirects keep the credentials on the same scheme, host and port only (as curl does)."""
+    """Redirects keep the credentials on the given URL's scheme, host and port only."""
 
-    def __init__(self, credentials: dict[str, str]) -> None:
+    def __init__(self, credentials: dict[str, str], origin: tuple[str, str | None, int | None]):
         self._credentials = credentials
+        self._origin = origin
 
     def redirect_request(
         self,
@@ -122,7 +123,8 @@ class _SameOrigin(urllib.request.HTTPRedirectHandler):
         newurl: str,
     ) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and _origin(newurl) == _origin(req.full_url):
+        # The first URL's origin, not the last hop's: A -> B -> B keeps them from B.
+        if new is not None and _origin(newurl) == self._origin:
             for name, value in self._credentials.items():
                 new.add_unredirected_header(name, value)
         return new

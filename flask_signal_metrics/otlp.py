@@ -247,10 +247,13 @@ def _protocol(key: str, value: str, _: str) -> str:
 
 def _url(key: str, value: str, protocol: str) -> str:
     if protocol == "grpc":
-        # gRPC targets also come without a scheme ("collector:4317", with
-        # OTEL_EXPORTER_OTLP_INSECURE) or as "unix:///path": the gRPC
-        # exporter takes them, and gRPC itself refuses what it cannot reach.
-        return value
+        if value.startswith("unix:"):
+            return value  # a gRPC target of its own kind, which gRPC checks
+        if "://" not in value:
+            # "collector:4317" (with OTEL_EXPORTER_OTLP_INSECURE): a gRPC
+            # target, checked as the host and port of a URL.
+            _url(key, "http://" + value, protocol)
+            return value
     try:
         parts = urllib.parse.urlsplit(value)
         parts.port  # noqa: B018  # raises ValueError on a port that is no port number

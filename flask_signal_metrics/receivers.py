@@ -55,7 +55,7 @@ START_KEY = "flask_signal_metrics.start"
 RESPONSE_KEY = "flask_signal_metrics.response"
 #: The exception from got_request_exception.
 ERROR_KEY = "flask_signal_metrics.error"
-#: Set once the request's context was released (a body still to come).
+#: Set once a stream's first teardown released the request's context.
 _RELEASED = "flask_signal_metrics.released"
 #: The id of the request context whose stream is being sent.
 _STREAM_CONTEXT = "flask_signal_metrics.stream"
@@ -194,10 +194,6 @@ def _on_request_finished(sender: Flask, response: Response, **extra: object) -> 
             # Maybe a stream, whose body may be produced before teardown
             # (Flask 3.0 with stream_with_context): note when it was ready.
             environ[READY_KEY] = _perf_counter()
-            start = environ.get(START_KEY)
-            if type(start) is tuple and start[5] is not None and _RELEASED not in environ:
-                environ[_RELEASED] = True
-                _release_context(start[5])
     except Exception as e:
         _failed(sender, signals.request_finished.name, e)
 
@@ -226,6 +222,8 @@ def _on_request_tearing_down(
 ) -> None:
     """Record the request, once: Flask 3.1 tears a streamed request down twice."""
     try:
+        if exc is not None and type(exc) is GeneratorExit:
+            exc = None  # Flask 3.0: the server closed a stream unread; not the app's error
         ctx = _cv_request.get()
         environ = ctx.request.environ
         start = environ.get(START_KEY, _MISSING)
@@ -292,6 +290,9 @@ def _defer_to_close(
     """
     environ[START_KEY] = _STREAMING
     environ[_STREAM_CONTEXT] = start[6]
+    if start[5] is not None:
+        environ[_RELEASED] = True
+        _release_context(start[5])
     response.call_on_close(functools.partial(_close_stream, app, environ, start, response, exc))
     metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
     ready = metrics.stream_ready.child((start[1], start[3], str(response.status_code)))
@@ -305,8 +306,11 @@ def _close_stream(
     response: Response,
     exc: BaseException | None,
 ) -> None:
-    """Record a streamed request when the server closes its body."""
+    """Record a streamed request when the server closes its body (once: it may close twice)."""
     try:
+        if environ.get(START_KEY) is not _STREAMING:
+            return
+        environ[START_KEY] = _DONE
         _record(app, environ, start, response, None, exc)
     except Exception as e:
         _failed(app, signals.request_tearing_down.name, e)
@@ -357,26 +361,31 @@ def _record(
         if traced is not None:
             # After the metrics: a span processor of the user's that raises
             # cannot cost the request its metrics; and whatever recording
-            # did, nothing of the request stays current.
-            _end_context(traced, _RELEASED in environ)
-            if type(traced) is tuple and traced[0] is not None:
-                # The span ends when the recorded duration does.
-                end_ns = traced[2] + int(duration * 1e9)
-                state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
-                    traced[0], status, error, exception, response, end_ns
-                )
+            # did, nothing of the request stays current, and its span ends.
+            try:
+                _end_context(traced, _RELEASED in environ)
+            finally:
+                if type(traced) is tuple and traced[0] is not None:
+                    # The span ends when the recorded duration does.
+                    end_ns = traced[2] + int(duration * 1e9)
+                    state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
+                        traced[0], status, error, exception, response, end_ns
+                    )
 
 
 def _release_context(traced: t.Any) -> None:
-    """A response with a body still to come: what the request made current stops being so.
+    """At a stream's first teardown: what the request made current stops being so.
 
-    A streamed body is produced after the view, maybe in another thread,
-    maybe never (a client gone, a middleware that drops ``close()``; with
-    Flask 3.0's ``stream_with_context`` not even the teardown comes first): a
-    context left current would make the thread's next request a child of
-    this one. The spans stay open: a streamed template's render ends when
-    its body does, the request's span when the server closes the body.
-    Spans made while the body is produced are not the request's children.
+    Its body is produced after this teardown, maybe in another thread, maybe
+    never (a client gone, a middleware that drops ``close()``): a context
+    left current would make the thread's next request a child of this one.
+    At the teardown, after the app's own teardown functions, so that contexts
+    they attached in ``before_request`` are detached in order. The spans stay
+    open: a streamed template's render ends when its body does, the
+    request's span when the server closes the body. Spans made while the
+    body is produced are not the request's children. (Flask 3.0's
+    ``stream_with_context`` tears down only when the body ends: a body the
+    server never closes keeps the request current there.)
     """
     stack = _renders.get(None)
     if stack:

@@ -400,17 +400,25 @@ class Tracing:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()  # a span processor of the user's may raise here
         finally:
-            # No longer current (released), or made current in another
-            # thread's context (an async view's event loop, run by asgiref):
-            # resetting its token here could only fail, and log an error.
-            if token is not None and thread == threading.get_ident():
+            # Not when no longer current: released, or made current in another
+            # thread's context (an async view's event loop, run by asgiref:
+            # resetting its token could only fail), or a context beneath it
+            # was reset already (opentelemetry-instrumentation-flask detaches
+            # its own at teardown_request): resetting would make current again
+            # what is over.
+            if (
+                token is not None
+                and thread == threading.get_ident()
+                and trace.get_current_span() is span
+            ):
                 context.detach(t.cast("Token[Context]", token))
 
     @staticmethod
     def release(handle: Handle) -> Handle:
         """A render span no longer current, still open (a streamed template's)."""
         span, token, thread = handle
-        if token is not None and thread == threading.get_ident():
+        current = token is not None and thread == threading.get_ident()
+        if current and trace.get_current_span() is span:  # as in render_ended
             context.detach(t.cast("Token[Context]", token))
         return span, None, thread
 

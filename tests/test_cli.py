@@ -162,6 +162,12 @@ def test_report_keeps_the_credentials_from_where_a_redirect_points() -> None:
     class Elsewhere(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             seen.append(self.headers.get("Authorization"))
+            if self.path == "/first":  # a redirect within the other host: still not the app
+                self.send_response(302)
+                self.send_header("Location", "/second")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             body = b"# no metrics here\n"
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -178,7 +184,7 @@ def test_report_keeps_the_credentials_from_where_a_redirect_points() -> None:
 
     @app.get("/moved")
     def moved() -> t.Any:
-        return redirect(f"http://127.0.0.1:{elsewhere.server_port}/metrics")
+        return redirect(f"http://127.0.0.1:{elsewhere.server_port}/first")
 
     port = free_port()
     server = make_server("127.0.0.1", port, app)
@@ -190,7 +196,7 @@ def test_report_keeps_the_credentials_from_where_a_redirect_points() -> None:
         server.shutdown()
         elsewhere.shutdown()
         elsewhere.server_close()
-    assert seen == [None]
+    assert seen == [None, None]
 
 
 def test_report_follows_a_redirect_within_its_app_with_the_credentials() -> None:

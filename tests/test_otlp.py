@@ -684,6 +684,21 @@ def refused(environ: dict[str, str], message: str, id: str) -> t.Any:
             id="endpoint-without-scheme",
         ),
         refused({OTLP + "ENDPOINT": "ftp://collector"}, NOT_A_URL, id="endpoint-ftp"),
+        refused(
+            {OTLP + "PROTOCOL": "grpc", OTLP + "ENDPOINT": "http://collector:43l7"},
+            NOT_A_URL,
+            id="grpc-bad-port",
+        ),
+        refused(
+            {OTLP + "PROTOCOL": "grpc", OTLP + "ENDPOINT": "collector:43l7"},
+            NOT_A_URL,
+            id="grpc-target-bad-port",
+        ),
+        refused(
+            {OTLP + "PROTOCOL": "grpc", OTLP + "ENDPOINT": "ftp://collector"},
+            NOT_A_URL,
+            id="grpc-ftp",
+        ),
         refused({OTLP + "TRACES_ENDPOINT": "http://:4318/v1/traces"}, NOT_A_URL, id="no-host"),
         refused({OTLP + "METRICS_ENDPOINT": "http://collector:43l8"}, NOT_A_URL, id="bad-port"),
         refused(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import time
 import typing as t
@@ -16,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.sdk.trace.sampling import Decision
@@ -255,16 +257,60 @@ def test_streamed_shapes_end_once_after_their_body(traced: Traced, path: str, bo
     assert (span.attributes or {})["http.response.status_code"] == 200
 
 
-@pytest.mark.parametrize("path", ["/stream", "/plainstream"])
-def test_a_stream_never_closed_leaves_nothing_current(traced: Traced, path: str) -> None:
-    """Its body may be produced in another thread, or never (a middleware dropping close())."""
-    response = traced.client.get(path)  # neither read nor closed
+@pytest.mark.parametrize(
+    ("path", "closed"),
+    [
+        ("/plainstream", False),  # never read, never closed (a middleware dropping close())
+        ("/stream", True),  # closed unread (HEAD, a client gone); Flask 3.0 tears down then
+    ],
+)
+def test_a_stream_unread_leaves_nothing_current(traced: Traced, path: str, closed: bool) -> None:
+    """Its body may be produced in another thread, or never."""
+    response = traced.client.get(path)
+    if closed:
+        response.close()
     assert not trace.get_current_span().get_span_context().is_valid
     traced.client.get("/item/1")
-    (server,) = traced.spans()
+    server = traced.spans()[-1]
     assert server.name == "GET /item/<int:item_id>" and server.parent is None
     response.close()
     assert len(traced.spans()) == 2
+    assert requests_counted(traced.registry, path, 200) == 1  # no GeneratorExit error type
+
+
+@pytest.mark.parametrize("path", ["/item/1", "/file", "/plainstream"])
+def test_contexts_the_app_attaches_around_a_request_stay_in_order(
+    traced: Traced, path: str
+) -> None:
+    """before_request attaches, teardown_request detaches (and makes a span): the usual pattern."""
+    from flask import g
+    from flask import send_file
+    from opentelemetry import context
+
+    app, parents = traced.app, []
+
+    @app.before_request
+    def attach() -> None:
+        g.token = context.attach(baggage.set_baggage("tenant", "acme"))
+
+    @app.teardown_request
+    def detach(error: BaseException | None) -> None:
+        with traced.provider.get_tracer("app").start_as_current_span("db.close") as span:
+            parents.append(t.cast(ReadableSpan, span).parent)
+        context.detach(g.token)
+
+    @app.get("/file")
+    def file() -> Response:
+        return send_file(io.BytesIO(b"data"), mimetype="text/plain")
+
+    response = traced.client.get(path)
+    response.close()
+    (server,) = traced.spans()
+    assert [parent.span_id if parent else None for parent in parents] == [server.context.span_id]
+    assert not trace.get_current_span().get_span_context().is_valid
+    assert baggage.get_baggage("tenant") is None
+    traced.client.get("/item/2")
+    assert traced.spans()[-1].parent is None
 
 
 def test_a_streamed_template_is_a_render_like_any_other(make_traced: MakeTraced) -> None:
@@ -594,6 +640,30 @@ def test_classic_naming_carries_exemplars(make_traced: MakeTraced) -> None:
     om = client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
     lines = [x for x in om.splitlines() if "# {" in x]
     assert len(lines) == 1 and lines[0].startswith("flask_http_request_duration_seconds_bucket")
+
+
+def test_with_the_contrib_instrumentation_a_caught_render_leaves_nothing_current(
+    traced: Traced,
+) -> None:
+    """Its teardown_request detaches its span before our receiver ends the render."""
+    from flask import render_template_string
+
+    @traced.app.get("/caught-render")
+    def caught() -> str:
+        with contextlib.suppress(ZeroDivisionError):
+            render_template_string("{{ 1 / 0 }}")
+        return "fallback"
+
+    FlaskInstrumentor().instrument_app(  # type: ignore[no-untyped-call]
+        traced.app, tracer_provider=traced.provider
+    )
+    try:
+        assert traced.client.get("/caught-render").text == "fallback"
+        assert not trace.get_current_span().get_span_context().is_valid
+        (render,) = traced.spans(SpanKind.INTERNAL)
+        assert render.status.status_code is StatusCode.ERROR
+    finally:
+        FlaskInstrumentor().uninstrument_app(traced.app)  # type: ignore[no-untyped-call]
 
 
 def test_opentelemetry_instrumentation_flask_keeps_its_span_alone(
