@@ -244,12 +244,16 @@ def _on_request_tearing_down(
             if exc is not None and environ.get(_STREAM_CONTEXT) == id(ctx):
                 environ[ERROR_KEY] = exc
             return
-        if start is None or start is _DONE:
+        if start is None:
             return  # excluded stays None: a streamed template renders after teardown
-        if start[6] != id(ctx):
+        if start is _DONE or start[6] != id(ctx):
             # A copy of the request's context (copy_current_request_context,
             # for a thread or greenlet) popped with the same environ: the
-            # request itself is not over.
+            # request itself is not over (or was recorded), but a render of
+            # the copy's that raised is.
+            stack = _renders.get(None)
+            if stack:
+                _end_renders(stack, owner=id(ctx))
             return
         environ[START_KEY] = _DONE
         response: Response | None = environ.get(RESPONSE_KEY)
@@ -268,9 +272,12 @@ def _on_request_tearing_down(
                 # An iterable of declared length (an error page, a file) is
                 # recorded now; sending it is the server's business.
                 size = response.content_length
-                if size is None:
+                if size is None and not response.direct_passthrough:
                     _defer_to_close(sender, environ, start, response, exc)
                     return
+                # With direct_passthrough (send_file of an open file) the
+                # server gets the file's wrapper and closes that, never the
+                # response: recorded now, its size unknown.
         _record(sender, environ, start, response, size, exc)
     except Exception as e:
         _failed(sender, signals.request_tearing_down.name, e)

@@ -5,6 +5,7 @@ import io
 import logging
 import time
 import typing as t
+from pathlib import Path
 
 import pytest
 from flask import Response
@@ -311,6 +312,55 @@ def test_contexts_the_app_attaches_around_a_request_stay_in_order(
     assert baggage.get_baggage("tenant") is None
     traced.client.get("/item/2")
     assert traced.spans()[-1].parent is None
+
+
+def test_send_file_of_an_open_file_is_recorded_and_its_span_ends(
+    traced: Traced, tmp_path: Path
+) -> None:
+    """direct_passthrough: the server closes the file's wrapper, never the response."""
+    from flask import send_file
+
+    (tmp_path / "report.txt").write_bytes(b"x" * 740)
+
+    @traced.app.get("/report")
+    def report() -> Response:
+        return send_file((tmp_path / "report.txt").open("rb"), mimetype="text/plain")
+
+    response = traced.client.get("/report")
+    assert response.get_data() == b"x" * 740
+    response.close()
+    assert [span.name for span in traced.spans()] == ["GET /report"]
+    assert requests_counted(traced.registry, "/report", 200) == 1
+    assert in_flight(traced.registry) == 0
+
+
+def test_a_failed_render_in_a_copied_context_on_a_pooled_thread_ends(traced: Traced) -> None:
+    """The pool's thread runs other jobs next: nothing of the copy stays current there."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flask import copy_current_request_context
+    from flask import render_template_string
+
+    pool = ThreadPoolExecutor(max_workers=1)
+
+    @traced.app.get("/job")
+    def job() -> str:
+        @copy_current_request_context
+        def render() -> None:
+            with contextlib.suppress(ZeroDivisionError):
+                render_template_string("{{ 1 / 0 }}")
+
+        pool.submit(render).result(10)
+        return "queued"
+
+    try:
+        assert traced.client.get("/job").text == "queued"
+        later = pool.submit(lambda: trace.get_current_span().get_span_context().is_valid)
+        assert later.result(10) is False
+    finally:
+        pool.shutdown()
+    (render,) = traced.spans(SpanKind.INTERNAL)
+    assert render.status.status_code is StatusCode.ERROR
 
 
 def test_a_streamed_template_is_a_render_like_any_other(make_traced: MakeTraced) -> None:
