@@ -55,8 +55,6 @@ START_KEY = "flask_signal_metrics.start"
 RESPONSE_KEY = "flask_signal_metrics.response"
 #: The exception from got_request_exception.
 ERROR_KEY = "flask_signal_metrics.error"
-#: Set once a stream's first teardown released the request's context.
-_RELEASED = "flask_signal_metrics.released"
 #: The id of the request context whose stream is being sent.
 _STREAM_CONTEXT = "flask_signal_metrics.stream"
 #: When request_finished saw a response whose body is not yet produced.
@@ -208,11 +206,9 @@ def _on_got_request_exception(sender: Flask, exception: BaseException, **extra: 
             assert state.metrics is not None
             key = (start[1], start[3], type(exception).__qualname__)
             state.metrics.exceptions.child(key).inc()
-        stack = _renders.get(None)
-        if stack:
-            # The exception left the view: a render still open is one it
-            # escaped from. Ended now, the error page is not nested in it.
-            _end_renders(stack)
+        # The exception left the view: a render still open is one it escaped
+        # from. Ended now, the error page is not nested in it.
+        _end_renders()
     except Exception as e:
         _failed(sender, signals.got_request_exception.name, e)
 
@@ -233,9 +229,7 @@ def _on_request_tearing_down(
                 # noted it): a context pushed outside a request, such as
                 # test_request_context() for url_for in a job. Not a request,
                 # but a render of its that raised is over.
-                stack = _renders.get(None)
-                if stack:
-                    _end_renders(stack, owner=id(ctx))
+                _end_renders(owner=id(ctx))
                 return
             start = _started(sender, ctx)
         elif start is _STREAMING:
@@ -251,9 +245,7 @@ def _on_request_tearing_down(
             # for a thread or greenlet) popped with the same environ: the
             # request itself is not over (or was recorded), but a render of
             # the copy's that raised is.
-            stack = _renders.get(None)
-            if stack:
-                _end_renders(stack, owner=id(ctx))
+            _end_renders(owner=id(ctx))
             return
         environ[START_KEY] = _DONE
         response: Response | None = environ.get(RESPONSE_KEY)
@@ -261,10 +253,10 @@ def _on_request_tearing_down(
         if response is None:
             # request_finished was never sent: the exception propagated
             # (testing/debug mode) and the server answers 500.
-            size = None
+            status, size = 500, None
         else:
-            body = response.response
-            if response.status_code in _NO_BODY or environ.get("REQUEST_METHOD") == "HEAD":
+            status, body = response.status_code, response.response
+            if status in _NO_BODY or environ.get("REQUEST_METHOD") == "HEAD":
                 size = 0  # the server sends no body, whatever the response holds
             elif type(body) is list:  # a buffered body: its bytes are the truth
                 size = sum(map(len, body))
@@ -278,7 +270,7 @@ def _on_request_tearing_down(
                 # With direct_passthrough (send_file of an open file) the
                 # server gets the file's wrapper and closes that, never the
                 # response: recorded now, its size unknown.
-        _record(sender, environ, start, response, size, exc)
+        _record(sender, environ, start, response, status, size, exc)
     except Exception as e:
         _failed(sender, signals.request_tearing_down.name, e)
 
@@ -298,7 +290,6 @@ def _defer_to_close(
     environ[START_KEY] = _STREAMING
     environ[_STREAM_CONTEXT] = start[6]
     if start[5] is not None:
-        environ[_RELEASED] = True
         _release_context(start[5])
     response.call_on_close(functools.partial(_close_stream, app, environ, start, response, exc))
     metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
@@ -318,7 +309,8 @@ def _close_stream(
         if environ.get(START_KEY) is not _STREAMING:
             return
         environ[START_KEY] = _DONE
-        _record(app, environ, start, response, None, exc)
+        # Released at the teardown (_defer_to_close).
+        _record(app, environ, start, response, response.status_code, None, exc, released=True)
     except Exception as e:
         _failed(app, signals.request_tearing_down.name, e)
 
@@ -328,17 +320,19 @@ def _record(
     environ: dict[str, t.Any],
     start: _Start,
     response: Response | None,
+    status: int,
     response_size: int | None,
     exc: BaseException | None,
+    released: bool = False,
 ) -> None:
     """Record one finished request (the duration ends now) and end its span.
 
     :param response: None when request_finished was never sent (the
         exception propagated): the server answers 500.
+    :param released: a stream's first teardown released the request's context.
     """
     began, method, scheme, route, group, traced, _ = start
     duration = _perf_counter() - began
-    status = 500 if response is None else response.status_code
     exception = environ.get(ERROR_KEY) or exc
     error = "" if exception is None and status < 500 else labels.error_type(status, exception)
     status_label = str(status)
@@ -370,7 +364,7 @@ def _record(
             # cannot cost the request its metrics; and whatever recording
             # did, nothing of the request stays current, and its span ends.
             try:
-                _end_context(traced, _RELEASED in environ)
+                _end_context(traced, released)
             finally:
                 if type(traced) is tuple and traced[0] is not None:
                     # The span ends when the recorded duration does.
@@ -414,16 +408,15 @@ def _end_context(traced: t.Any, released: bool) -> None:
     :param released: the request's context was released already.
     """
     try:
-        stack = _renders.get(None)
-        if stack:
-            _end_renders(stack)
+        _end_renders()
     finally:
         if type(traced) is tuple and not released:
             Tracing.detach(traced[1])
 
 
-def _end_renders(stack: list[_Render], owner: int | None = None) -> None:
+def _end_renders(owner: int | None = None) -> None:
     """End the innermost renders (those begun under request context ``owner``) as failed."""
+    stack = _renders.get(None)
     failure: Exception | None = None
     while stack and (owner is None or stack[-1][3] == owner):
         render = stack.pop()[2]
@@ -461,7 +454,7 @@ def _on_before_render_template(sender: Flask, template: Template, **extra: objec
             stack = []
             _renders.set(stack)
         elif len(stack) >= _MAX_RENDER_DEPTH:
-            _end_renders(stack)
+            _end_renders()
         render = None
         ctx = _cv_request.get(None)
         tracing: Tracing | None = sender.extensions[EXTENSION_KEY].tracing
