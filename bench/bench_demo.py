@@ -69,6 +69,11 @@ def floor() -> tuple[Flask, None]:
     return app, None
 
 
+def floor_app() -> Flask:
+    """The floor as one app: what bench_load.py serves with ``bench_demo:floor_app()``."""
+    return floor()[0]
+
+
 def single() -> tuple[Flask, None]:
     return _demo(True), None
 

@@ -52,11 +52,15 @@ class Bench(t.NamedTuple):
 BENCHES: dict[str, Bench] = {
     "requests": Bench(("bare", "floor", "least", "ours", "lean", "pfe"), "pfe", ()),
     "tracing": Bench(
-        ("bare", "metrics", "nosdk", "unsampled", "full", "second", "floor", "floor0", "peers"),
+        (
+            *("bare", "metrics", "nosdk", "unsampled", "full", "second"),
+            *("floor", "floor0", "dropmin", "peers"),
+        ),
         "peers",
         (
             ("unsampled", "metrics", "unsampled / metrics only (target <= 2)"),
             ("floor0", "metrics", "unsampled floor / metrics only"),
+            ("dropmin", "metrics", "unsampled, least drop path / metrics only"),
             ("nosdk", "metrics", "no SDK / metrics only (target <= 1.2)"),
         ),
     ),
