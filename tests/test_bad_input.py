@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import random
 import typing as t
 
 import pytest
 from flask import Flask
 from flask import signals
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from werkzeug.test import EnvironBuilder
 
@@ -107,3 +110,98 @@ def test_thousands_of_unknown_paths_same_responses() -> None:
         environ = _environ("GET", f"/probe/{n}/.env")
         assert _call(app, environ) == _call(bare, environ)
     assert total_requests(registry) == 2000
+
+
+# -- random requests, with and without the extension ------------------------
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "get", "BREW", "X" * 300]
+_PATHS = [
+    "/item/1", "/item/007", "/item/-1", "/item/x", "/echo", "/abort", "/handled", "/boom",
+    "/unavailable", "/dir", "/dir/", "/page", "/stream", "/plainstream", "/", "/nope/.env",
+    "/item/\xff", "//item/1", "/item/1/", "/" + "a" * 3000,
+]  # fmt: skip
+_TRACEPARENTS = [
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+    "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+    "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+    "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what",
+    "garbage",
+    "\xff" * 200,
+]
+_HEADERS = [
+    ("tracestate", "a=1,b=2"),
+    ("tracestate", "=,=,\xff"),
+    ("baggage", "k=v;p=1,%zz"),
+    ("baggage", "=" * 500),
+    ("Content-Length", "-3"),
+    ("Content-Length", "12x"),
+    ("Transfer-Encoding", "chunked"),
+    ("Accept", "*/*;q=banana"),
+    ("Host", "[::1]:8080"),
+    ("Host", "\xff:99999"),
+    ("X-Forwarded-For", "1.2.3.4, \xff"),
+    ("User-Agent", "\x00" * 40),
+]
+
+
+def _random_environ(rng: random.Random) -> dict[str, t.Any]:
+    headers = [("traceparent", rng.choice(_TRACEPARENTS))] if rng.random() < 0.7 else []
+    headers += rng.sample(_HEADERS, rng.randint(0, 3))
+    body = rng.choice([b"", b"hello", b"\xff" * 700])
+    environ = EnvironBuilder(path="/", method="POST", data=body).get_environ()
+    for name, header in headers:
+        key = name.upper().replace("-", "_")
+        environ[key if key in ("CONTENT_LENGTH",) else "HTTP_" + key] = header
+    environ["REQUEST_METHOD"] = rng.choice(_METHODS)
+    environ["PATH_INFO"] = rng.choice(_PATHS)
+    environ["QUERY_STRING"] = rng.choice(["", "a=1", "sig=secret&x=%ff", "&&=="])
+    environ["test.body"] = body
+    return environ
+
+
+def _each(app: Flask, environ: dict[str, t.Any]) -> t.Any:
+    """The response, comparable: the body read from a fresh stream each time."""
+    environ = {**environ, "wsgi.input": io.BytesIO(environ["test.body"])}
+    status, headers, body = _call(app, environ)
+    # A flashed message's session cookie is signed with the second it was
+    # made in: compare that it is set, not its value.
+    named = sorted((k, "<cookie>" if k == "Set-Cookie" else v) for k, v in headers)
+    return status, named, body
+
+
+@pytest.mark.parametrize("tracing", ["off", "sampled", "unsampled"])
+def test_random_requests_get_the_apps_own_responses(tracing: str) -> None:
+    # Hundreds of random combinations of method, path, trace headers, other
+    # headers and bodies: each response is the bare app's, every request is
+    # counted once and ended, no receiver fails, nothing stays current.
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    from .conftest import memory_provider
+
+    bare, app = make_app(), make_app()
+    registry = CollectorRegistry()
+    provider, exporter = memory_provider(ALWAYS_OFF if tracing == "unsampled" else None)
+    options: dict[str, t.Any] = (
+        {"tracing": False} if tracing == "off" else {"tracer_provider": provider}
+    )
+    SignalMetrics(app, registry=registry, **options)
+    rng = random.Random(20261122)
+    n = 1000
+    dropped = 0  # by the default sampler: a valid parent that was not sampled
+    for _ in range(n):
+        environ = _random_environ(rng)
+        dropped += environ.get("HTTP_TRACEPARENT", "").endswith("b7ad6b7169203331-00")
+        assert _each(app, environ) == _each(bare, environ), environ
+        assert not trace.get_current_span().get_span_context().is_valid
+    assert total_requests(registry) == n
+    for metric in registry.collect():
+        if metric.name == "http_server_active_requests":
+            assert {s.value for s in metric.samples} <= {0.0}
+        if metric.name == "flask_signal_metrics_receiver_errors":
+            assert [s for s in metric.samples if s.name.endswith("_total") and s.value] == []
+    servers = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert len(servers) == (n - dropped if tracing == "sampled" else 0)
+    provider.shutdown()
