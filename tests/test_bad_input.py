@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import typing as t
 
@@ -15,6 +16,7 @@ from werkzeug.test import EnvironBuilder
 
 from flask_signal_metrics import SignalMetrics
 
+from .conftest import in_flight
 from .conftest import make_app
 from .conftest import total_requests
 
@@ -204,4 +206,43 @@ def test_random_requests_get_the_apps_own_responses(tracing: str) -> None:
             assert [s for s in metric.samples if s.name.endswith("_total") and s.value] == []
     servers = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
     assert len(servers) == (n - dropped if tracing == "sampled" else 0)
+    provider.shutdown()
+
+
+@pytest.mark.parametrize("tracing", ["off", "sampled"])
+def test_random_partial_reads_of_bodies(tracing: str) -> None:
+    # Clients that go away: each body read for 0, 1 or all chunks, then
+    # closed, in random order with plain requests. The bytes read are the
+    # bare app's; once closed, every request is counted and over.
+    from opentelemetry import trace
+
+    from .conftest import memory_provider
+
+    bare, app = make_app(), make_app()
+    registry = CollectorRegistry()
+    provider, exporter = memory_provider()
+    options: dict[str, t.Any] = (
+        {"tracing": False} if tracing == "off" else {"tracer_provider": provider}
+    )
+    SignalMetrics(app, registry=registry, **options)
+    rng = random.Random(11)
+    n = 300
+    for _ in range(n):
+        environ = EnvironBuilder(
+            path=rng.choice(["/stream", "/plainstream", "/item/1", "/boom", "/page"]),
+            method=rng.choice(["GET", "HEAD"]),
+        ).get_environ()
+        chunks = rng.choice([0, 1, 99])
+        read = []
+        for target in (app, bare):
+            body = target.wsgi_app(environ.copy(), lambda *args: lambda data: None)
+            got = list(itertools.islice(body, chunks))
+            getattr(body, "close", lambda: None)()
+            read.append(got)
+        assert read[0] == read[1]
+        assert not trace.get_current_span().get_span_context().is_valid
+    assert total_requests(registry) == n
+    assert in_flight(registry) == 0 and in_flight(registry, "HEAD") == 0
+    servers = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert len(servers) == (n if tracing == "sampled" else 0)
     provider.shutdown()
