@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     exact = completed <= got <= completed + args.connections * args.rounds and failed == 0
     print(f"instrumented: wrk completed {completed:.0f}, /metrics counted {got:.0f},"
           f" failures {failed:.0f}")  # fmt: skip
-    print(f"gunicorn 4 gthread workers, wrk {args.connections} connections,"
+    worker_class = os.environ.get("WORKER_CLASS", "gthread")  # as the gunicorn file reads it
+    print(f"gunicorn 4 {worker_class} workers, wrk {args.connections} connections,"
           f" {args.rounds} alternating rounds of {args.seconds} s each")  # fmt: skip
     per = {name: cpu[name] / served[name] * 1e6 for name in SHOPS}
     print(f"{'shop':13} {'req/s':>8} {'ratio/bare':>10} {'CPU µs/req':>11} {'bare/this':>9}")
