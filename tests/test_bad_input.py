@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import random
+import threading
 import typing as t
 
 import pytest
@@ -245,4 +246,45 @@ def test_random_partial_reads_of_bodies(tracing: str) -> None:
     assert in_flight(registry) == 0 and in_flight(registry, "HEAD") == 0
     servers = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
     assert len(servers) == (n if tracing == "sampled" else 0)
+    provider.shutdown()
+
+
+def test_random_requests_in_threads_keep_their_own_context() -> None:
+    # 8 threads of random requests on one traced app: each SERVER span's
+    # parent is its own request's traceparent (remote) or none, never another
+    # request's span; every render's parent is a SERVER span of its trace.
+    from .conftest import memory_provider
+
+    app = make_app()
+    registry = CollectorRegistry()
+    provider, exporter = memory_provider()
+    SignalMetrics(app, registry=registry, tracer_provider=provider)
+    per_thread = 150
+    failures: list[BaseException] = []
+
+    def run(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(per_thread):
+                _each(app, _random_environ(rng))
+        except BaseException as e:  # reported by the main thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures and not any(thread.is_alive() for thread in threads)
+    assert total_requests(registry) == 8 * per_thread
+    assert in_flight(registry) == 0
+    spans = exporter.get_finished_spans()
+    servers = {s.context.span_id: s for s in spans if s.kind == SpanKind.SERVER}
+    for span in servers.values():
+        assert span.parent is None or span.parent.is_remote, span.attributes
+    renders = [s for s in spans if s.kind == SpanKind.INTERNAL]
+    assert renders
+    for render in renders:
+        assert render.parent is not None and render.parent.span_id in servers
+        assert servers[render.parent.span_id].context.trace_id == render.context.trace_id
     provider.shutdown()
