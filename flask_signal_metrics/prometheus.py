@@ -1160,16 +1160,30 @@ def compact(pid: int) -> int:
                 merge, target = _MERGE[parts[1]], f"gauge_{parts[1]}_compacted.db"
             else:
                 merge, target = _MERGE["sum"], f"{parts[0]}_compacted.db"
-            compacted = MmapedDict(os.path.join(directory, target))  # type: ignore[no-untyped-call]
+            path = os.path.join(directory, target)
+            # A key new to the compacted file takes the dead process's value
+            # as it is: merged with the 0 a new key reads as, a ``min``
+            # gauge of 5 became 0.
+            known = _keys(path)
+            compacted = MmapedDict(path)  # type: ignore[no-untyped-call]
             try:
                 for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(file):  # type: ignore[no-untyped-call]
-                    old, _ = compacted.read_value(key)  # type: ignore[no-untyped-call]
-                    compacted.write_value(key, merge(old, value), timestamp)  # type: ignore[no-untyped-call]
+                    if key in known:
+                        value = merge(compacted.read_value(key)[0], value)  # type: ignore[no-untyped-call]
+                    known.add(key)
+                    compacted.write_value(key, value, timestamp)  # type: ignore[no-untyped-call]
             finally:
                 compacted.close()  # type: ignore[no-untyped-call]
             os.remove(file)
             folded += 1
     return folded
+
+
+def _keys(path: str) -> set[str]:
+    """The keys a values file holds (none if it does not exist or is still empty)."""
+    if not os.path.exists(path) or not os.path.getsize(path):
+        return set()
+    return {key for key, _, _, _ in MmapedDict.read_all_values_from_file(path)}  # type: ignore[no-untyped-call]
 
 
 def process_died(pid: int) -> None:

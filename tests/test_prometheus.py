@@ -586,3 +586,31 @@ def test_declared_histograms_in_a_worker_are_written_to_its_files(tmp_path: Path
     out = in_a_worker(_DECLARED_RUN, tmp_path, str(tmp_path)).splitlines()
     files = ["counter", "gauge_liveall", "gauge_max", "histogram_requests"]
     assert out == ["3.0", "3.0", str(files)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "expected"),
+    [("min", [5.0, 7.0], 5.0), ("max", [-3.0, -8.0], -3.0), ("sum", [2.0, 3.0], 5.0)],
+)
+def test_compaction_merges_gauges_by_their_mode(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    mode: str,
+    values: list[float],
+    expected: float,
+) -> None:
+    # Two dead processes folded one after the other: the first one's value
+    # is taken as it is (not merged with the 0 a new key reads as).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    key = mmap_key("probe", "probe", [], [], "A probe.")
+    for pid, number in zip((100, 200), values, strict=True):
+        written = MmapedDict(str(tmp_path / f"gauge_{mode}_{pid}.db"))  # type: ignore[no-untyped-call]
+        written.write_value(key, number, 0.0)  # type: ignore[no-untyped-call]
+        written.close()  # type: ignore[no-untyped-call]
+    before = prometheus.read_multiprocess(str(tmp_path))
+    assert [s.value for f in before for s in f.samples] == [expected]
+    assert prometheus.compact(100) == 1
+    assert prometheus.compact(200) == 1
+    assert [p.name for p in tmp_path.glob("*.db")] == [f"gauge_{mode}_compacted.db"]
+    after = prometheus.read_multiprocess(str(tmp_path))
+    assert [s.value for f in after for s in f.samples] == [expected]
