@@ -46,6 +46,7 @@ from . import tracing
 from .config import _buckets as valid_buckets
 from .config import DURATION_BUCKETS
 from .config import RESERVED_LABELS
+from .forks import at_fork
 from .receivers import START_KEY
 from .state import EXTENSION_KEY
 from .state import logger
@@ -256,6 +257,7 @@ class Timed(_Receiver):
         self._key = key
         self._pending: collections.OrderedDict[t.Hashable, float] = collections.OrderedDict()
         self._lock = threading.Lock()
+        at_fork(self._forked)
         self._family: Family[t.Any] = store.histogram(
             self.metric_name,
             documentation or f"Time from {self.start_name!r} to {self.end_name!r}.",
@@ -264,6 +266,9 @@ class Timed(_Receiver):
         )
         self._no_start = store.unmatched.labels(self.metric_name, "no_start")
         self._dropped = store.unmatched.labels(self.metric_name, "dropped")
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
 
     def on_start(self, sender: object, **kwargs: t.Any) -> None:
         try:

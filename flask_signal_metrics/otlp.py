@@ -29,7 +29,6 @@ import time
 import traceback
 import typing as t
 import urllib.parse
-import weakref
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import Exemplar
@@ -69,6 +68,7 @@ from opentelemetry.util.re import parse_env_headers
 
 from . import prometheus
 from .extension import VERSION
+from .forks import at_fork
 from .prometheus import Reading
 from .state import INSTANCES
 from .tracing import TRACER_NAME
@@ -416,18 +416,6 @@ def _dropped(signal: str, reason: str, amount: int) -> None:
             state.metrics.otlp_dropped.child((signal, reason)).inc(amount)  # type: ignore[union-attr]
 
 
-def _at_fork(method: t.Callable[[], None]) -> None:
-    """Call a bound method in a forked child, without keeping its object alive."""
-    reference = weakref.WeakMethod(method)
-
-    def forked() -> None:
-        found = reference()
-        if found is not None:
-            found()
-
-    os.register_at_fork(after_in_child=forked)
-
-
 # -- spans ------------------------------------------------------------------------
 
 
@@ -469,7 +457,7 @@ class _Queue(SpanProcessor):
         self._capacity = capacity
         self._queued = 0
         self._lock = threading.Lock()
-        _at_fork(self._forked)
+        at_fork(self._forked)
 
     def _forked(self) -> None:
         # The batch processor empties its queue in a forked child.
@@ -523,7 +511,7 @@ class MetricsBridge:
         self._export_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._logged: set[tuple[str, str, int]] = set()
-        _at_fork(self._forked)
+        at_fork(self._forked)
 
     def start(self) -> None:
         self._thread = threading.Thread(

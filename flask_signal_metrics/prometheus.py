@@ -46,6 +46,7 @@ from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from . import labels
+from .forks import at_fork
 
 logger = logging.getLogger("flask_signal_metrics")
 
@@ -111,7 +112,16 @@ class Family(t.Generic[M]):
     is counted in ``flask_signal_metrics_series_overflow_total``.
     """
 
-    __slots__ = ("_cap", "_children", "_folded", "_lock", "_metric", "_overflowed", "_static")
+    __slots__ = (
+        "__weakref__",
+        "_cap",
+        "_children",
+        "_folded",
+        "_lock",
+        "_metric",
+        "_overflowed",
+        "_static",
+    )
 
     def __init__(self, metric: M, static: tuple[str, ...], cap: int, overflowed: Counter) -> None:
         self._metric = metric
@@ -123,6 +133,10 @@ class Family(t.Generic[M]):
             self._children[()] = metric  # a metric without labels is its own series
         #: The overflow series, made at the first overflow.
         self._folded: M | None = None
+        self._lock = threading.Lock()
+        at_fork(self._forked)
+
+    def _forked(self) -> None:
         self._lock = threading.Lock()
 
     def child(self, key: tuple[str, ...]) -> M:
@@ -338,6 +352,10 @@ class _RequestMetrics(Collector):
         self._cap = max_series
         self._overflowed = overflowed
         self._lock = threading.Lock()
+        at_fork(self._forked)
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
 
     def describe(self) -> list[Metric]:
         return self._families()
@@ -407,6 +425,11 @@ class RequestStats(_RequestMetrics):
 
     def _new_cells(self, key: RequestKey) -> _Cells:
         return _Cells(len(self._bounds), len(self._size_bounds))
+
+    def _forked(self) -> None:
+        super()._forked()
+        for cells in self._cells.values():
+            cells.fold_lock = threading.Lock()
 
     # -- exposition ---------------------------------------------------------
 
@@ -649,7 +672,10 @@ class _ProcessFiles:
         A new :attr:`values` table tells the metrics holding values of the
         parent's (their ``seen``) to make their own.
         """
-        for file in self._files.values():
+        files = self._files
+        #: Whether the process this one was forked from had recorded anything.
+        self.forked_from_recorder = bool(files)
+        for file in files.values():
             file.close()  # type: ignore[no-untyped-call]
         self.lock = threading.Lock()
         self._files = {}
@@ -939,6 +965,7 @@ class FileHistogram(Collector):
         self._bounds = [*buckets, float("inf")]
         self._les = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
+        at_fork(self._forked)
         #: The series made by ``labels()``, by label values.
         self._series: dict[tuple[str, ...], FileHistogram] = {}
         #: This series' file keys (none for the labelled parent).
@@ -950,6 +977,9 @@ class FileHistogram(Collector):
         self._seen: dict[str, _Value] | None = None
         self._values: _HistogramValues | None = None
         registry.register(self)
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()  # the series made by labels() use only their parent's
 
     def labels(self: _H, *values: str) -> _H:
         """The series of these label values (made once; :class:`Family` caches it)."""
@@ -1045,24 +1075,34 @@ class WorkerStats:
 
     def start(self) -> None:
         """Refresh now and from a daemon thread, in this process and every fork of it."""
+        self.refresh()
         self._start_thread()
         # gunicorn's preload_app forks workers from a process that ran this:
         # threads do not survive a fork, so each child starts its own.
-        os.register_at_fork(after_in_child=self._start_thread)
+        at_fork(self._forked)
+
+    def _forked(self) -> None:
+        # A child of a process that recorded requests is a worker's helper
+        # (multiprocessing), not a worker: its series would outlive it, as
+        # nothing marks it dead. (Runs after _FILES.forget: registered later.)
+        if not _FILES.forked_from_recorder:
+            self._start_thread()
 
     def _start_thread(self) -> None:
-        self.refresh()
+        # The child's first refresh is the thread's, not the fork handler's:
+        # the client's lock may have been held by another thread at the
+        # fork, and then only this thread waits, not the child itself.
         threading.Thread(
             target=self._loop, name="flask-signal-metrics:workers", daemon=True
         ).start()
 
     def _loop(self) -> None:
         while True:
-            time.sleep(WORKER_INTERVAL)
             try:
                 self.refresh()
             except Exception:  # a vanished /proc entry: try again next time
                 logger.debug("refreshing worker metrics failed", exc_info=True)
+            time.sleep(WORKER_INTERVAL)
 
 
 def exposed(collectors: cabc.Sequence[Collector]) -> list[Collector]:

@@ -1,0 +1,146 @@
+"""A forked child never waits on a lock another thread of its parent held at the fork."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+#: Each case: set-up, the lock held (as another thread would hold it) while
+#: the process forks, and what the child then does with the object.
+CASES = {
+    "family": (
+        """
+        from prometheus_client import CollectorRegistry, Counter
+        from flask_signal_metrics.prometheus import Family
+        registry = CollectorRegistry()
+        overflow = Counter("overflow", "o", registry=registry)
+        family = Family(Counter("jobs", "j", ["queue"], registry=registry), (), 10, overflow)
+        held = family._lock
+        """,
+        "family.child(('mail',)).inc()",
+    ),
+    "request series": (
+        """
+        from flask_signal_metrics.prometheus import RequestStats
+        stats = RequestStats(naming="otel", buckets=[0.1], size_buckets=[10.0],
+                             static_labels=(), max_series=10, overflowed=())
+        stats.record(("GET", "/", "200", "http", ""), None, 0.01, 0, 5)
+        held = stats._lock
+        stats._cells[("GET", "/", "200", "http", "")].fold_lock.acquire()
+        """,
+        "stats.record(('GET', '/x', '200', 'http', ''), None, 0.01, 0, 5); stats.collect()",
+    ),
+    "file histogram": (
+        """
+        from prometheus_client import CollectorRegistry
+        from flask_signal_metrics.prometheus import FileHistogram
+        histogram = FileHistogram("renders", "r", ["template"], [0.1], CollectorRegistry())
+        held = histogram._lock
+        """,
+        "histogram.labels('page.html').observe(0.01); histogram.collect()",
+    ),
+    "declared timing": (
+        """
+        from flask import Flask
+        from flask.signals import Namespace
+        from prometheus_client import CollectorRegistry
+        from flask_signal_metrics import SignalMetrics
+        signals = Namespace()
+        started, ended = signals.signal("job-started"), signals.signal("job-ended")
+        app = Flask("forks")
+        ext = SignalMetrics(app, registry=CollectorRegistry())
+        ext.time(started, ended, key=lambda sender, **kw: kw["job"])
+        timed = next(iter(started.receivers.values())).__self__
+        held = timed._lock
+        """,
+        "started.send(app, job=1); ended.send(app, job=1)",
+    ),
+    "worker stats": (
+        # Its first refresh in the child is its thread's: a lock stuck in
+        # the refresh holds that thread, not the child.
+        """
+        import threading
+        from prometheus_client import CollectorRegistry
+        from flask_signal_metrics.prometheus import WorkerStats
+        held = threading.Lock()
+        stats = WorkerStats(CollectorRegistry())
+        refresh = stats.refresh
+        def stuck():
+            with held:
+                refresh()
+        stats.refresh = stuck
+        stats.start()
+        """,
+        "pass",
+    ),
+}
+
+SCRIPT = """
+import os, signal, sys
+{setup}
+held.acquire()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(10)  # a child that waits is killed, and says so by its status
+    {child}
+    os._exit(0)
+held.release()
+_, status = os.waitpid(pid, 0)
+print("child", "done" if os.waitstatus_to_exitcode(status) == 0 else f"stuck ({{status}})")
+"""
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_lock_held_at_a_fork_is_new_in_the_child(case: str, tmp_path: Path) -> None:
+    setup, child = CASES[case]
+    script = SCRIPT.format(setup=textwrap.dedent(setup), child=child)
+    # A process of its own: prometheus_client reads its mode at import, and
+    # forking pytest (with threads of earlier tests) is not this test's business.
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.stdout.strip() == "child done", result.stderr
+
+
+WORKER_STATS = """
+import os, threading
+from prometheus_client import CollectorRegistry
+from flask_signal_metrics.prometheus import FileRequestStats, WorkerStats
+WorkerStats(CollectorRegistry()).start()
+stats = FileRequestStats(naming="otel", buckets=[0.1], size_buckets=[10.0],
+                         static_labels=(), max_series=10, overflowed=())
+for recorded in (False, True):
+    if recorded:
+        stats.record(("GET", "/", "200", "http", ""), None, 0.01, 0, 5)
+    pid = os.fork()
+    if pid == 0:
+        names = [thread.name for thread in threading.enumerate()]
+        os._exit(10 + names.count("flask-signal-metrics:workers"))
+    _, status = os.waitpid(pid, 0)
+    print(recorded, os.waitstatus_to_exitcode(status) - 10)
+"""
+
+
+def test_only_children_of_a_process_that_recorded_nothing_are_workers(tmp_path: Path) -> None:
+    # gunicorn's preload_app forks workers from a master that recorded
+    # nothing: each starts its per-worker process metrics. A worker that
+    # recorded requests and forks a helper (multiprocessing): the helper
+    # does not, or its series would stay after it (nothing marks it dead).
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_STATS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.stdout.split() == ["False", "1", "True", "0"], result.stderr
