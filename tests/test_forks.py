@@ -97,18 +97,24 @@ print("child", "done" if os.waitstatus_to_exitcode(status) == 0 else f"stuck ({{
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_lock_held_at_a_fork_is_new_in_the_child(case: str, tmp_path: Path) -> None:
     setup, child = CASES[case]
-    script = SCRIPT.format(setup=textwrap.dedent(setup), child=child)
-    # A process of its own: prometheus_client reads its mode at import, and
-    # forking pytest (with threads of earlier tests) is not this test's business.
-    result = subprocess.run(
+    result = _run(SCRIPT.format(setup=textwrap.dedent(setup), child=child), tmp_path)
+    assert result.stdout.strip() == "child done", result.stderr
+
+
+def _run(script: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a process of its own, in multiprocess mode in ``directory``.
+
+    prometheus_client reads its mode at import, and forking pytest (with
+    threads of earlier tests) is not these tests' business.
+    """
+    return subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        env={"PROMETHEUS_MULTIPROC_DIR": str(directory), "PATH": "/usr/bin:/bin"},
         cwd=Path(__file__).resolve().parent.parent,
     )
-    assert result.stdout.strip() == "child done", result.stderr
 
 
 WORKER_STATS = """
@@ -135,12 +141,5 @@ def test_only_children_of_a_process_that_recorded_nothing_are_workers(tmp_path: 
     # nothing: each starts its per-worker process metrics. A worker that
     # recorded requests and forks a helper (multiprocessing): the helper
     # does not, or its series would stay after it (nothing marks it dead).
-    result = subprocess.run(
-        [sys.executable, "-c", WORKER_STATS],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    result = _run(WORKER_STATS, tmp_path)
     assert result.stdout.split() == ["False", "1", "True", "0"], result.stderr
