@@ -1,11 +1,13 @@
-"""What a forked child redoes: the one place that registers fork handlers for objects.
+"""What a forked child redoes for objects that own locks or threads.
 
 A process forked while another of its threads held a lock inherits that lock
 held, by a thread the child does not have: the child's first use of it waits
 forever. Gunicorn forks its workers from the master (a thread of ours runs
 there under ``preload_app``), and a worker may fork children of its own
 (``multiprocessing``) while its other threads record requests. Each object
-owning a lock registers here to make a new one in the child.
+owning a lock registers a method here that makes a new one in the child.
+(The module-level singletons, prometheus.py's process files and the
+exposition's port server, register their own functions.)
 """
 
 from __future__ import annotations
