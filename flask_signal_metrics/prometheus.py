@@ -672,13 +672,12 @@ class _ProcessFiles:
         A new :attr:`values` table tells the metrics holding values of the
         parent's (their ``seen``) to make their own.
         """
-        files = self._files
-        #: Whether the process this one was forked from had recorded anything.
-        self.forked_from_recorder = bool(files)
-        for file in files.values():
+        for file in self._files.values():
             file.close()  # type: ignore[no-untyped-call]
         self.lock = threading.Lock()
         self._files = {}
+        #: Called once, when this process opens its first file (records its first value).
+        self.on_first_record: list[t.Callable[[], None]] = []
         #: Each value of this process, by its file key.
         self.values: dict[str, _Value] = {}
         #: Whether values go straight into the maps (checked at the first file).
@@ -710,6 +709,9 @@ class _ProcessFiles:
             self._direct = _writes_directly(directory)
         path = os.path.join(directory, f"{typ}_requests_{os.getpid()}.db")
         file = self._files[typ] = MmapedDict(path)  # type: ignore[no-untyped-call]
+        starts, self.on_first_record = self.on_first_record, []
+        for start in starts:
+            start()
         return file
 
 
@@ -1074,7 +1076,7 @@ class WorkerStats:
                     gauge.set(sample.value)
 
     def start(self) -> None:
-        """Refresh now and from a daemon thread, in this process and every fork of it."""
+        """Refresh now and from a daemon thread; in a fork, from its first recorded value."""
         self.refresh()
         self._start_thread()
         # gunicorn's preload_app forks workers from a process that ran this:
@@ -1082,11 +1084,12 @@ class WorkerStats:
         at_fork(self._forked)
 
     def _forked(self) -> None:
-        # A child of a process that recorded requests is a worker's helper
-        # (multiprocessing), not a worker: its series would outlive it, as
-        # nothing marks it dead. (Runs after _FILES.forget: registered later.)
-        if not _FILES.forked_from_recorder:
-            self._start_thread()
+        # A forked child is a worker (gunicorn's preload_app) or a helper a
+        # worker forked (multiprocessing): only a worker records requests.
+        # A helper's series would outlive it, as nothing marks it dead, so
+        # the thread starts with the child's first recorded value. (Runs
+        # after _FILES.forget, which empties the list: registered later.)
+        _FILES.on_first_record.append(self._start_thread)
 
     def _start_thread(self) -> None:
         # The child's first refresh is the thread's, not the fork handler's:

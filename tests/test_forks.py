@@ -124,22 +124,27 @@ from flask_signal_metrics.prometheus import FileRequestStats, WorkerStats
 WorkerStats(CollectorRegistry()).start()
 stats = FileRequestStats(naming="otel", buckets=[0.1], size_buckets=[10.0],
                          static_labels=(), max_series=10, overflowed=())
-for recorded in (False, True):
-    if recorded:
+def threads():
+    return [thread.name for thread in threading.enumerate()].count("flask-signal-metrics:workers")
+for parent_recorded in (False, True):
+    if parent_recorded:
         stats.record(("GET", "/", "200", "http", ""), None, 0.01, 0, 5)
     pid = os.fork()
     if pid == 0:
-        names = [thread.name for thread in threading.enumerate()]
-        os._exit(10 + names.count("flask-signal-metrics:workers"))
+        before = threads()
+        stats.record(("GET", "/", "200", "http", ""), None, 0.01, 0, 5)
+        os._exit(10 * before + threads())
     _, status = os.waitpid(pid, 0)
-    print(recorded, os.waitstatus_to_exitcode(status) - 10)
+    code = os.waitstatus_to_exitcode(status)
+    print(parent_recorded, code // 10, code % 10)
 """
 
 
-def test_only_children_of_a_process_that_recorded_nothing_are_workers(tmp_path: Path) -> None:
-    # gunicorn's preload_app forks workers from a master that recorded
-    # nothing: each starts its per-worker process metrics. A worker that
-    # recorded requests and forks a helper (multiprocessing): the helper
-    # does not, or its series would stay after it (nothing marks it dead).
+def test_a_forked_child_starts_its_worker_metrics_when_it_first_records(tmp_path: Path) -> None:
+    # gunicorn's preload_app forks workers from a master that built the app
+    # (and may have rendered or sent a warm-up request): each worker starts
+    # its per-worker process metrics with its first recorded value. A helper
+    # a worker forks (multiprocessing) records nothing and starts nothing:
+    # nothing would mark it dead, and its series would stay.
     result = _run(WORKER_STATS, tmp_path)
-    assert result.stdout.split() == ["False", "1", "True", "0"], result.stderr
+    assert result.stdout.split() == ["False", "0", "1", "True", "0", "1"], result.stderr
