@@ -368,22 +368,13 @@ def _sdk_disabled(environ: cabc.Mapping[str, str]) -> bool:
 
 
 def _span_exporter(transport: _Transport) -> SpanExporter:
-    # The timeout, compression and gRPC endpoint go in as checked: read by the
-    # gRPC exporters themselves, 'none' and empty values would fail there.
-    # Headers and certificates each exporter reads from the variables.
     if transport.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
 
-        return Grpc(
-            transport.endpoint or ENDPOINTS["grpc"],
-            timeout=transport.timeout,
-            compression=_grpc_compression(transport.compression),
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression
+        return Grpc(**_grpc_options(transport))
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
 
-    # No endpoint: the exporter appends /v1/traces to the general one itself.
-    return Http(timeout=transport.timeout, compression=Compression(transport.compression))
+    return Http(**_http_options(transport))
 
 
 def _metric_exporter(transport: _Transport) -> MetricExporter:
@@ -392,15 +383,30 @@ def _metric_exporter(transport: _Transport) -> MetricExporter:
             OTLPMetricExporter as Grpc,
         )
 
-        return Grpc(
-            transport.endpoint or ENDPOINTS["grpc"],
-            timeout=transport.timeout,
-            compression=_grpc_compression(transport.compression),
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression
+        return Grpc(**_grpc_options(transport))
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
 
-    return Http(timeout=transport.timeout, compression=Compression(transport.compression))
+    return Http(**_http_options(transport))
+
+
+# The timeout, compression and gRPC endpoint go in as checked: read by the
+# gRPC exporters themselves, 'none' and empty values would fail there.
+# Headers and certificates each exporter reads from the variables.
+
+
+def _grpc_options(transport: _Transport) -> dict[str, t.Any]:
+    return {
+        "endpoint": transport.endpoint or ENDPOINTS["grpc"],
+        "timeout": transport.timeout,
+        "compression": _grpc_compression(transport.compression),
+    }
+
+
+def _http_options(transport: _Transport) -> dict[str, t.Any]:
+    from opentelemetry.exporter.otlp.proto.http import Compression
+
+    # No endpoint: the exporter appends /v1/traces or /v1/metrics to the general one itself.
+    return {"timeout": transport.timeout, "compression": Compression(transport.compression)}
 
 
 def _grpc_compression(name: str) -> t.Any:

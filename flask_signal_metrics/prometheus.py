@@ -1211,9 +1211,8 @@ def compact(pid: int) -> int:
             compacted = MmapedDict(path)  # type: ignore[no-untyped-call]
             try:
                 for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(file):  # type: ignore[no-untyped-call]
-                    if key in known:
+                    if key in known:  # a file's keys are unique: no key comes twice
                         value = merge(compacted.read_value(key)[0], value)  # type: ignore[no-untyped-call]
-                    known.add(key)
                     compacted.write_value(key, value, timestamp)  # type: ignore[no-untyped-call]
             finally:
                 compacted.close()  # type: ignore[no-untyped-call]

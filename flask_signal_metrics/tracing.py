@@ -393,34 +393,20 @@ class Tracing:
 
     @staticmethod
     def render_ended(handle: Handle, failed: bool = False) -> None:
-        span, token, thread = handle
+        span = handle[0]
         try:
             if failed:
                 # template_rendered never came: the render raised.
                 span.set_status(Status(StatusCode.ERROR))
             span.end()  # a span processor of the user's may raise here
         finally:
-            # Not when no longer current: released, or made current in another
-            # thread's context (an async view's event loop, run by asgiref:
-            # resetting its token could only fail), or a context beneath it
-            # was reset already (opentelemetry-instrumentation-flask detaches
-            # its own at teardown_request): resetting would make current again
-            # what is over.
-            if (
-                token is not None
-                and thread == threading.get_ident()
-                and trace.get_current_span() is span
-            ):
-                context.detach(t.cast("Token[Context]", token))
+            _detach_render(handle)
 
     @staticmethod
     def release(handle: Handle) -> Handle:
         """A render span no longer current, still open (a streamed template's)."""
-        span, token, thread = handle
-        current = token is not None and thread == threading.get_ident()
-        if current and trace.get_current_span() is span:  # as in render_ended
-            context.detach(t.cast("Token[Context]", token))
-        return span, None, thread
+        _detach_render(handle)
+        return handle[0], None, handle[2]
 
     def flashed(self, category: str) -> None:
         """An event on the current span: the category only, never the message."""
@@ -478,6 +464,20 @@ class _StartAttributes(cabc.Mapping[str, t.Any]):
         # The SDK copies a sampled span's attributes with items(), which the
         # Mapping default would do with a Python call per key.
         return self._get().items()
+
+
+def _detach_render(handle: Handle) -> None:
+    """Reset a render span's context, if it is still the current one.
+
+    Not when no longer current: released, or made current in another
+    thread's context (an async view's event loop, run by asgiref: resetting
+    its token could only fail), or a context beneath it was reset already
+    (opentelemetry-instrumentation-flask detaches its own at
+    teardown_request): resetting would make current again what is over.
+    """
+    span, token, thread = handle
+    if token is not None and thread == threading.get_ident() and trace.get_current_span() is span:
+        context.detach(t.cast("Token[Context]", token))
 
 
 def _global_provider() -> TracerProvider:
