@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import operator
 import time
 import typing as t
 
 import flask
 from flask import signals
+from flask import wrappers
 
 from . import labels
 from .state import EXTENSION_KEY
 from .state import logger
+from .state import NO_RECORDERS
+from .state import Route
 from .state import State
 from .tracing import EXTERNAL
 from .tracing import Tracing
@@ -48,8 +52,8 @@ if t.TYPE_CHECKING:
 # three keys, each written by one signal with one dict store. The start is a
 # tuple, cheaper to make than an object.
 
-#: (start, method, scheme, route, group, traced, context) from
-#: request_started; None if the request is excluded; "done" once recorded.
+#: (start, route, traced, context) from request_started (:data:`_Start`);
+#: None if the request is excluded; "done" once recorded.
 START_KEY = "flask_signal_metrics.start"
 #: The response from request_finished (the last one wins); read at teardown.
 RESPONSE_KEY = "flask_signal_metrics.response"
@@ -70,10 +74,12 @@ _MISSING = object()
 
 _perf_counter = time.perf_counter
 
-#: (start, method, scheme, route, the metrics backend's in-flight group or
-#: None, the server span: (span or None if it records nothing, context token,
-#: start in ns), "external" or None, the id of the request context)
-_Start = tuple[float, str, str, str, t.Any, t.Any, int]
+#: (start, the request's :data:`~.state.Route`, the server span: (span or
+#: None if it records nothing, context token, start in ns), "external" or
+#: None, the request context). The context, not its id: compared with ``is``
+#: at teardown, which then drops the tuple (the cycle through the environ
+#: lasts as long as the request).
+_Start = tuple[float, Route, t.Any, "RequestContext"]
 
 
 class _ProxyContext:
@@ -98,8 +104,14 @@ except ImportError:  # a Flask whose context internals moved
     _cv_request = _ProxyContext()  # type: ignore[assignment]
 
 
-def _begin(app: Flask, ctx: RequestContext, in_flight: bool) -> _Start | None:
-    """Note the request's start, or mark the request excluded (``None``)."""
+def _begin(
+    app: Flask, ctx: RequestContext, in_flight: bool, began: float | None = None
+) -> _Start | None:
+    """Note the request's start, or mark the request excluded (``None``).
+
+    The whole way, for what :func:`_on_request_started` does not look up in
+    one step: a request not seen before, excluded, traced or started late.
+    """
     state: State = app.extensions[EXTENSION_KEY]
     request = ctx.request
     environ = request.environ
@@ -121,21 +133,24 @@ def _begin(app: Flask, ctx: RequestContext, in_flight: bool) -> _Start | None:
     if state.exclude_path is not None and state.exclude_path.fullmatch(request.path):
         environ[START_KEY] = None
         return None
-    found = state.lanes.get((request.method, request.scheme))
-    method, scheme, group = found or state.lane(request.method, request.scheme)
-    began = _perf_counter()
+    lane = state.lanes.get((request.method, request.scheme)) or state.lane(
+        request.method, request.scheme
+    )
+    if began is None:
+        began = _perf_counter()
     traced: t.Any = None
-    if in_flight and state.tracing is not None:
-        # Before the in-flight count: a sampler or provider that raises here
-        # must not leave a request counted in flight that nothing ends.
-        traced = state.tracing.start(app, request, method, route)
+    found: Route
     if in_flight:
-        next(group.started)
+        if state.tracing is not None:
+            # Before the in-flight count: a sampler or provider that raises here
+            # must not leave a request counted in flight that nothing ends.
+            traced = state.tracing.start(app, request, lane[0], route)
+        found = state.route(rule, request, lane, route)
+        next(lane[2].started)
     else:
-        group = None  # a late start is not counted in flight
-    # The context's id, not the context: the environ holding the context
-    # holding the environ would be a cycle only the garbage collector frees.
-    start = (began, method, scheme, route, group, traced, id(ctx))
+        # A late start is not counted in flight.
+        found = (lane[0], lane[1], route, None, NO_RECORDERS)
+    start = (began, found, traced, ctx)
     environ[START_KEY] = start
     return start
 
@@ -160,6 +175,10 @@ def _started(app: Flask, ctx: RequestContext) -> _Start | None:
 #: Statuses whose responses carry no body (Werkzeug sends none, as RFC 9110 says).
 _NO_BODY = frozenset((100, 101, 102, 103, 204, 304))
 
+#: A bound on the statuses of one route recorded in one call: a view may
+#: return any number.
+_MAX_RECORDERS = 32
+
 #: CONTENT_LENGTH values of a request without a body (absent, empty, zero).
 _EMPTY = (None, "", "0")
 
@@ -172,12 +191,50 @@ def _request_size(environ: dict[str, t.Any]) -> int | None:
         return None if "HTTP_TRANSFER_ENCODING" in environ else 0
 
 
+def _body_size(body: list[bytes]) -> int:
+    # Flask's own bodies are one bytes object: sum(map(len, body)) costs 1 500
+    # instructions, len(body[0]) 200 (valgrind).
+    return len(body[0]) if len(body) == 1 else sum(map(len, body))
+
+
+#: ``response.status_code``: Werkzeug's property returns ``_status_code``,
+#: which this reads where it exists (600 instructions less per request,
+#: the property being a Python call); else the property.
+_status_code: t.Callable[[Response], int] = operator.attrgetter(
+    "_status_code"
+    if isinstance(getattr(wrappers.Response(status=418), "_status_code", None), int)
+    else "status_code"
+)
+
+
 # -- receivers -------------------------------------------------------------
 
 
 def _on_request_started(sender: Flask, **extra: object) -> None:
     try:
-        _begin(sender, _cv_request.get(), True)
+        ctx = _cv_request.get()
+        request = ctx.request
+        environ = request.environ
+        state: State = sender.extensions[EXTENSION_KEY]
+        # One lookup for what _begin works out, and the in-flight count: with
+        # the one-call teardown below, the extension's own instructions per
+        # request (over three no-op receivers) went from 25 800 to 16 100
+        # (bench/bench_instructions.py). The key is State.route's, inline.
+        found = state.routes.get(
+            (
+                id(request.url_rule),
+                environ["REQUEST_METHOD"],
+                environ["wsgi.url_scheme"],
+                environ.get("SCRIPT_NAME"),
+            )
+        )
+        began = _perf_counter()
+        tracing = state.tracing
+        if found is None or (tracing is not None and began >= tracing.idle_until):
+            _begin(sender, ctx, True, began)
+            return
+        next(found[3].started)
+        environ[START_KEY] = (began, found, None, ctx)
     except Exception as e:
         _failed(sender, signals.request_started.name, e)
 
@@ -204,7 +261,7 @@ def _on_got_request_exception(sender: Flask, exception: BaseException, **extra: 
             ctx.request.environ[ERROR_KEY] = exception
             state: State = sender.extensions[EXTENSION_KEY]
             assert state.metrics is not None
-            key = (start[1], start[3], type(exception).__qualname__)
+            key = (start[1][0], start[1][2], type(exception).__qualname__)
             state.metrics.exceptions.child(key).inc()
         # The exception left the view: a render still open is one it escaped
         # from. Ended now, the error page is not nested in it.
@@ -218,61 +275,91 @@ def _on_request_tearing_down(
 ) -> None:
     """Record the request, once: Flask 3.1 tears a streamed request down twice."""
     try:
-        if exc is not None and type(exc) is GeneratorExit:
-            exc = None  # Flask 3.0: the server closed a stream unread; not the app's error
         ctx = _cv_request.get()
         environ = ctx.request.environ
-        start = environ.get(START_KEY, _MISSING)
-        if start is _MISSING:
-            if RESPONSE_KEY not in environ:
-                # Neither started, nor answered, nor failed (each would have
-                # noted it): a context pushed outside a request, such as
-                # test_request_context() for url_for in a job. Not a request,
-                # but a render of its that raised is over.
-                _end_renders(owner=id(ctx))
-                return
-            start = _started(sender, ctx)
-        elif start is _STREAMING:
-            # The second teardown of a stream_with_context body: it ended,
-            # maybe raising (not a copied context's, popped meanwhile).
-            if exc is not None and environ.get(_STREAM_CONTEXT) == id(ctx):
-                environ[ERROR_KEY] = exc
-            return
-        if start is None:
-            return  # excluded stays None: a streamed template renders after teardown
-        if start is _DONE or start[6] != id(ctx):
-            # A copy of the request's context (copy_current_request_context,
-            # for a thread or greenlet) popped with the same environ: the
-            # request itself is not over (or was recorded), but a render of
-            # the copy's that raised is.
-            _end_renders(owner=id(ctx))
-            return
-        environ[START_KEY] = _DONE
-        response: Response | None = environ.get(RESPONSE_KEY)
-        size: int | None
-        if response is None:
-            # request_finished was never sent: the exception propagated
-            # (testing/debug mode) and the server answers 500.
-            status, size = 500, None
-        else:
-            status, body = response.status_code, response.response
-            if status in _NO_BODY or environ.get("REQUEST_METHOD") == "HEAD":
-                size = 0  # the server sends no body, whatever the response holds
-            elif type(body) is list:  # a buffered body: its bytes are the truth
-                size = sum(map(len, body))
-            else:
-                # An iterable of declared length (an error page, a file) is
-                # recorded now; sending it is the server's business.
-                size = response.content_length
-                if size is None and not response.direct_passthrough:
-                    _defer_to_close(sender, environ, start, response, exc)
-                    return
-                # With direct_passthrough (send_file of an open file) the
-                # server gets the file's wrapper and closes that, never the
-                # response: recorded now, its size unknown.
-        _record(sender, environ, start, response, status, size, exc)
+        start = environ.get(START_KEY)
+        # The common case in one call: a request started here, without a span,
+        # error or exception, whose buffered body has a status and method
+        # recorded in full before (its recorder). Everything else: _tear_down.
+        if type(start) is tuple and start[3] is ctx and start[2] is None and exc is None:
+            response = environ.get(RESPONSE_KEY)
+            if response is not None and ERROR_KEY not in environ:
+                body = response.response
+                if type(body) is list:
+                    recorder = start[1][4].get(_status_code(response))
+                    if recorder is not None:
+                        environ[START_KEY] = _DONE
+                        duration = _perf_counter() - start[0]
+                        if environ.get("CONTENT_LENGTH") in _EMPTY and (
+                            "HTTP_TRANSFER_ENCODING" not in environ
+                        ):
+                            request_size: int | None = 0
+                        else:
+                            request_size = _request_size(environ)
+                        # _body_size, inline.
+                        size = len(body[0]) if len(body) == 1 else sum(map(len, body))
+                        recorder.add(duration, request_size, size)
+                        return
+        _tear_down(sender, ctx, environ, exc)
     except Exception as e:
         _failed(sender, signals.request_tearing_down.name, e)
+
+
+def _tear_down(
+    app: Flask, ctx: RequestContext, environ: dict[str, t.Any], exc: BaseException | None
+) -> None:
+    """The teardown, the whole way."""
+    if exc is not None and type(exc) is GeneratorExit:
+        exc = None  # Flask 3.0: the server closed a stream unread; not the app's error
+    start = environ.get(START_KEY, _MISSING)
+    if start is _MISSING:
+        if RESPONSE_KEY not in environ:
+            # Neither started, nor answered, nor failed (each would have
+            # noted it): a context pushed outside a request, such as
+            # test_request_context() for url_for in a job. Not a request,
+            # but a render of its that raised is over.
+            _end_renders(owner=id(ctx))
+            return
+        start = _started(app, ctx)
+    elif start is _STREAMING:
+        # The second teardown of a stream_with_context body: it ended,
+        # maybe raising (not a copied context's, popped meanwhile).
+        if exc is not None and environ.get(_STREAM_CONTEXT) == id(ctx):
+            environ[ERROR_KEY] = exc
+        return
+    if start is None:
+        return  # excluded stays None: a streamed template renders after teardown
+    if start is _DONE or start[3] is not ctx:
+        # A copy of the request's context (copy_current_request_context,
+        # for a thread or greenlet) popped with the same environ: the
+        # request itself is not over (or was recorded), but a render of
+        # the copy's that raised is.
+        _end_renders(owner=id(ctx))
+        return
+    environ[START_KEY] = _DONE
+    response: Response | None = environ.get(RESPONSE_KEY)
+    size: int | None
+    if response is None:
+        # request_finished was never sent: the exception propagated
+        # (testing/debug mode) and the server answers 500.
+        status, size = 500, None
+    else:
+        status, body = response.status_code, response.response
+        if status in _NO_BODY or environ.get("REQUEST_METHOD") == "HEAD":
+            size = 0  # the server sends no body, whatever the response holds
+        elif type(body) is list:  # a buffered body: its bytes are the truth
+            size = _body_size(body)
+        else:
+            # An iterable of declared length (an error page, a file) is
+            # recorded now; sending it is the server's business.
+            size = response.content_length
+            if size is None and not response.direct_passthrough:
+                _defer_to_close(app, environ, start, response, exc)
+                return
+            # With direct_passthrough (send_file of an open file) the
+            # server gets the file's wrapper and closes that, never the
+            # response: recorded now, its size unknown.
+    _record(app, environ, start, response, status, size, exc)
 
 
 def _defer_to_close(
@@ -288,12 +375,12 @@ def _defer_to_close(
     until then; the time to the response object is recorded now.
     """
     environ[START_KEY] = _STREAMING
-    environ[_STREAM_CONTEXT] = start[6]
-    if start[5] is not None:
-        _release_context(start[5])
+    environ[_STREAM_CONTEXT] = id(start[3])
+    if start[2] is not None:
+        _release_context(start[2])
     response.call_on_close(functools.partial(_close_stream, app, environ, start, response, exc))
     metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
-    ready = metrics.stream_ready.child((start[1], start[3], str(response.status_code)))
+    ready = metrics.stream_ready.child((start[1][0], start[1][2], str(response.status_code)))
     ready.observe(environ.get(READY_KEY, start[0]) - start[0])
 
 
@@ -331,7 +418,8 @@ def _record(
         exception propagated): the server answers 500.
     :param released: a stream's first teardown released the request's context.
     """
-    began, method, scheme, route, group, traced, _ = start
+    began, found, traced, _ = start
+    method, scheme, route, group, recorders = found
     duration = _perf_counter() - began
     exception = environ.get(ERROR_KEY) or exc
     error = "" if exception is None and status < 500 else labels.error_type(status, exception)
@@ -348,16 +436,23 @@ def _record(
             exemplar = Tracing.sampled_ids(span)
     metrics: Metrics = state.metrics  # type: ignore[assignment]  # set while connected
     try:
-        metrics.requests.record(
-            (method, route, status_label, scheme, error),
-            group,
-            duration,
-            request_size,
-            response_size,
-            exemplar,
-        )
+        key = (method, route, status_label, scheme, error)
+        metrics.requests.record(key, group, duration, request_size, response_size, exemplar)
         if exception is not None and metrics.escaped is not None:  # classic naming
             metrics.escaped.child((method, status_label)).inc()
+        if (
+            type(recorders) is dict
+            and not error
+            and status not in recorders
+            and status not in _NO_BODY
+            and method != "HEAD"
+            and len(recorders) < _MAX_RECORDERS
+        ):
+            # The next such request of this route is recorded in one call
+            # (_on_request_tearing_down), unless its series overflowed.
+            recorder = metrics.requests.recorder(key, group)
+            if recorder is not None:
+                recorders[status] = recorder
     finally:
         if traced is not None:
             # After the metrics: a span processor of the user's that raises
@@ -457,12 +552,14 @@ def _on_before_render_template(sender: Flask, template: Template, **extra: objec
             _end_renders()
         render = None
         ctx = _cv_request.get(None)
+        began = _perf_counter()
         tracing: Tracing | None = sender.extensions[EXTENSION_KEY].tracing
-        tracer = None if tracing is None else tracing.tracer()
-        # The exclusion lookup only when a span would be made (no SDK: none).
-        if tracer is not None and not _in_excluded_request(ctx):
-            render = Tracing.render_started(tracer, labels.template(template.name))
-        stack.append((id(template), _perf_counter(), render, 0 if ctx is None else id(ctx)))
+        if tracing is not None and began >= tracing.idle_until:
+            tracer = tracing.tracer()
+            # The exclusion lookup only when a span would be made (no SDK: none).
+            if tracer is not None and not _in_excluded_request(ctx):
+                render = Tracing.render_started(tracer, labels.template(template.name))
+        stack.append((id(template), began, render, 0 if ctx is None else id(ctx)))
     except Exception as e:
         _failed(sender, signals.before_render_template.name, e)
 

@@ -7,8 +7,10 @@ from the signal's sender.
 
 from __future__ import annotations
 
+import collections.abc as cabc
 import dataclasses
 import logging
+import types
 import typing as t
 import weakref
 
@@ -20,6 +22,7 @@ from .tracing import Tracing
 
 if t.TYPE_CHECKING:
     from flask import Flask
+    from flask import Request
     from prometheus_client import CollectorRegistry
     from prometheus_client.registry import Collector
     from werkzeug.routing import Rule
@@ -30,6 +33,38 @@ EXTENSION_KEY = "signal_metrics"
 EXCLUDE_ATTR = "_signal_metrics_exclude"
 
 logger = logging.getLogger("flask_signal_metrics")
+
+
+#: The requests of one route, method and scheme: (method label, scheme label,
+#: route, in-flight group or None, {status: the series' recorder}). The
+#: recorders are filled as statuses are first recorded in full, for the
+#: requests :func:`~flask_signal_metrics.receivers` can record in one call.
+Route = tuple[str, str, str, t.Any, cabc.Mapping[int, t.Any]]
+
+#: The recorders of a route not kept in :attr:`State.routes`: none, ever.
+NO_RECORDERS: cabc.Mapping[int, t.Any] = types.MappingProxyType({})
+
+#: (id of the URL rule, and the environ's method, scheme and script name).
+RouteKey = tuple[int, str, str, t.Any]
+
+
+def route_key(rule: Rule | None, environ: dict[str, t.Any]) -> RouteKey:
+    """What decides a request's :data:`Route`, read the cheapest way.
+
+    The raw values Werkzeug makes ``request.method``, ``scheme`` and
+    ``root_path`` of: equal raw values give equal request values.
+    """
+    return (
+        id(rule),
+        environ["REQUEST_METHOD"],
+        environ["wsgi.url_scheme"],
+        environ.get("SCRIPT_NAME"),
+    )
+
+
+#: A bound on :attr:`State.routes`: its keys hold the request's root path,
+#: which a proxy may take from a header.
+MAX_ROUTES = 1024
 
 
 @dataclasses.dataclass(eq=False)
@@ -62,6 +97,11 @@ class State:
     #: in-flight group): one dict lookup on the request path instead of
     #: three. Only known methods and schemes are kept, so it stays small.
     lanes: dict[tuple[str, str], tuple[str, str, t.Any]] = dataclasses.field(default_factory=dict)
+    #: :func:`route_key` -> the requests' :data:`Route`: what ``request_started`` would work out
+    #: for such a request, looked up in one step. Only requests measured in
+    #: full are kept (a matched route, known method and scheme, no path
+    #: exclusions configured), at most :data:`MAX_ROUTES` of them.
+    routes: dict[RouteKey, Route] = dataclasses.field(default_factory=dict)
 
     def rule_info(self, app: Flask, rule: Rule) -> tuple[str, bool]:
         """The route template of ``rule`` and whether its view is excluded.
@@ -85,6 +125,24 @@ class State:
         if method_label == method and scheme_label == scheme:
             self.lanes[(method, scheme)] = lane
         return lane
+
+    def route(
+        self, rule: Rule | None, request: Request, lane: tuple[str, str, t.Any], route: str
+    ) -> Route:
+        """The :data:`Route` of a request that starts in flight; kept when it can be."""
+        key = route_key(rule, request.environ)
+        found = self.routes.get(key)
+        if found is not None:
+            return found
+        if (
+            rule is not None
+            and self.exclude_path is None
+            and self.lanes.get((request.method, request.scheme)) is lane
+            and len(self.routes) < MAX_ROUTES
+        ):
+            found = self.routes[key] = (*lane[:2], route, lane[2], {})
+            return found
+        return (*lane[:2], route, lane[2], NO_RECORDERS)
 
 
 #: Every enabled app's state in this process, for the OTLP metrics bridge.

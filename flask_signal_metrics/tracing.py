@@ -2,13 +2,15 @@
 
 One :class:`Tracing` per app. The receivers call it; it never connects to a
 signal and never touches the app. It uses the tracer provider the user
-configured (passed to the extension, or the global one, looked up per request
-so that a provider set after ``init_app`` is used), and never sets one: that is
-left to the user or to the opt-in :func:`flask_signal_metrics.configure_otlp`.
+configured (passed to the extension, or the global one), and never sets one:
+that is left to the user or to the opt-in
+:func:`flask_signal_metrics.configure_otlp`.
 
 With no SDK configured the global provider is the API's proxy: then no span is
-made, no header is read and no context is attached, so tracing costs one
-function call per request.
+made, no header is read and no context is attached. While none is found, the
+global provider is looked up again once a second (:attr:`Tracing.idle_until`),
+so that one set after ``init_app`` is used, from a second later at most; a
+forked worker looks it up at its first request.
 
 Names, attributes and status follow the stable HTTP semantic conventions for
 server spans; the attribute names are the semantic-conventions package's.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import dataclasses
 import logging
+import math
 import os
 import re
 import threading
@@ -46,6 +49,7 @@ from opentelemetry.trace import TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import labels
+from .forks import at_fork
 
 if t.TYPE_CHECKING:
     from contextvars import Token
@@ -63,6 +67,10 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("flask_signal_metrics")
 
 _time_ns = time.time_ns
+_perf_counter = time.perf_counter
+
+#: Seconds between lookups of the global tracer provider while none is set.
+_RECHECK = 1.0
 
 #: The instrumentation scope of every span made here.
 TRACER_NAME = "flask_signal_metrics"
@@ -230,6 +238,16 @@ class Tracing:
         self._seen: object = None
         self._tracer: Tracer | None = None
         self._warned_external = False
+        #: Until then (``time.perf_counter``) no tracer will be found: the
+        #: receivers skip this object. Looking the provider up on every
+        #: request cost 1 500 instructions of the 25 000 the extension added
+        #: to one (bench/bench_instructions.py).
+        self.idle_until = -math.inf
+        at_fork(self._forked)
+
+    def _forked(self) -> None:
+        # A worker configures its own provider (gunicorn's post_fork, say).
+        self.idle_until = -math.inf
 
     def tracer(self) -> Tracer | None:
         """The tracer to use now, or None when no SDK is configured."""
@@ -266,6 +284,7 @@ class Tracing:
         """
         tracer = self.tracer()
         if tracer is None:
+            self.idle_until = _perf_counter() + (_RECHECK if self._fixed is None else math.inf)
             return None
         if getattr(app, "_is_instrumented_by_opentelemetry", False):
             if not self._warned_external:

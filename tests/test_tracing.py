@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import time
 import typing as t
 from pathlib import Path
@@ -38,6 +39,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from flask_signal_metrics import exclude
 from flask_signal_metrics import SignalMetrics
 from flask_signal_metrics import TraceContextFilter
+from flask_signal_metrics import tracing as tracing_module
 from flask_signal_metrics.tracing import EnvironGetter
 from flask_signal_metrics.tracing import extract_parent
 from flask_signal_metrics.tracing import redact_query
@@ -47,6 +49,7 @@ from flask_signal_metrics.tracing import Tracing
 from .conftest import in_flight
 from .conftest import make_app
 from .conftest import MakeTraced
+from .conftest import memory_provider
 from .conftest import requests_counted
 from .conftest import Traced
 from .conftest import value
@@ -570,6 +573,47 @@ def test_no_sdk_no_span_no_context(registry: CollectorRegistry) -> None:
     app.test_client().get("/current", headers={"traceparent": TRACEPARENT})
     assert seen == [False]
     assert app.extensions["signal_metrics"].tracing.tracer() is None
+
+
+def test_a_global_provider_set_while_serving_is_used_from_the_next_lookup(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While none is set the global provider is looked up once per recheck, not per request."""
+    monkeypatch.setattr(tracing_module, "_RECHECK", 0.2)
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+    client = app.test_client()
+    client.get("/page")  # a request and a render, with no provider: no span, looked up
+    provider, exporter = memory_provider()
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)  # set_tracer_provider, undone
+    client.get("/page")
+    assert exporter.get_finished_spans() == ()  # within the recheck: not looked up
+    time.sleep(0.25)
+    client.get("/page")
+    spans = exporter.get_finished_spans()
+    assert sorted(s.name for s in spans) == ["GET /page", "render __string__"]
+    client.get("/page")  # from now on every request has its span
+    assert len(exporter.get_finished_spans()) == 4
+    assert requests_counted(registry, "/page", 200) == 4
+
+
+def test_a_forked_worker_looks_its_provider_up_at_its_first_request(
+    registry: CollectorRegistry,
+) -> None:
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+    app.test_client().get("/item/1")
+    tracing = app.extensions["signal_metrics"].tracing
+    assert tracing.idle_until > time.perf_counter()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running pytest's exit
+        os.write(write, repr(tracing.idle_until).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        assert pipe.read() == "-inf"
+    assert os.waitpid(pid, 0)[1] == 0
 
 
 def test_tracing_false_makes_no_spans(make_traced: MakeTraced) -> None:
