@@ -737,9 +737,14 @@ def test_repeated_requests_are_recorded_as_the_first(
     app = make_app()
     SignalMetrics(app, registry=registry, serve_default_registry=False)
     client = app.test_client()
-    whole_way = []
+    whole_way: list[int] = []
     tear_down = receivers._tear_down
-    monkeypatch.setattr(receivers, "_tear_down", lambda *a: whole_way.append(1) or tear_down(*a))
+
+    def counted(*args: t.Any) -> None:
+        whole_way.append(1)
+        tear_down(*args)
+
+    monkeypatch.setattr(receivers, "_tear_down", counted)
 
     def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         # Everything but the durations' sums and buckets, which are timings.
