@@ -230,7 +230,12 @@ def _on_request_started(sender: Flask, **extra: object) -> None:
         )
         began = _perf_counter()
         tracing = state.tracing
-        if found is None or (tracing is not None and began >= tracing.idle_until):
+        exclude = state.exclude_path
+        if (
+            found is None
+            or (tracing is not None and began >= tracing.idle_until)
+            or (exclude is not None and exclude.fullmatch(request.path))
+        ):
             _begin(sender, ctx, True, began)
             return
         next(found[3].started)

@@ -97,10 +97,11 @@ class State:
     #: in-flight group): one dict lookup on the request path instead of
     #: three. Only known methods and schemes are kept, so it stays small.
     lanes: dict[tuple[str, str], tuple[str, str, t.Any]] = dataclasses.field(default_factory=dict)
-    #: :func:`route_key` -> the requests' :data:`Route`: what ``request_started`` would work out
-    #: for such a request, looked up in one step. Only requests measured in
-    #: full are kept (a matched route, known method and scheme, no path
-    #: exclusions configured), at most :data:`MAX_ROUTES` of them.
+    #: :func:`route_key` -> the requests' :data:`Route`: what
+    #: ``request_started`` would work out for such a request, looked up in
+    #: one step (its path is still matched against SIGNAL_METRICS_EXCLUDE).
+    #: Only requests of a matched route and known method and scheme are
+    #: kept, at most :data:`MAX_ROUTES` of them.
     routes: dict[RouteKey, Route] = dataclasses.field(default_factory=dict)
 
     def rule_info(self, app: Flask, rule: Rule) -> tuple[str, bool]:
@@ -136,7 +137,6 @@ class State:
             return found
         if (
             rule is not None
-            and self.exclude_path is None
             and self.lanes.get((request.method, request.scheme)) is lane
             and len(self.routes) < MAX_ROUTES
         ):

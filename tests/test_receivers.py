@@ -832,3 +832,17 @@ def test_the_status_code_is_read_as_werkzeug_keeps_it(status: int) -> None:
     assert receivers._status_code(response) == response.status_code == status
     response.status = f"{status} Whatever"
     assert receivers._status_code(response) == status
+
+
+def test_excluded_paths_of_a_route_kept_for_one_step_are_not_measured(
+    registry: CollectorRegistry,
+) -> None:
+    app = make_app()
+    app.config["SIGNAL_METRICS_EXCLUDE"] = [r"/item/1\d*"]
+    SignalMetrics(app, registry=registry, serve_default_registry=False)
+    client = app.test_client()
+    for path in ["/item/2", "/item/2", "/item/15", "/item/1", "/item/3"]:
+        assert client.get(path).status_code == 200
+    assert len(get_state(app).routes) == 1
+    assert requests_counted(registry, "/item/<int:item_id>", 200) == 3
+    assert in_flight(registry) == 0
