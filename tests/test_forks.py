@@ -148,3 +148,30 @@ def test_a_forked_child_starts_its_worker_metrics_when_it_first_records(tmp_path
     # nothing would mark it dead, and its series would stay.
     result = _run(WORKER_STATS, tmp_path)
     assert result.stdout.split() == ["False", "0", "1", "True", "0", "1"], result.stderr
+
+
+TRACER_LOOKUP = """
+import os, time
+from flask import Flask
+from prometheus_client import CollectorRegistry
+from flask_signal_metrics import SignalMetrics
+app = Flask("forks")
+app.get("/")(lambda: "ok")
+SignalMetrics(app, registry=CollectorRegistry())
+app.test_client().get("/")
+tracing = app.extensions["signal_metrics"].tracing
+print("parent", tracing.idle_until > time.perf_counter(), flush=True)
+pid = os.fork()
+if pid == 0:
+    print("child", tracing.idle_until, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_forked_worker_looks_its_tracer_provider_up_at_its_first_request(
+    tmp_path: Path,
+) -> None:
+    """The parent found none and waits a second; the child (post_fork may set one) does not."""
+    result = _run(TRACER_LOOKUP, tmp_path)
+    assert result.stdout.split() == ["parent", "True", "child", "-inf"], result.stderr

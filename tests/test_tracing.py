@@ -3,7 +3,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import time
 import typing as t
 from pathlib import Path
@@ -595,25 +594,6 @@ def test_a_global_provider_set_while_serving_is_used_from_the_next_lookup(
     client.get("/page")  # from now on every request has its span
     assert len(exporter.get_finished_spans()) == 4
     assert requests_counted(registry, "/page", 200) == 4
-
-
-def test_a_forked_worker_looks_its_provider_up_at_its_first_request(
-    registry: CollectorRegistry,
-) -> None:
-    app = make_app()
-    SignalMetrics(app, registry=registry)
-    app.test_client().get("/item/1")
-    tracing = app.extensions["signal_metrics"].tracing
-    assert tracing.idle_until > time.perf_counter()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, and leave without running pytest's exit
-        os.write(write, repr(tracing.idle_until).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        assert pipe.read() == "-inf"
-    assert os.waitpid(pid, 0)[1] == 0
 
 
 def test_tracing_false_makes_no_spans(make_traced: MakeTraced) -> None:
