@@ -221,12 +221,7 @@ def _on_request_started(sender: Flask, **extra: object) -> None:
         # request (over three no-op receivers) went from 25 000 to 14 300
         # (bench/bench_instructions.py). The key is State.route's, inline.
         found = state.routes.get(
-            (
-                id(request.url_rule),
-                environ["REQUEST_METHOD"],
-                environ["wsgi.url_scheme"],
-                environ.get("SCRIPT_NAME"),
-            )
+            (id(request.url_rule), request.method, request.scheme, request.root_path)
         )
         began = _perf_counter()
         tracing = state.tracing

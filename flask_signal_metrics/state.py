@@ -44,22 +44,10 @@ Route = tuple[str, str, str, t.Any, cabc.Mapping[int, t.Any]]
 #: The recorders of a route not kept in :attr:`State.routes`: none, ever.
 NO_RECORDERS: cabc.Mapping[int, t.Any] = types.MappingProxyType({})
 
-#: (id of the URL rule, and the environ's method, scheme and script name).
-RouteKey = tuple[int, str, str, t.Any]
-
-
-def route_key(rule: Rule | None, environ: dict[str, t.Any]) -> RouteKey:
-    """What decides a request's :data:`Route`, read the cheapest way.
-
-    The raw values Werkzeug makes ``request.method``, ``scheme`` and
-    ``root_path`` of: equal raw values give equal request values.
-    """
-    return (
-        id(rule),
-        environ["REQUEST_METHOD"],
-        environ["wsgi.url_scheme"],
-        environ.get("SCRIPT_NAME"),
-    )
+#: (id of the URL rule, the request's method, scheme and root path). The
+#: request's, not the environ's: a request class may change them (a method
+#: override header, say).
+RouteKey = tuple[int, str, str, str]
 
 
 #: A bound on :attr:`State.routes`: its keys hold the request's root path,
@@ -97,7 +85,7 @@ class State:
     #: in-flight group): one dict lookup on the request path instead of
     #: three. Only known methods and schemes are kept, so it stays small.
     lanes: dict[tuple[str, str], tuple[str, str, t.Any]] = dataclasses.field(default_factory=dict)
-    #: :func:`route_key` -> the requests' :data:`Route`: what
+    #: :data:`RouteKey` -> the requests' :data:`Route`: what
     #: ``request_started`` would work out for such a request, looked up in
     #: one step (its path is still matched against SIGNAL_METRICS_EXCLUDE).
     #: Only requests of a matched route and known method and scheme are
@@ -131,15 +119,11 @@ class State:
         self, rule: Rule | None, request: Request, lane: tuple[str, str, t.Any], route: str
     ) -> Route:
         """The :data:`Route` of a request that starts in flight; kept when it can be."""
-        key = route_key(rule, request.environ)
+        key = (id(rule), request.method, request.scheme, request.root_path)
         found = self.routes.get(key)
         if found is not None:
             return found
-        if (
-            rule is not None
-            and self.lanes.get((request.method, request.scheme)) is lane
-            and len(self.routes) < MAX_ROUTES
-        ):
+        if rule is not None and self.lanes.get(key[1:3]) is lane and len(self.routes) < MAX_ROUTES:
             found = self.routes[key] = (*lane[:2], route, lane[2], {})
             return found
         return (*lane[:2], route, lane[2], NO_RECORDERS)

@@ -8,6 +8,7 @@ import typing as t
 import pytest
 from flask import copy_current_request_context
 from flask import Flask
+from flask import Request as FlaskRequest
 from flask import Response
 from flask import signals
 from flask import url_for
@@ -846,3 +847,24 @@ def test_excluded_paths_of_a_route_kept_for_one_step_are_not_measured(
     assert len(get_state(app).routes) == 1
     assert requests_counted(registry, "/item/<int:item_id>", 200) == 3
     assert in_flight(registry) == 0
+
+
+def test_a_request_class_that_changes_the_method_is_labelled_by_it(
+    registry: CollectorRegistry,
+) -> None:
+    """The route kept for one step is the request's, not the raw environ's (a review)."""
+
+    class Overridden(FlaskRequest):
+        def __init__(self, environ: dict[str, t.Any], *args: t.Any, **kwargs: t.Any) -> None:
+            super().__init__(environ, *args, **kwargs)
+            self.method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", self.method)
+
+    app = make_app()
+    app.request_class = Overridden
+    app.add_url_rule("/any", "any", lambda: "ok", methods=["POST", "PUT", "DELETE"])
+    SignalMetrics(app, registry=registry, serve_default_registry=False)
+    client = app.test_client()
+    for override in ["PUT", "PUT", "DELETE", None]:
+        client.post("/any", headers={"X-HTTP-Method-Override": override} if override else {})
+    for method, count in [("PUT", 2), ("DELETE", 1), ("POST", 1)]:
+        assert requests_counted(registry, "/any", 200, method=method) == count
