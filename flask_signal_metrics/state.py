@@ -91,6 +91,10 @@ class State:
     #: Only requests of a matched route and known method and scheme are
     #: kept, at most :data:`MAX_ROUTES` of them.
     routes: dict[RouteKey, Route] = dataclasses.field(default_factory=dict)
+    #: Template name -> its duration series' ``observe``, for names whose
+    #: series is its own (the family's cap bounds them; the overflow series
+    #: is looked up each time, which counts the overflow).
+    renders: dict[str | None, t.Callable[[float], None]] = dataclasses.field(default_factory=dict)
 
     def rule_info(self, app: Flask, rule: Rule) -> tuple[str, bool]:
         """The route template of ``rule`` and whether its view is excluded.
@@ -127,6 +131,16 @@ class State:
             found = self.routes[key] = (*lane[:2], route, lane[2], {})
             return found
         return (*lane[:2], route, lane[2], NO_RECORDERS)
+
+    def render_observer(self, name: str | None) -> t.Callable[[float], None]:
+        """What records a render of template ``name``; kept in :attr:`renders` when it can be."""
+        assert self.metrics is not None  # no receivers are connected without it
+        family = self.metrics.template_duration
+        key = (labels.template(name),)
+        observe = family.child(key).observe
+        if family.kept(key) is not None:
+            self.renders[name] = observe
+        return observe
 
 
 #: Every enabled app's state in this process, for the OTLP metrics bridge.

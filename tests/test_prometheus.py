@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
 import typing as t
@@ -396,10 +395,11 @@ def test_values_written_into_the_map_are_what_the_client_reads(
     keys = [f"{n:05d}" + "k" * 100 for n in range(12_000)]
     with files.lock:
         for n, key in enumerate(keys):
-            prometheus._write([(files.value("counter", key), n)])
-        prometheus._write([(files.value("counter", keys[0]), 0.5)])  # made before the file grew
+            files.value("counter", key).add(n)
+        files.value("counter", keys[0]).add(0.5)  # made before the file grew
         buckets, total = files.histogram((["le=1", "le=+Inf"], "sum"))
-        prometheus._write([(buckets[1], 1.0), (total, 2.5)])
+        buckets[1].add(1.0)
+        total.add(2.5)
     assert files._direct is True  # checked on a scratch file at the first open
     files.forget()  # closes them
     (counters,) = tmp_path.glob("counter_requests_*.db")
@@ -412,29 +412,35 @@ def test_values_written_into_the_map_are_what_the_client_reads(
     assert list(tmp_path.glob("*.tmp")) == []  # the scratch file is gone
 
 
-def _swapped(value: float, timestamp: float) -> bytes:
-    return struct.pack("dd", timestamp, value)
+def _shifted(file: MmapedDict) -> memoryview[float]:
+    # A layout with the timestamp first: the value lands where the client
+    # reads the timestamp.
+    return memoryview(file._m)[8:-8].cast("d")
 
 
-def _moved(value: float, timestamp: float) -> bytes:
+def _moved(file: MmapedDict) -> memoryview[float]:
     raise AttributeError("'MmapedDict' object has no attribute '_m'")
 
 
-@pytest.mark.parametrize("pack", [_swapped, _moved], ids=["another-layout", "moved-attribute"])
+@pytest.mark.parametrize("doubles", [_shifted, _moved], ids=["another-layout", "moved-attribute"])
 def test_a_client_whose_map_is_not_as_expected_gets_its_own_writes(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pack: t.Callable[[float, float], bytes]
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    doubles: t.Callable[[MmapedDict], memoryview[float]],
 ) -> None:
     # A client release that moved MmapedDict's map or changed its layout:
     # the per-process check sees it, and every value goes through write_value.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    monkeypatch.setattr(prometheus, "_PACK", pack)
+    monkeypatch.setattr(prometheus, "_doubles", doubles)
     assert not prometheus._writes_directly(str(tmp_path))
     files = prometheus._ProcessFiles()
     with files.lock:
         jobs = files.value("counter", "jobs")
-        prometheus._write([(jobs, 2.0), (jobs, 1.0)])
+        jobs.add(2.0)
+        jobs.add(1.0)
         buckets, total = files.histogram((["le=1", "le=+Inf"], "sum"))
-        prometheus._write([(buckets[1], 1.0), (total, 2.5)])
+        buckets[1].add(1.0)
+        total.add(2.5)
     assert files._direct is False
     files.forget()
     read: dict[str, float] = {}

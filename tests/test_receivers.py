@@ -8,11 +8,13 @@ import typing as t
 import pytest
 from flask import copy_current_request_context
 from flask import Flask
+from flask import render_template
 from flask import Request as FlaskRequest
 from flask import Response
 from flask import signals
 from flask import url_for
 from flask.testing import FlaskClient
+from jinja2 import DictLoader
 from prometheus_client import CollectorRegistry
 
 from flask_signal_metrics import exclude
@@ -313,6 +315,33 @@ def test_named_templates_with_inheritance() -> None:
     assert renders("base.html") == before[1] == 0
 
 
+def test_renders_past_the_cap_are_counted_as_overflow_each_time(
+    registry: CollectorRegistry,
+) -> None:
+    # A template's series is kept for later renders (State.renders) only when
+    # it is its own: the overflow series is looked up each time, which counts.
+    app = make_app()
+    app.config["SIGNAL_METRICS_MAX_SERIES"] = 2
+    SignalMetrics(app, registry=registry, serve_default_registry=False)
+    app.jinja_env.loader = DictLoader({f"t{n}.html": f"{n}" for n in range(4)})
+
+    @app.get("/render/<int:n>")
+    def render(n: int) -> str:
+        return render_template(f"t{n}.html")
+
+    client = app.test_client()
+    for _ in range(3):
+        for n in range(4):
+            assert client.get(f"/render/{n}").text == str(n)
+    assert sorted(get_state(app).renders, key=str) == ["t0.html", "t1.html"]
+    name = "flask_template_render_duration_seconds_count"
+    counts = [value(registry, name, template=f"t{n}.html") for n in range(4)]
+    assert counts == [3, 3, 0, 0]  # no series of their own
+    assert value(registry, name, template=OVERFLOW) == 6
+    overflowed = "flask_signal_metrics_series_overflow_total"
+    assert value(registry, overflowed, metric="flask_template_render_duration_seconds") == 6
+
+
 def test_template_rendered_outside_a_request(app: Flask, registry: CollectorRegistry) -> None:
     from flask import render_template_string
 
@@ -438,7 +467,7 @@ _BODIES = {
     "got-request-exception": ("/boom", "_started", 1),
     "request-tearing-down": ("/item/3", "_perf_counter", 1),
     "before-render-template": ("/page", "_perf_counter", 1),
-    "template-rendered": ("/page", "_in_excluded_request", 1),
+    "template-rendered": ("/page", "_renders", 1),
     "message-flashed": ("/page", "_in_excluded_request", 2),
 }
 
@@ -465,11 +494,11 @@ def test_failing_receiver_leaves_the_response_unchanged(
             raise OSError("disk on fire")
         return original(*args, **kwargs)
 
-    class BrokenVariable:  # stands in for the request-context variable
-        def get(self) -> t.Any:
-            return broken()
+    class BrokenVariable:  # stands in for a context variable
+        def get(self, *default: None) -> t.Any:
+            return broken(*default)
 
-    if helper == "_cv_request":
+    if helper in ("_cv_request", "_renders"):
         original = original.get
         monkeypatch.setattr(receivers, helper, BrokenVariable())
     else:
