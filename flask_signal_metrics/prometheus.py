@@ -607,9 +607,10 @@ class FileGroup:
         #: The in-flight value's key in this process's file.
         self.key = key
         self.started = self
-        #: The value, and the process's table it was made in (see _FileSeries).
+        #: The value, and the process's table it was made in (see
+        #: _FileSeries): read only while ``seen`` is this process's.
         self.seen: dict[str, _Value] | None = None
-        self.value: _Value | None = None
+        self.value: _Value
 
     def __iter__(self) -> FileGroup:
         return self
@@ -618,19 +619,18 @@ class FileGroup:
         lock = _FILES.lock
         lock.acquire()  # not ``with``: half its instructions, on every request
         try:
-            value = self.live()  # _Value.add, inline
-            value.view[value.index] = value.number = value.number + 1.0
+            value = self.value if self.seen is _FILES.values else self.live()
+            value.view[value.index] = value.number = value.number + 1.0  # _Value.add, inline
         finally:
             lock.release()
         return 0
 
     def live(self) -> _Value:
         """This process's in-flight value (hold the files' lock)."""
-        value = self.value
-        if value is None or self.seen is not _FILES.values:
-            value = self.value = _FILES.value(_LIVE, self.key)
+        if self.seen is not _FILES.values:
+            self.value = _FILES.value(_LIVE, self.key)
             self.seen = _FILES.values
-        return value
+        return self.value
 
 
 #: A file histogram's keys: one per bucket (per bucket, not cumulative, as
@@ -899,53 +899,12 @@ class FileRequestStats(_RequestMetrics):
         series = self._series.get(key) or _capped(
             self._series, key, self._lock, self._cap, self._overflowed, self._keys
         )
-        self.write(series, group, duration, request_size, response_size)
+        FileRecorder(self, series, group).add(duration, request_size, response_size)
 
     def recorder(self, key: RequestKey, group: FileGroup) -> FileRecorder | None:
         """What :meth:`record` does for ``key`` and ``group``, bound: None if ``key`` overflowed."""
         series = self._series.get(key)
         return None if series is None else FileRecorder(self, series, group)
-
-    def write(
-        self,
-        series: _FileSeries,
-        group: FileGroup | None,
-        duration: float,
-        request_size: int | None,
-        response_size: int | None,
-    ) -> None:
-        """Write one request's values to this process's files."""
-        files = _FILES
-        lock = files.lock
-        lock.acquire()  # not ``with``: half its instructions, on every request
-        try:
-            values = series.values if series.seen is files.values else series.resolve()
-            # Each value written inline (_Value.add's line): through a list
-            # of writes and a loop, 450 instructions a value more; a call, 400.
-            buckets, total = values[0]
-            value = buckets[bisect_left(self._bounds, duration)]
-            value.view[value.index] = value.number = value.number + 1.0
-            total.view[total.index] = total.number = total.number + duration
-            if request_size is not None:
-                buckets, total = values[1] or series.sized(1)
-                value = buckets[bisect_left(self._size_bounds, request_size)]
-                value.view[value.index] = value.number = value.number + 1.0
-                if request_size:  # an empty body adds nothing to the sum: no write
-                    total.view[total.index] = total.number = total.number + request_size
-            if response_size is not None:
-                buckets, total = values[2] or series.sized(2)
-                value = buckets[bisect_left(self._size_bounds, response_size)]
-                value.view[value.index] = value.number = value.number + 1.0
-                if response_size:
-                    total.view[total.index] = total.number = total.number + response_size
-            value = values[3]
-            if value is not None:
-                value.view[value.index] = value.number = value.number + 1.0
-            if group is not None:
-                value = group.live()
-                value.view[value.index] = value.number = value.number - 1.0
-        finally:
-            lock.release()
 
     def collect(self) -> list[Metric]:
         families = self._families()
@@ -1002,17 +961,57 @@ class FileRequestStats(_RequestMetrics):
 
 
 class FileRecorder:
-    """One request series and in-flight group, bound: :meth:`FileRequestStats.record`."""
+    """One request series and in-flight group, bound: :meth:`FileRequestStats.record`.
 
-    __slots__ = ("_group", "_series", "_stats")
+    Made once per series and status for the receivers' one-step path, and
+    for each request recorded the whole way.
+    """
 
-    def __init__(self, stats: FileRequestStats, series: _FileSeries, group: FileGroup) -> None:
-        self._stats = stats
+    __slots__ = ("_bounds", "_group", "_series", "_size_bounds")
+
+    def __init__(
+        self, stats: FileRequestStats, series: _FileSeries, group: FileGroup | None
+    ) -> None:
+        self._bounds = stats._bounds
+        self._size_bounds = stats._size_bounds
         self._series = series
         self._group = group
 
     def add(self, duration: float, request_size: int | None, response_size: int | None) -> None:
-        self._stats.write(self._series, self._group, duration, request_size, response_size)
+        """Write one request's values to this process's files."""
+        files = _FILES
+        lock = files.lock
+        lock.acquire()  # not ``with``: half its instructions, on every request
+        try:
+            series = self._series
+            values = series.values if series.seen is files.values else series.resolve()
+            # Each value written inline (_Value.add's line): through a list
+            # of writes and a loop, 450 instructions a value more; a call, 400.
+            buckets, total = values[0]
+            value = buckets[bisect_left(self._bounds, duration)]
+            value.view[value.index] = value.number = value.number + 1.0
+            total.view[total.index] = total.number = total.number + duration
+            if request_size is not None:
+                buckets, total = values[1] or series.sized(1)
+                value = buckets[bisect_left(self._size_bounds, request_size)]
+                value.view[value.index] = value.number = value.number + 1.0
+                if request_size:  # an empty body adds nothing to the sum: no write
+                    total.view[total.index] = total.number = total.number + request_size
+            if response_size is not None:
+                buckets, total = values[2] or series.sized(2)
+                value = buckets[bisect_left(self._size_bounds, response_size)]
+                value.view[value.index] = value.number = value.number + 1.0
+                if response_size:
+                    total.view[total.index] = total.number = total.number + response_size
+            value = values[3]
+            if value is not None:
+                value.view[value.index] = value.number = value.number + 1.0
+            group = self._group
+            if group is not None:
+                value = group.value if group.seen is files.values else group.live()
+                value.view[value.index] = value.number = value.number - 1.0
+        finally:
+            lock.release()
 
 
 def _histogram_keys(
