@@ -1058,8 +1058,8 @@ class FileHistogram(Collector):
     takes its values' lock, checks the pid and calls ``write_value`` for the
     bucket and for the sum, 17 300 instructions an observation (valgrind),
     the largest part of a render's cost in a worker; this writes both as the
-    request metrics do (:func:`_write`), in the same files and format, for
-    9 300. Like the client's, a labelled one makes its series with
+    request metrics do (:class:`_Value`), in the same files and format, for
+    4 900. Like the client's, a labelled one makes its series with
     ``labels()``, an unlabelled one is its own; as a collector it reads this
     process's values, for the OTLP bridge (``/metrics`` reads every
     process's files).
