@@ -620,7 +620,7 @@ class FileGroup:
         lock.acquire()  # not ``with``: half its instructions, on every request
         try:
             value = self.value if self.seen is _FILES.values else self.live()
-            value.view[value.index] = value.number = value.number + 1.0  # _Value.add, inline
+            value.view[value.index] = value.number = value.number + 1.0  # see _Value
         finally:
             lock.release()
         return 0
@@ -641,8 +641,13 @@ _FileKeys = tuple[list[str], str]
 class _Value:
     """One value in this process's file: its number and where to write it.
 
-    A value is one aligned double in the map, stored whole (a memoryview's
-    item assignment copies the 8 bytes at once, never zeroing first as
+    Added to, and written through, with one line, holding the files' lock::
+
+        value.view[value.index] = value.number = value.number + amount
+
+    inline where it is used (a call costs 400 instructions a value). A value
+    is one aligned double in the map, stored whole (a memoryview's item
+    assignment copies the 8 bytes at once, never zeroing first as
     ``struct.pack_into`` does), so a reader never sees half a value; its
     timestamp stays the 0.0 the client wrote when it made the key.
     """
@@ -654,14 +659,6 @@ class _Value:
         #: The file's map as doubles, or a :class:`_Through`; the value's index in it.
         self.view = view
         self.index = index
-
-    def add(self, amount: float) -> None:
-        """Add to the number and write it through (hold the files' lock).
-
-        The request path writes the same line inline: a call costs 400
-        instructions a value.
-        """
-        self.view[self.index] = self.number = self.number + amount
 
 
 class _Through:
@@ -709,8 +706,9 @@ class _ProcessFiles:
     ``MmapedDict.write_value`` costs 2 800 instructions a value, a slice
     assignment of the packed bytes 2 400 in a loop, an item of the view 780;
     and the request's metrics hold their :class:`_Value` objects, so a write
-    looks nothing up. A map the client replaced when the file grew stays
-    valid (its views hold it; both map the same file).
+    looks nothing up. When a file grows the client maps it anew: its values
+    move to a view of the new map, and the old view is let go, so the old
+    map and its descriptor are freed.
     ``tests/test_prometheus.py`` checks, on the installed client, that it
     reads back what is written so, also after the file grew; and each
     process checks it once on a scratch file (:func:`_writes_directly`)
@@ -730,14 +728,13 @@ class _ProcessFiles:
         A new :attr:`values` table tells the metrics holding values of the
         parent's (their ``seen``) to make their own.
         """
-        for view in getattr(self, "_views", ()):
-            view.release()  # a map with views cannot be closed
-        for file in self._files.values():
-            file.close()  # type: ignore[no-untyped-call]
+        views, files = getattr(self, "_views", {}), self._files
+        # The new lock and tables first: whatever letting go of the old
+        # ones does, this process records into files of its own.
         self.lock = threading.Lock()
         self._files = {}
-        #: Every view made of this process's maps, the current one of each file last.
-        self._views: list[memoryview[float]] = []
+        #: By file type: its current map as doubles.
+        self._views: dict[str, memoryview[float]] = {}
         #: By file type: where values that cannot be written into the map go.
         self._through: dict[str, _Through] = {}
         #: Called once, when this process opens its first file (records its first value).
@@ -746,6 +743,16 @@ class _ProcessFiles:
         self.values: dict[str, _Value] = {}
         #: Whether values go straight into the maps (checked at the first file).
         self._direct: bool | None = None
+        for view in views.values():
+            view.release()  # a map with views cannot be closed
+        for file in files.values():
+            try:
+                file.close()  # type: ignore[no-untyped-call]
+            except BufferError:
+                # A view that another thread was making when this process
+                # forked is in no table: its map stays mapped; the file closes.
+                with contextlib.suppress(Exception):
+                    file._f.close()
 
     def value(self, typ: str, key: str) -> _Value:
         """The value of ``key`` in the ``typ`` file, made if new (hold :attr:`lock`)."""
@@ -755,20 +762,29 @@ class _ProcessFiles:
             number = file.read_value(key)[0]  # type: ignore[no-untyped-call]  # makes it
             position = file._positions[key] if self._direct else -1
             if position >= 0 and position % 8 == 0:
-                found = _Value(number, self._view(file), position // 8)
+                found = _Value(number, self._view(typ, file), position // 8)
             else:
                 through = self._through.get(typ) or self._through.setdefault(typ, _Through(file))
                 found = _Value(number, through, through.index(key))
             self.values[key] = found
         return found
 
-    def _view(self, file: MmapedDict) -> memoryview[float]:
-        """A view of the file's current map (a file that grew has a new one)."""
-        for view in reversed(self._views):
-            if view.obj is file._m:
-                return view
-        view = _doubles(file)
-        self._views.append(view)
+    def _view(self, typ: str, file: MmapedDict) -> memoryview[float]:
+        """The view of the file's current map (hold :attr:`lock`).
+
+        Making a value may grow the file, which the client then maps anew:
+        the file's values move to a view of the new map (every write holds
+        the lock), and the old view is released.
+        """
+        old = self._views.get(typ)
+        if old is not None and old.obj is file._m:
+            return old
+        view = self._views[typ] = _doubles(file)
+        if old is not None:
+            for value in self.values.values():
+                if value.view is old:
+                    value.view = view
+            old.release()
         return view
 
     def numbers(self) -> dict[str, float]:
@@ -985,8 +1001,8 @@ class FileRecorder:
         try:
             series = self._series
             values = series.values if series.seen is files.values else series.resolve()
-            # Each value written inline (_Value.add's line): through a list
-            # of writes and a loop, 450 instructions a value more; a call, 400.
+            # Each value written inline (see _Value): through a list of
+            # writes and a loop, 450 instructions a value more; a call, 400.
             buckets, total = values[0]
             value = buckets[bisect_left(self._bounds, duration)]
             value.view[value.index] = value.number = value.number + 1.0
@@ -1124,7 +1140,7 @@ class FileHistogram(Collector):
                     raise ValueError(f"{self._name} has labels: observe a series of labels()")
                 buckets, total = self._values = files.histogram(self._keys)
                 self._seen = files.values
-            value = buckets[bisect_left(self._bounds, amount)]  # _Value.add, inline
+            value = buckets[bisect_left(self._bounds, amount)]  # see _Value
             value.view[value.index] = value.number = value.number + 1.0
             total.view[total.index] = total.number = total.number + amount
         finally:

@@ -384,6 +384,11 @@ def test_a_forked_worker_writes_a_file_of_its_own(tmp_path: Path) -> None:
     assert out == ["[2]", "4.0", "4.0", "0.0", "4.0", str(files), str(client_files)]
 
 
+def _add(value: prometheus._Value, amount: float) -> None:
+    # The line the package writes inline (see _Value).
+    value.view[value.index] = value.number = value.number + amount
+
+
 def test_values_written_into_the_map_are_what_the_client_reads(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -394,13 +399,21 @@ def test_values_written_into_the_map_are_what_the_client_reads(
     files = prometheus._ProcessFiles()
     keys = [f"{n:05d}" + "k" * 100 for n in range(12_000)]
     with files.lock:
+        first = files.value("counter", keys[0]).view
         for n, key in enumerate(keys):
-            files.value("counter", key).add(n)
-        files.value("counter", keys[0]).add(0.5)  # made before the file grew
+            _add(files.value("counter", key), n)
+        _add(files.value("counter", keys[0]), 0.5)  # made before the file grew
         buckets, total = files.histogram((["le=1", "le=+Inf"], "sum"))
-        buckets[1].add(1.0)
-        total.add(2.5)
+        _add(buckets[1], 1.0)
+        _add(total, 2.5)
     assert files._direct is True  # checked on a scratch file at the first open
+    # The values moved to a view of the grown file's new map; the old views
+    # were let go (their maps and descriptors freed).
+    counter_map = files._files["counter"]._m
+    assert all(files.values[key].view is files._views["counter"] for key in keys)
+    assert files._views["counter"].obj is counter_map and len(files._views) == 2
+    with pytest.raises(ValueError, match="released"):
+        t.cast(memoryview, first).obj  # noqa: B018
     files.forget()  # closes them
     (counters,) = tmp_path.glob("counter_requests_*.db")
     assert counters.stat().st_size > 1 << 20
@@ -410,6 +423,36 @@ def test_values_written_into_the_map_are_what_the_client_reads(
     read = {k: v for k, v, _, _ in MmapedDict.read_all_values_from_file(str(histogram))}  # type: ignore[no-untyped-call]
     assert read == {"le=1": 0.0, "le=+Inf": 1.0, "sum": 2.5}
     assert list(tmp_path.glob("*.tmp")) == []  # the scratch file is gone
+
+
+def test_a_fork_while_a_view_is_being_made_leaves_the_child_files_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A view of a map that no table holds (another thread was making it when
+    # the process forked: a review's repro) keeps that map from closing; the
+    # child still gets a new lock and tables, and records into its own files.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    files = prometheus._ProcessFiles()
+    files.lock.acquire()  # held by the parent's thread, as at the fork
+    _add(files.value("counter", "jobs"), 2.0)
+    stray = prometheus._doubles(files._files["counter"])
+    monkeypatch.setattr(os, "getpid", lambda: 1)  # the child's pid, for its files
+    files.forget()  # what the child's fork handler does
+    assert files.lock.acquire(timeout=1)
+    try:
+        assert files.values == {} and files._files == {}
+        _add(files.value("counter", "jobs"), 1.0)
+    finally:
+        files.lock.release()
+        files.forget()
+        stray.release()
+    monkeypatch.undo()
+    read = {
+        path.name: [(k, v) for k, v, _, _ in MmapedDict.read_all_values_from_file(str(path))]  # type: ignore[no-untyped-call]
+        for path in tmp_path.glob("counter_requests_*.db")
+    }
+    parent = f"counter_requests_{os.getpid()}.db"
+    assert read == {parent: [("jobs", 2.0)], "counter_requests_1.db": [("jobs", 1.0)]}
 
 
 def _shifted(file: MmapedDict) -> memoryview[float]:
@@ -436,11 +479,11 @@ def test_a_client_whose_map_is_not_as_expected_gets_its_own_writes(
     files = prometheus._ProcessFiles()
     with files.lock:
         jobs = files.value("counter", "jobs")
-        jobs.add(2.0)
-        jobs.add(1.0)
+        _add(jobs, 2.0)
+        _add(jobs, 1.0)
         buckets, total = files.histogram((["le=1", "le=+Inf"], "sum"))
-        buckets[1].add(1.0)
-        total.add(2.5)
+        _add(buckets[1], 1.0)
+        _add(total, 2.5)
     assert files._direct is False
     files.forget()
     read: dict[str, float] = {}
