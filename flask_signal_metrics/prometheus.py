@@ -719,6 +719,8 @@ class _ProcessFiles:
 
     def __init__(self) -> None:
         self._files: dict[str, MmapedDict] = {}
+        #: By file type: its current map as doubles.
+        self._views: dict[str, memoryview[float]] = {}
         self.forget()
 
     def forget(self) -> None:
@@ -728,13 +730,12 @@ class _ProcessFiles:
         A new :attr:`values` table tells the metrics holding values of the
         parent's (their ``seen``) to make their own.
         """
-        views, files = getattr(self, "_views", {}), self._files
+        views, files = self._views, self._files
         # The new lock and tables first: whatever letting go of the old
         # ones does, this process records into files of its own.
         self.lock = threading.Lock()
         self._files = {}
-        #: By file type: its current map as doubles.
-        self._views: dict[str, memoryview[float]] = {}
+        self._views = {}
         #: By file type: where values that cannot be written into the map go.
         self._through: dict[str, _Through] = {}
         #: Called once, when this process opens its first file (records its first value).
