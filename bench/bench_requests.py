@@ -90,10 +90,10 @@ def ours() -> tuple[Flask, CollectorRegistry | None]:
 
 
 def lean() -> tuple[Flask, CollectorRegistry | None]:
-    from flask.globals import _cv_request
     from prometheus_client import Gauge
     from prometheus_client import Histogram
 
+    from flask_signal_metrics._compat import current_context as _cv_request
     from flask_signal_metrics.config import SIZE_BUCKETS
 
     app = _app()
@@ -140,7 +140,7 @@ def lean() -> tuple[Flask, CollectorRegistry | None]:
 
 
 def least() -> tuple[Flask, CollectorRegistry | None]:
-    from flask.globals import _cv_request
+    from flask_signal_metrics._compat import current_context as _cv_request
 
     app = _app()
     started_count, finished_count = itertools.count(), itertools.count()

@@ -135,14 +135,14 @@ def second() -> Built:
     active = http_metrics.create_http_server_active_requests(meter)
 
     def started(sender: Flask, **extra: object) -> None:
-        from flask.globals import _cv_request
+        from flask_signal_metrics._compat import current_context as _cv_request
 
         environ = _cv_request.get().request.environ
         active.add(1, {"http.request.method": "GET", "url.scheme": "http"})
         environ["second.start"] = time.perf_counter()
 
     def ended(sender: Flask, **extra: object) -> None:
-        from flask.globals import _cv_request
+        from flask_signal_metrics._compat import current_context as _cv_request
 
         environ = _cv_request.get().request.environ
         attributes: dict[str, str | int] = {
@@ -160,7 +160,7 @@ def second() -> Built:
 
 
 def floor(sampled: bool = True) -> Built:
-    from flask.globals import _cv_request
+    from flask_signal_metrics._compat import current_context as _cv_request
 
     app = _app()
     provider, exporter = _provider(sampled)

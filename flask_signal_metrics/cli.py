@@ -61,7 +61,10 @@ def report(url: str | None, multiproc_dir: str | None, as_json: bool, top: int) 
         metrics = prometheus.read_multiprocess(multiproc_dir)
     else:
         source = "this process"
-        metrics = prometheus.collect(state.collectors)
+        try:
+            metrics = prometheus.collect(state.collectors, state.settings.lock_timeout)
+        except prometheus.LockUnavailable as e:
+            raise click.ClickException(f"cannot read the metrics now: {e}; try again.") from e
     families = prometheus.summarize(metrics)
     cap = state.settings.max_series
     data = {

@@ -81,6 +81,11 @@ RESERVED_LABELS = frozenset(
 )
 
 
+#: How long a scrape waits for the multiprocess directory's lock by default
+#: (SIGNAL_METRICS_LOCK_TIMEOUT); a compaction holds it for milliseconds.
+LOCK_TIMEOUT = 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """The validated configuration of one app's extension."""
@@ -104,6 +109,7 @@ class Settings:
     capture_request_headers: tuple[str, ...] = ()
     capture_response_headers: tuple[str, ...] = ()
     sanitize_headers: tuple[str, ...] = ()
+    lock_timeout: float = LOCK_TIMEOUT
 
 
 #: config key -> (Settings field, parser). The parser gets the key for its messages.
@@ -208,8 +214,11 @@ class AnyOf:
     def fullmatch(self, text: str) -> bool:
         return any(pattern.fullmatch(text) for pattern in self._patterns)
 
+    def search(self, text: str) -> bool:
+        return any(pattern.search(text) for pattern in self._patterns)
 
-#: What decides whether a whole string matches one of several patterns.
+
+#: What decides whether a string matches (whole, or anywhere in it) one of several patterns.
 Matcher: t.TypeAlias = "re.Pattern[str] | AnyOf"
 
 
@@ -321,6 +330,22 @@ def _addr(key: str, value: object) -> str:
     return value
 
 
+#: The longest SIGNAL_METRICS_LOCK_TIMEOUT: a scrape's thread is held that long at most.
+MAX_LOCK_TIMEOUT = 30.0
+
+
+def _lock_timeout(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{key} must be a number of seconds such as 1.0; got {value!r}.")
+    if not 0 < value <= MAX_LOCK_TIMEOUT:
+        raise ValueError(
+            f"{key} must be more than 0 and at most {MAX_LOCK_TIMEOUT:g} seconds, such as"
+            " 1.0: how long a scrape waits for the multiprocess directory's lock before"
+            f" answering 503; got {value!r}."
+        )
+    return float(value)
+
+
 def _header_patterns(key: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, str):
         raise TypeError(f"{key} must be a comma-separated string of header names.")
@@ -359,6 +384,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "SIGNAL_METRICS_PORT": ("port", _port),
     "SIGNAL_METRICS_ADDR": ("addr", _addr),
     "SIGNAL_METRICS_TRACING": ("tracing", _bool),
+    "SIGNAL_METRICS_LOCK_TIMEOUT": ("lock_timeout", _lock_timeout),
 }
 
 #: Standard environment variable -> (Settings field, parser).
@@ -401,4 +427,36 @@ def load(
     for variable, (field, parse) in _ENVIRON.items():
         if environ.get(variable):  # empty is unset, as the OpenTelemetry spec says
             values[field] = parse(variable, environ[variable])
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _check_port_guard(settings)
+    return settings
+
+
+def load_arguments(function: str, arguments: cabc.Mapping[str, object]) -> Settings:
+    """Validate a function's keyword arguments that mean what config keys mean.
+
+    Each is parsed as its key is, with messages naming ``function(name=)``.
+    """
+    fields = {field: parse for field, parse in _KEYS.values()}
+    values = {
+        name: fields[name](f"{function}({name}=)", value) for name, value in arguments.items()
+    }
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def _check_port_guard(settings: Settings) -> None:
+    """A guard written for the app's view cannot run on the port: never serve it unguarded.
+
+    The port's requests are no Flask request (no ``flask.request``, no
+    ``current_user``, no ``abort``), so its only guards are the credentials.
+    """
+    unguarded = settings.basic_auth is None and settings.bearer_token is None
+    if settings.decorator is not None and settings.port is not None and unguarded:
+        raise ValueError(
+            "SIGNAL_METRICS_DECORATOR guards the app's metrics route only, and"
+            " SIGNAL_METRICS_PORT is set: that port cannot run a view decorator (its"
+            " requests are not the app's), so it would serve the metrics to anyone who can"
+            " connect. Guard the port with SIGNAL_METRICS_BASIC_AUTH or"
+            " SIGNAL_METRICS_BEARER_TOKEN (the route then asks for them too, after the"
+            " decorator), or unset SIGNAL_METRICS_PORT."
+        )

@@ -139,6 +139,8 @@ class SignalMetrics:
                 " flask_signal_metrics.start_metrics_server(port) in gunicorn's when_ready"
                 " hook (see examples/gunicorn.conf.py), and unset SIGNAL_METRICS_PORT."
             )
+        if prometheus.multiprocess():
+            prometheus.check_directory()  # once: a scrape or a compaction never checks
         registry = self._registry if self._registry is not None else prometheus.new_registry()
         # A registry passed in is also the declared signals' one, and may be
         # the default one: each once, or its families would be read twice.
@@ -278,7 +280,14 @@ class SignalMetrics:
         self._declared += [timed.start_name, timed.end_name]
 
 
-def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
+def start_metrics_server(
+    port: int,
+    addr: str = "127.0.0.1",
+    *,
+    basic_auth: tuple[str, str] | None = None,
+    bearer_token: str | None = None,
+    lock_timeout: float = config.LOCK_TIMEOUT,
+) -> exposition.PortServer:
     """Serve metrics on ``addr:port`` from this process, for a whole process group.
 
     For gunicorn with several workers: call it in the ``when_ready`` hook, in
@@ -290,14 +299,36 @@ def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
 
         def when_ready(server):
             from flask_signal_metrics import start_metrics_server
-            start_metrics_server(9100)
+            start_metrics_server(9100, bearer_token=os.environ["METRICS_BEARER_TOKEN"])
+
+    :param basic_auth: a ``(username, password)`` pair a scrape must give
+        (as ``SIGNAL_METRICS_BASIC_AUTH``); read it from the environment.
+    :param bearer_token: a token a scrape must give (as
+        ``SIGNAL_METRICS_BEARER_TOKEN``). Without either, anyone who can
+        connect to ``addr:port`` reads the metrics.
+    :param lock_timeout: how long a scrape waits for the multiprocess
+        directory's lock before answering 503 (as ``SIGNAL_METRICS_LOCK_TIMEOUT``).
+    :returns: the server, serving from daemon threads (``shutdown()`` then
+        ``server_close()`` stops it); see the README for its bounds on slow clients.
+    :raises TypeError, ValueError: a bad argument, or a multiprocess directory
+        another user can write (see :func:`prometheus.check_directory`), before
+        anything listens.
     """
-    settings = config.load({}, {"port": port, "addr": addr}, environ={})
+    arguments = {
+        "port": port,
+        "addr": addr,
+        "basic_auth": basic_auth,
+        "bearer_token": bearer_token,
+        "lock_timeout": lock_timeout,
+    }
+    settings = config.load_arguments("start_metrics_server", arguments)
+    if prometheus.multiprocess():
+        prometheus.check_directory()
     collectors = (prometheus.default_registry(),)
     server = exposition.bind_server(
         settings.addr, port, collectors, settings, key="start_metrics_server", for_workers=True
     )
-    exposition.serve(server)
+    return exposition.serve(server)
 
 
 def worker_exited(pid: int) -> None:
@@ -305,7 +336,10 @@ def worker_exited(pid: int) -> None:
 
     Marks the worker dead, so that its in-flight gauge stops counting, and
     folds its files into the directory's compacted ones, so that scrapes stay
-    as fast after a thousand worker restarts as before the first.
+    as fast after a thousand worker restarts as before the first. Never
+    waits for the directory's lock more than a moment and never raises (the
+    master replaces the worker only once it returns): while the lock is held
+    elsewhere, the files are folded at a later call.
     """
     prometheus.process_died(pid)
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import fcntl
+import functools
 import glob
 import itertools
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -35,6 +38,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import CounterMetricFamily
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import mmap_key
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import mark_process_dead
@@ -42,15 +46,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from . import labels
+from .config import LOCK_TIMEOUT
 from .forks import at_fork
 
 logger = logging.getLogger("flask_signal_metrics")
-
-if t.TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
 
 M = t.TypeVar("M", bound="MetricWrapperBase | FileHistogram")
 
@@ -86,6 +89,7 @@ SERIES_OVERFLOW = "flask_signal_metrics_series_overflow"
 RECEIVER_ERRORS = "flask_signal_metrics_receiver_errors"
 SIGNAL_OVERFLOW = "flask_signal_metrics_signal_overflow"
 SIGNAL_ERRORS = "flask_signal_metrics_signal_errors"
+SCRAPES_REFUSED = "flask_signal_metrics_scrapes_refused"
 
 ACTIVE = "http_server_active_requests"
 ACTIVE_LABELS = ("http_request_method", "url_scheme")
@@ -98,6 +102,9 @@ HELP = {
     RESPONSE_SIZE: "Size of HTTP server response bodies.",
     CLASSIC_DURATION: "Flask HTTP request duration in seconds",
     CLASSIC_COUNT: "Total number of HTTP requests",
+    SCRAPES_REFUSED: "Scrapes answered 503 in multiprocess mode: the directory's lock was held"
+    " past SIGNAL_METRICS_LOCK_TIMEOUT (lock_timeout), or its file could not be opened"
+    " (lock_error).",
 }
 
 
@@ -211,7 +218,7 @@ class _Cells:
     thread is folding); the fold takes the first ``n`` and deletes exactly
     those (``del pending[:n]``, atomic), so nothing appended meanwhile is lost.
     :class:`RequestStats` exposes them through prometheus_client's own metric
-    families and encoders.
+    families, which :func:`render` writes with :class:`_HistogramLines`.
     """
 
     __slots__ = (
@@ -355,6 +362,8 @@ class _RequestMetrics(Collector):
         self._cap = max_series
         self._overflowed = overflowed
         self._lock = threading.Lock()
+        #: By format: how each family is written (None: by the client), see :meth:`_written`.
+        self._formats: dict[t.Hashable, list[_HistogramLines | None]] = {}
         at_fork(self._forked)
 
     def _forked(self) -> None:
@@ -362,6 +371,39 @@ class _RequestMetrics(Collector):
 
     def describe(self) -> list[Metric]:
         return self._families()
+
+    def _written(self, families: list[Metric]) -> list[Metric]:
+        """``families``, or in a :func:`render` their histograms as rows that it writes itself.
+
+        A format's lines are learnt at its first render; a few formats only
+        (the ``Accept`` header is the client's to choose), others are written
+        by prometheus_client.
+        """
+        form = _RENDERING.get()
+        if form is None or form.key is None:
+            return families
+        written = self._formats.get(form.key)
+        if written is None:
+            if len(self._formats) >= _MAX_FORMATS:
+                return families
+            texts: dict[tuple[str, ...], _Texts] = {}  # by label names
+            written = []
+            for family in families:
+                labelnames, les = self._shape(family)
+                shared = texts.setdefault(tuple(labelnames), {})
+                written.append(_HistogramLines.probe(form, family, labelnames, les, shared))
+            self._formats[form.key] = written
+        return [
+            family if lines is None else _Rows(family, lines)
+            for family, lines in zip(families, written, strict=True)
+        ]
+
+    def _shape(self, family: Metric) -> tuple[list[str], list[str]]:
+        """A request histogram's label names and ``le`` values (as :func:`_request_families`)."""
+        if family.name == CLASSIC_DURATION:
+            return ["method", "path", "status", *self._static_names], self._les
+        les = self._les if family.name == DURATION else self._size_les
+        return [*HTTP_LABELS, *self._static_names], les
 
     def _families(self) -> list[Metric]:
         active = GaugeMetricFamily(
@@ -447,7 +489,7 @@ class RequestStats(_RequestMetrics):
     # -- exposition ---------------------------------------------------------
 
     def collect(self) -> list[Metric]:
-        families = self._families()
+        families = self._written(self._families())
         active, duration, request, response = families[0], families[1], families[-2], families[-1]
         with self._lock:
             groups = list(self.groups.items())
@@ -554,6 +596,9 @@ def _add_histogram(
     total: float,
     kept: list[_Kept | None] | None = None,
 ) -> None:
+    if isinstance(family, _Rows):
+        family.rows.append(_Row(tuple(values), counts, total, kept))
+        return
     cumulative = 0
     buckets: list[t.Any] = []
     for i, (le, count) in enumerate(zip(les, counts, strict=True)):
@@ -562,11 +607,7 @@ def _add_histogram(
         if exemplar is None:
             buckets.append((le, cumulative))
         else:
-            # 32 + 16 hex digits and two short names: 62 runes, always within
-            # OpenMetrics' 128, so the encoder can never reject it.
-            trace_id, span_id, value, when = exemplar
-            ids = {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}
-            buckets.append((le, cumulative, Exemplar(ids, value, when)))
+            buckets.append((le, cumulative, Exemplar(*_exemplar(exemplar))))
     t.cast(HistogramMetricFamily, family).add_metric(values, buckets, total)
 
 
@@ -582,6 +623,17 @@ def multiprocess() -> bool:
     Decided by the client when it was first imported, from the environment then.
     """
     return values.ValueClass is not values.MutexValue
+
+
+#: The lock scrapes share and compaction holds alone, in the multiprocess directory.
+LOCK_FILE = ".flask-signal-metrics.lock"
+
+#: How long a compaction, in the server's master, waits for the lock before
+#: leaving the dead process's files for the next one.
+_COMPACT_WAIT = 0.05
+
+#: The longest sleep between two tries of the lock.
+_LOCK_PAUSE = 0.05
 
 
 #: The file type of the in-flight gauge: ``livesum``, so that a dead
@@ -1241,19 +1293,29 @@ class WorkerStats:
             time.sleep(WORKER_INTERVAL)
 
 
-def exposed(collectors: cabc.Sequence[Collector]) -> list[Collector]:
+def exposed(
+    collectors: cabc.Sequence[Collector], lock_timeout: float = LOCK_TIMEOUT
+) -> list[Collector]:
     """What a scrape reads: the collectors, or in multiprocess mode every worker's files.
 
     In multiprocess mode the live registries hold only this worker's values;
     every scrape sums the directory's files as prometheus_client's
     ``MultiProcessCollector`` does. The files are read under a shared lock,
     so that :func:`compact` never moves counts under a scrape.
+
+    :raises LockUnavailable: the lock was not had within ``lock_timeout``
+        seconds, or its file cannot be opened (counted in
+        ``flask_signal_metrics_scrapes_refused_total``).
     """
     if not multiprocess():
         return list(collectors)
     directory = _multiprocess_dir()
-    with _directory_lock(directory, fcntl.LOCK_SH):
-        metrics = _read_directory(directory)
+    try:
+        with _directory_lock(directory, fcntl.LOCK_SH, lock_timeout):
+            metrics = _read_directory(directory)
+    except LockUnavailable as e:
+        _count_refused(e.reason)
+        raise
     if REGISTRY not in collectors:
         # The files hold every process's metrics, those of the default
         # registry (the user's module-level ones) too: serve_default_registry
@@ -1292,14 +1354,175 @@ def _multiprocess_dir() -> str:
     return os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
+class LockUnavailable(Exception):
+    """The multiprocess directory's lock was not had in time, or its file cannot be opened.
+
+    Whoever can open the lock file can hold it for as long as they like, so
+    it is never waited for without a bound: a scrape is refused (503) and a
+    compaction left for later.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        #: ``lock_timeout`` or ``lock_error``, the label of the refusals' count.
+        self.reason = reason
+
+
 @contextlib.contextmanager
-def _directory_lock(path: str, operation: int) -> t.Iterator[None]:
-    with open(os.path.join(path, ".flask-signal-metrics.lock"), "a+b") as lock:
-        fcntl.flock(lock, operation)
+def _directory_lock(path: str, operation: int, timeout: float) -> t.Iterator[None]:
+    """Hold the directory's lock (``LOCK_SH`` or ``LOCK_EX``), waiting at most ``timeout`` s.
+
+    :raises LockUnavailable: not had in time, or the lock file cannot be opened.
+    """
+    try:
+        fd = _open_lock(path)
+    except OSError as e:
+        raise LockUnavailable(
+            f"cannot open {os.path.join(path, LOCK_FILE)} ({e.strerror or e})", "lock_error"
+        ) from e
+    try:
+        _acquire(fd, operation, timeout)
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _open_lock(directory: str) -> int:
+    """The lock file's descriptor, made readable by this user only if it is new.
+
+    A symbolic link at its path is refused (``ELOOP``), not followed.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(os.path.join(directory, LOCK_FILE), flags, 0o600)
+
+
+def _acquire(fd: int, operation: int, timeout: float) -> None:
+    """``flock`` without blocking, tried again after short sleeps until ``timeout`` has passed.
+
+    A blocking ``flock`` has no timeout: it waits for as long as any other
+    holder of the file keeps it.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LockUnavailable(
+                f"the multiprocess directory's lock was held elsewhere for {timeout:g} s"
+                " (a compaction, or another process that opened the lock file)",
+                "lock_timeout",
+            )
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, _LOCK_PAUSE)
+
+
+def _count_refused(reason: str) -> None:
+    # The count is a courtesy: it never turns the refusal into another error.
+    with contextlib.suppress(Exception):
+        _refused_counter().labels(reason).inc()
+
+
+@functools.cache
+def _refused_counter() -> Counter:
+    """The count of refused scrapes, made at most once a process (multiprocess mode only).
+
+    In multiprocess mode a counter writes this process's file, which every
+    scrape sums, registered or not: one counter serves every app of the
+    process and a process with none (the master serving start_metrics_server).
+    """
+    counter = Counter(SCRAPES_REFUSED, HELP[SCRAPES_REFUSED], ("reason",), registry=None)
+    for reason in ("lock_timeout", "lock_error"):
+        counter.labels(reason)  # exported as 0 before the first refusal
+    return counter
+
+
+def check_directory() -> None:
+    """Refuse a multiprocess directory that another user can write; at init, in multiprocess mode.
+
+    Whoever can write the directory can plant the lock file (and hold it:
+    every scrape refused) or a file named like a worker's (counts of their
+    own, or a symbolic link that prometheus_client's files follow). So a
+    directory every user can write, sticky or not, or one another user owns,
+    is refused. One its group can write is allowed with a warning: the
+    group is a choice of who shares it (and a umask of 002 makes every new
+    directory so). A lock file an earlier release left readable to all is
+    made this user's only.
+
+    :raises ValueError: naming ``PROMETHEUS_MULTIPROC_DIR`` and the fix.
+    """
+    directory = _multiprocess_dir()
+    key = f"PROMETHEUS_MULTIPROC_DIR is {directory!r}"
+    fix = (
+        f"make it private (chmod 700 {directory}), or let examples/gunicorn.conf.py make"
+        " one (tempfile.mkdtemp: a random name, mode 0700)"
+    )
+    try:
+        info = os.stat(directory)
+    except OSError as e:
+        raise ValueError(
+            f"{key}, which cannot be used ({e.strerror or e}); create it private to this"
+            f" user before the app starts (mkdir -m 700 {directory})."
+        ) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{key}, which is not a directory; point it at a private directory.")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWOTH:
+        raise ValueError(
+            f"{key}, which every user can write (mode {mode:o}): any of them could hold"
+            f" its lock (stopping every scrape) or plant files in it; {fix}."
+        )
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ValueError(
+            f"{key}, owned by uid {info.st_uid}, not by this process's user"
+            f" ({os.geteuid()}): its owner could hold its lock or plant files in it;"
+            " use a directory this user made, mode 0700."
+        )
+    if mode & stat.S_IWGRP:
+        logger.warning(
+            "flask-signal-metrics: %s, which its group (gid %d) can write (mode %o):"
+            " every member could hold its lock (stopping every scrape) or plant files"
+            " in it. Unless they all may, chmod g-w %s.",
+            key,
+            info.st_gid,
+            mode,
+            directory,
+        )
+    _check_lock_file(directory, key)
+
+
+def _check_lock_file(directory: str, key: str) -> None:
+    """A lock file already there must be this user's; it is made at the first scrape if not."""
+    path = os.path.join(directory, LOCK_FILE)
+    if not os.path.lexists(path):
+        return
+    try:
+        fd = _open_lock(directory)
+    except OSError as e:
+        what = "a symbolic link" if os.path.islink(path) else f"unusable ({e.strerror or e})"
+        raise ValueError(
+            f"{key}, whose lock file {path} is {what}; remove it, and keep the"
+            " directory private to this user (mode 0700)."
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid not in (os.geteuid(), 0):
+            raise ValueError(
+                f"{key}, whose lock file {path} is not a file of this user's"
+                f" (uid {info.st_uid}); remove it, and keep the directory private"
+                " to this user (mode 0700)."
+            )
+        if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.geteuid():
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 #: How the values of a dead process merge into the compacted file, by gauge mode.
@@ -1310,7 +1533,7 @@ _MERGE: dict[str, t.Callable[[float, float], float]] = {
 }
 
 
-def compact(pid: int) -> int:
+def compact(pid: int, wait: float = _COMPACT_WAIT) -> int:
     """Fold a dead process's files into one compacted file per type; returns the files folded.
 
     prometheus_client reads one file per process that ever lived, so the time
@@ -1321,36 +1544,43 @@ def compact(pid: int) -> int:
     reads the same totals from fewer files. ``live*`` gauges are removed by
     :func:`process_died`; ``all`` and ``mostrecent`` gauges are left as they
     are. Runs under the directory's exclusive lock, which scrapes share.
+
+    :raises LockUnavailable: the lock was not had within ``wait`` seconds.
     """
     directory = _multiprocess_dir()
+    with _directory_lock(directory, fcntl.LOCK_EX, wait):
+        return _compact(directory, pid)
+
+
+def _compact(directory: str, pid: int) -> int:
+    """:func:`compact`'s folding (hold the directory's exclusive lock)."""
     folded = 0
-    with _directory_lock(directory, fcntl.LOCK_EX):
-        for file in glob.glob(os.path.join(directory, f"*_{pid}.db")):
-            if not os.path.getsize(file):  # killed while making it: no value
-                os.remove(file)
-                continue
-            parts = os.path.basename(file)[:-3].split("_")
-            if parts[0] == "gauge":
-                if parts[1] not in _MERGE:
-                    continue
-                merge, target = _MERGE[parts[1]], f"gauge_{parts[1]}_compacted.db"
-            else:
-                merge, target = _MERGE["sum"], f"{parts[0]}_compacted.db"
-            path = os.path.join(directory, target)
-            # A key new to the compacted file takes the dead process's value
-            # as it is: merged with the 0 a new key reads as, a ``min``
-            # gauge of 5 became 0.
-            known = _keys(path)
-            compacted = MmapedDict(path)  # type: ignore[no-untyped-call]
-            try:
-                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(file):  # type: ignore[no-untyped-call]
-                    if key in known:  # a file's keys are unique: no key comes twice
-                        value = merge(compacted.read_value(key)[0], value)  # type: ignore[no-untyped-call]
-                    compacted.write_value(key, value, timestamp)  # type: ignore[no-untyped-call]
-            finally:
-                compacted.close()  # type: ignore[no-untyped-call]
+    for file in glob.glob(os.path.join(directory, f"*_{pid}.db")):
+        if not os.path.getsize(file):  # killed while making it: no value
             os.remove(file)
-            folded += 1
+            continue
+        parts = os.path.basename(file)[:-3].split("_")
+        if parts[0] == "gauge":
+            if parts[1] not in _MERGE:
+                continue
+            merge, target = _MERGE[parts[1]], f"gauge_{parts[1]}_compacted.db"
+        else:
+            merge, target = _MERGE["sum"], f"{parts[0]}_compacted.db"
+        path = os.path.join(directory, target)
+        # A key new to the compacted file takes the dead process's value
+        # as it is: merged with the 0 a new key reads as, a ``min``
+        # gauge of 5 became 0.
+        known = _keys(path)
+        compacted = MmapedDict(path)  # type: ignore[no-untyped-call]
+        try:
+            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(file):  # type: ignore[no-untyped-call]
+                if key in known:  # a file's keys are unique: no key comes twice
+                    value = merge(compacted.read_value(key)[0], value)  # type: ignore[no-untyped-call]
+                compacted.write_value(key, value, timestamp)  # type: ignore[no-untyped-call]
+        finally:
+            compacted.close()  # type: ignore[no-untyped-call]
+        os.remove(file)
+        folded += 1
     return folded
 
 
@@ -1361,12 +1591,37 @@ def _keys(path: str) -> set[str]:
     return {key for key, _, _, _ in MmapedDict.read_all_values_from_file(path)}  # type: ignore[no-untyped-call]
 
 
+#: Dead processes whose files are not compacted yet: the lock was held elsewhere.
+_UNCOMPACTED: set[int] = set()
+
+
 def process_died(pid: int) -> None:
-    """What a server's hook calls when a worker exits: mark it dead, then compact."""
+    """What a server's hook calls when a worker exits: mark it dead, then compact.
+
+    It runs in the server's master (gunicorn's ``child_exit``), which
+    replaces dead workers only once it returns and which an exception stops:
+    the compaction never waits longer than a moment and never raises. Files
+    it could not fold now are folded at a later call; until then every
+    scrape sums them as they are, so no count is wrong meanwhile.
+    """
     mark_process_dead(pid)  # type: ignore[no-untyped-call]
     with contextlib.suppress(FileNotFoundError):  # ours, which mark_process_dead does not know
         os.remove(os.path.join(_multiprocess_dir(), f"{_LIVE}_requests_{pid}.db"))
-    compact(pid)
+    _UNCOMPACTED.add(pid)
+    try:
+        with _directory_lock(_multiprocess_dir(), fcntl.LOCK_EX, _COMPACT_WAIT):
+            for dead in sorted(_UNCOMPACTED):
+                _UNCOMPACTED.discard(dead)  # first: a file that fails to fold is not retried
+                _compact(_multiprocess_dir(), dead)
+    except LockUnavailable as e:
+        logger.warning(
+            "flask-signal-metrics: the files of %d dead worker(s) are left as they are,"
+            " to be compacted when the next worker exits (scrapes still count them): %s.",
+            len(_UNCOMPACTED),
+            e,
+        )
+    except Exception:
+        logger.exception("flask-signal-metrics: compacting a dead worker's files failed")
 
 
 class Metrics:
@@ -1406,6 +1661,8 @@ class Metrics:
         )
         for signal in signals:
             self.receiver_errors.child((signal,))  # export 0 for series known in advance
+        if multiprocess():  # the only mode with a lock a scrape can be refused for
+            _refused_counter()
 
         request_families = [REQUEST_SIZE, RESPONSE_SIZE]
         request_families.append(CLASSIC_DURATION if naming == "classic" else DURATION)
@@ -1516,6 +1773,8 @@ class _Union(Collector):
     def _wanted(self, metric: Metric) -> bool:
         if metric.name in self._names:
             return True
+        if isinstance(metric, _Rows):
+            return not self._names.isdisjoint(metric.sample_names())
         return any(sample.name in self._names for sample in metric.samples)
 
 
@@ -1538,6 +1797,7 @@ def render(
     collectors: cabc.Sequence[Collector],
     accepted: cabc.Iterable[str],
     names: cabc.Iterable[str] = (),
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> tuple[bytes, str]:
     """Encode ``collectors`` in the best format among ``accepted`` media ranges.
 
@@ -1548,7 +1808,10 @@ def render(
         each range is handed to it alone. Anything it cannot use falls back to
         the Prometheus text format 0.0.4, as the content-negotiation spec says.
     :param names: only these metric families (``/metrics?name[]=...``).
-    :returns: the body and its ``Content-Type``.
+    :param lock_timeout: how long to wait for the multiprocess directory's lock.
+    :returns: the body and its ``Content-Type``: what the client's encoder
+        writes, the request histograms written by :class:`_HistogramLines`.
+    :raises LockUnavailable: in multiprocess mode, the lock was not had in time.
     """
     encoder, content_type = choose_encoder("")
     for media_range in accepted:
@@ -1565,7 +1828,8 @@ def render(
             continue
         encoder, content_type = chosen, chosen_type
         break
-    return encoder(_Union(exposed(collectors), frozenset(names))), content_type
+    form = _format(content_type, encoder)
+    return _encode(form, _Union(exposed(collectors, lock_timeout), frozenset(names))), content_type
 
 
 def _writable_openmetrics(media_range: str) -> bool:
@@ -1579,6 +1843,303 @@ def _writable_openmetrics(media_range: str) -> bool:
         if name.strip().lower() == "version":
             return version.strip().split(".")[0] == "1"
     return True
+
+
+# -- writing the request histograms ---------------------------------------------------
+#
+# prometheus_client's encoders format every sample anew: its labels sorted,
+# escaped and joined, on every scrape. The request histograms, the bulk of a
+# large exposition, are written here instead: the client's own encoder writes
+# each series' label part once (a series' labels never change), and a render
+# formats only the values. Everything else is still the client's to write.
+# Why: bench/bench_storm.py --render measures both.
+
+
+class _Format(t.NamedTuple):
+    """The exposition format of a render."""
+
+    content_type: str
+    #: prometheus_client's encoder for it.
+    encoder: t.Callable[[Collector], bytes]
+    #: What the encoder writes after the last family (OpenMetrics' ``# EOF``).
+    trailer: bytes
+    #: Equal for renders that write alike: the type, and the encoder and its
+    #: options; None if they cannot be compared (the client writes everything).
+    key: t.Hashable | None
+
+
+def _format(content_type: str, encoder: t.Callable[[Collector], bytes]) -> _Format:
+    options: t.Hashable = encoder
+    if isinstance(encoder, functools.partial):  # a new one per call, equal options
+        options = (encoder.func, encoder.args, tuple(sorted(encoder.keywords.items())))
+    key: t.Hashable | None = (content_type, options)
+    try:
+        hash(key)
+    except TypeError:
+        key = None
+    return _Format(content_type, encoder, encoder(_Collected([])), key)
+
+
+#: The format of the :func:`render` under way in this context, if any:
+#: request collectors then hand over rows for it (:class:`_Rows`).
+_RENDERING: contextvars.ContextVar[_Format | None] = contextvars.ContextVar(
+    "flask_signal_metrics_rendering", default=None
+)
+
+#: Formats whose lines a request collector keeps; others are the client's to write.
+_MAX_FORMATS = 4
+
+#: Series written per chunk: each chunk is one join and one encode, so a
+#: render never runs one long C call that holds the GIL.
+_CHUNK_SERIES = 500
+
+#: Stands for the ``le`` value in the line the client writes once per series.
+_LE = "\ue000"
+
+
+class _Row(t.NamedTuple):
+    """One series of a histogram family, for its :class:`_HistogramLines`."""
+
+    values: tuple[str, ...]
+    #: Per bucket, not cumulative.
+    counts: list[int]
+    total: float
+    exemplars: list[_Kept | None] | None
+
+
+class _SeriesText(t.NamedTuple):
+    """One series' lines as the client writes them, less the sample's name and value.
+
+    The same in every family of the same label names: kept once for them all.
+    """
+
+    #: A bucket line: its name + ``head`` + its ``le`` + ``tail`` + its value.
+    head: str
+    tail: str
+    #: The ``_count`` and ``_sum`` lines: their name + ``labels`` + the value.
+    labels: str
+
+
+#: By label values: a series' text (None: the client writes it), see :class:`_SeriesText`.
+_Texts = dict[tuple[str, ...], "_SeriesText | None"]
+
+
+class _Rows(Metric):
+    """A histogram family whose series :func:`render` writes through their :class:`_HistogramLines`.
+
+    Made only within a render (see :data:`_RENDERING`); it has no samples.
+    """
+
+    def __init__(self, family: Metric, lines: _HistogramLines) -> None:
+        super().__init__(family.name, family.documentation, family.type, family.unit)
+        self.lines = lines
+        self.rows: list[_Row] = []
+
+    def sample_names(self) -> tuple[str, ...]:
+        """The names its samples would have."""
+        if not self.rows:
+            return ()
+        return (self.name + "_bucket", self.name + "_count", self.name + "_sum")
+
+
+class _HistogramLines:
+    """How one histogram family is written in one format, learnt from the client's encoder.
+
+    Its header, and for each series the text around its values, are what
+    prometheus_client writes for them; :meth:`write` adds the values,
+    formatted with the client's own ``floatToGoString``. A series whose text
+    cannot be split so (a label value holding :data:`_LE`) is written by the
+    client.
+    """
+
+    def __init__(
+        self,
+        form: _Format,
+        family: Metric,
+        labelnames: list[str],
+        les: list[str],
+        exemplars: bool,
+        texts: _Texts,
+    ) -> None:
+        self._form = form
+        self._name = family.name
+        self._documentation = family.documentation
+        self._unit = family.unit
+        self._labelnames = labelnames
+        self._les = les
+        self._exemplars = exemplars
+        self.header = _client_text(form, [self._empty()])
+        self._series = texts
+
+    @classmethod
+    def probe(
+        cls, form: _Format, family: Metric, labelnames: list[str], les: list[str], texts: _Texts
+    ) -> _HistogramLines | None:
+        """The family's lines in ``form``, or None if the client's output is not as expected.
+
+        Expected: a histogram series is its buckets, then ``_count`` and
+        ``_sum``, one line each; the encoder's output for several families is
+        that of each, then its trailer; and OpenMetrics writes a bucket's
+        exemplar as :func:`_exemplar_text` does.
+        """
+        if family.type != "histogram":
+            return None
+        shape = HistogramMetricFamily(family.name, "", labels=labelnames)
+        shape.add_metric(["x"] * len(labelnames), [(le, 0) for le in les], 0.0)
+        name = family.name
+        expected = [name + "_bucket"] * len(les) + [name + "_count", name + "_sum"]
+        if [sample.name for sample in shape.samples] != expected:
+            return None
+        empty = form.encoder(_Collected([family]))
+        if not empty.endswith(form.trailer) or len(empty) == len(form.trailer):
+            return None
+        kept: _Kept = (0xABC, 0xDEF, 0.25, 1_700_000_000.125)
+        bucket = Exemplar(*_exemplar(kept))
+        line = HistogramMetricFamily(name, "", labels=())
+        line.samples.append(Sample(name + "_bucket", {"le": "1.0"}, 0.0, None, bucket))
+        text = _client_text(form, [line]).rstrip("\n").rsplit("\n", 1)[-1]
+        if text == f'{name}_bucket{{le="1.0"}} 0.0{_exemplar_text(kept)}':
+            exemplars = True
+        elif text == f'{name}_bucket{{le="1.0"}} 0.0':
+            exemplars = False
+        else:
+            return None
+        return cls(form, family, labelnames, les, exemplars, texts)
+
+    def _empty(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(
+            self._name, self._documentation, labels=self._labelnames, unit=self._unit
+        )
+
+    def _learn(self, rows: list[_Row]) -> None:
+        """The text of the series of ``rows`` not yet known: one encoding for all."""
+        new = list(dict.fromkeys(row.values for row in rows if row.values not in self._series))
+        if not new:
+            return
+        family = self._empty()
+        name = self._name
+        for label_values in new:
+            labels = dict(zip(self._labelnames, label_values, strict=True))
+            family.samples += [
+                Sample(name + "_bucket", {**labels, "le": _LE}, 0.0),
+                Sample(name + "_count", labels, 0.0),
+                Sample(name + "_sum", labels, 0.0),
+            ]
+        text = _client_text(self._form, [family])
+        lines = text[len(self.header) :].split("\n")
+        if not text.startswith(self.header) or len(lines) != 3 * len(new) + 1:
+            self._series.update(dict.fromkeys(new))  # each written by the client
+            return
+        bucket_name, count_name, sum_name = name + "_bucket", name + "_count", name + "_sum"
+        for index, label_values in enumerate(new):
+            bucket, count, total = lines[3 * index : 3 * index + 3]
+            parts = bucket.split(_LE)
+            text_labels = count[len(count_name) : -3]  # " 0.0": the value, after its space
+            known = None  # the client writes it
+            if (
+                len(parts) == 2
+                and parts[0].startswith(bucket_name)
+                and parts[1].endswith(" 0.0")
+                and count == count_name + text_labels + "0.0"
+                and total == sum_name + text_labels + "0.0"
+            ):
+                known = _SeriesText(parts[0][len(bucket_name) :], parts[1][:-3], text_labels)
+            self._series[label_values] = known
+
+    def write(self, rows: list[_Row], numbers: dict[int, str]) -> cabc.Iterator[bytes]:
+        """The family's text, in chunks.
+
+        :param numbers: formatted counts with their newline, by count (many repeat).
+        """
+        self._learn(rows)
+        series = self._series
+        les = self._les
+        name = self._name
+        bucket_name, count_name, sum_name = name + "_bucket", name + "_count", name + "_sum"
+        out = [self.header]
+        for n, row in enumerate(rows, 1):
+            text = series[row.values]
+            if text is None:
+                out.append(self._by_client(row))
+                continue
+            counts = [
+                numbers.get(c) or numbers.setdefault(c, floatToGoString(c) + "\n")  # type: ignore[no-untyped-call]
+                for c in itertools.accumulate(row.counts)
+            ]
+            bucket_values = counts
+            kept = row.exemplars
+            if self._exemplars and kept is not None and kept.count(None) != len(kept):
+                bucket_values = [
+                    value if exemplar is None else value[:-1] + _exemplar_text(exemplar) + "\n"
+                    for value, exemplar in zip(counts, kept, strict=True)
+                ]
+            head, tail = bucket_name + text.head, text.tail
+            out += [head + le + tail + value for le, value in zip(les, bucket_values, strict=True)]
+            out.append(count_name + text.labels + counts[-1])
+            out.append(sum_name + text.labels + floatToGoString(row.total) + "\n")  # type: ignore[no-untyped-call]
+            if n % _CHUNK_SERIES == 0:
+                yield "".join(out).encode()
+                out = []
+        yield "".join(out).encode()
+
+    def _by_client(self, row: _Row) -> str:
+        family = self._empty()
+        _add_histogram(family, list(row.values), self._les, row.counts, row.total, row.exemplars)
+        return _client_text(self._form, [family])[len(self.header) :]
+
+
+def _exemplar(kept: _Kept) -> tuple[dict[str, str], float, float]:
+    """A kept exemplar's labels, value and time, as the client's ``Exemplar`` takes them."""
+    trace_id, span_id, value, when = kept
+    # 32 + 16 hex digits and two short names: 62 runes, always within
+    # OpenMetrics' 128, so the encoder can never reject it.
+    return {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}, value, when
+
+
+def _exemplar_text(kept: _Kept) -> str:
+    """A bucket's exemplar as OpenMetrics writes it after the value.
+
+    :meth:`_HistogramLines.probe` checks that the client writes it so.
+    """
+    trace_id, span_id, value, when = kept
+    return (
+        f' # {{span_id="{span_id:016x}",trace_id="{trace_id:032x}"}}'
+        f" {floatToGoString(value)} {when}"  # type: ignore[no-untyped-call]
+    )
+
+
+def _client_text(form: _Format, metrics: list[Metric]) -> str:
+    """What the client's encoder writes for ``metrics``, less its trailer."""
+    body = form.encoder(_Collected(metrics))
+    return body[: len(body) - len(form.trailer)].decode()
+
+
+def _encode(form: _Format, union: _Union) -> bytes:
+    """The exposition of ``union`` in ``form``: the client's, our rows written by their lines."""
+    token = _RENDERING.set(form)
+    try:
+        metrics = list(union.collect())
+    finally:
+        _RENDERING.reset(token)
+    if not any(isinstance(metric, _Rows) for metric in metrics):
+        return form.encoder(_Collected(metrics))
+    chunks: list[bytes] = []
+    theirs: list[Metric] = []
+    numbers: dict[int, str] = {}
+    for metric in metrics:
+        if not isinstance(metric, _Rows):
+            theirs.append(metric)
+            continue
+        if theirs:
+            body = form.encoder(_Collected(theirs))
+            chunks.append(body[: len(body) - len(form.trailer)])
+            theirs = []
+        chunks += metric.lines.write(metric.rows, numbers)
+    if theirs:
+        chunks.append(form.encoder(_Collected(theirs)))
+    else:
+        chunks.append(form.trailer)
+    return b"".join(chunks)
 
 
 class SignalStore:
@@ -1688,9 +2249,11 @@ def summarize(metrics: cabc.Iterable[Metric]) -> list[FamilySummary]:
     ]
 
 
-def collect(collectors: cabc.Sequence[Collector]) -> list[Metric]:
+def collect(
+    collectors: cabc.Sequence[Collector], lock_timeout: float = LOCK_TIMEOUT
+) -> list[Metric]:
     """What ``/metrics`` would serve, as metric families."""
-    return list(_Union(exposed(collectors), frozenset()).collect())
+    return list(_Union(exposed(collectors, lock_timeout), frozenset()).collect())
 
 
 def parse_text(text: str) -> list[Metric]:

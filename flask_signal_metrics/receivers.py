@@ -25,10 +25,10 @@ import operator
 import time
 import typing as t
 
-import flask
 from flask import signals
 from flask import wrappers
 
+from . import _compat
 from . import labels
 from .state import EXTENSION_KEY
 from .state import logger
@@ -40,7 +40,6 @@ from .tracing import Tracing
 
 if t.TYPE_CHECKING:
     from flask import Flask
-    from flask import Request
     from flask import Response
     from flask.ctx import RequestContext
     from jinja2 import Template
@@ -82,26 +81,10 @@ _perf_counter = time.perf_counter
 _Start = tuple[float, Route, t.Any, "RequestContext"]
 
 
-class _ProxyContext:
-    """Stands in for Flask's request-context variable where Flask has none."""
-
-    def get(self, *default: None) -> _ProxyContext | None:
-        if default and not flask.has_request_context():
-            return None
-        return self
-
-    @property
-    def request(self) -> Request:
-        return t.cast("Request", flask.request._get_current_object())  # type: ignore[attr-defined]
-
-
-try:
-    # The request context's own variable, read inline by each receiver:
-    # ``_cv_request.get().request`` costs 0.1 µs where a helper function around
-    # the ``flask.request`` proxy costs 0.45 µs on the CI machine.
-    from flask.globals import _cv_request
-except ImportError:  # a Flask whose context internals moved
-    _cv_request = _ProxyContext()  # type: ignore[assignment]
+#: The request context's variable (:mod:`._compat`), read inline by each
+#: receiver: a plain ``ContextVar.get`` where Flask has one, not a call
+#: through the ``flask.request`` proxy.
+_context = _compat.current_context
 
 
 def _begin(
@@ -214,7 +197,7 @@ _status_code: t.Callable[[Response], int] = operator.attrgetter(
 
 def _on_request_started(sender: Flask, **extra: object) -> None:
     try:
-        ctx = _cv_request.get()
+        ctx = _context.get()
         request = ctx.request
         environ = request.environ
         state: State = sender.extensions[EXTENSION_KEY]
@@ -245,7 +228,7 @@ def _on_request_finished(sender: Flask, response: Response, **extra: object) -> 
     try:
         # Sent again with the 500 when one of its receivers raised: the last
         # one is what the server sends. What it says is read once, at teardown.
-        environ = _cv_request.get().request.environ
+        environ = _context.get().request.environ
         environ[RESPONSE_KEY] = response
         if type(response.response) is not list:
             # Maybe a stream, whose body may be produced before teardown
@@ -257,7 +240,7 @@ def _on_request_finished(sender: Flask, response: Response, **extra: object) -> 
 
 def _on_got_request_exception(sender: Flask, exception: BaseException, **extra: object) -> None:
     try:
-        ctx = _cv_request.get()
+        ctx = _context.get()
         start = _started(sender, ctx)
         if start is not None:
             ctx.request.environ[ERROR_KEY] = exception
@@ -277,7 +260,7 @@ def _on_request_tearing_down(
 ) -> None:
     """Record the request, once: Flask 3.1 tears a streamed request down twice."""
     try:
-        ctx = _cv_request.get()
+        ctx = _context.get()
         environ = ctx.request.environ
         start = environ.get(START_KEY)
         # The common case in one call: a request started here, without a span,
@@ -545,7 +528,7 @@ _MAX_RENDER_DEPTH = 64
 
 def _in_excluded_request(found: t.Any = _MISSING) -> bool:
     if found is _MISSING:
-        found = _cv_request.get(None)
+        found = _context.get(None)
     return found is not None and found.request.environ.get(START_KEY, _MISSING) is None
 
 
@@ -558,7 +541,7 @@ def _on_before_render_template(sender: Flask, template: Template, **extra: objec
         elif len(stack) >= _MAX_RENDER_DEPTH:
             _end_renders()
         render = None
-        ctx = _cv_request.get(None)
+        ctx = _context.get(None)
         began = _perf_counter()
         tracing: Tracing | None = sender.extensions[EXTENSION_KEY].tracing
         if tracing is not None and began >= tracing.idle_until:
@@ -583,7 +566,7 @@ def _on_template_rendered(sender: Flask, template: Template, **extra: object) ->
             if template_id == id(template):
                 # _in_excluded_request inline, and the series kept by name:
                 # no call and no label lookup in the family on every render.
-                ctx = _cv_request.get(None)
+                ctx = _context.get(None)
                 if ctx is None or ctx.request.environ.get(START_KEY, _MISSING) is not None:
                     state: State = sender.extensions[EXTENSION_KEY]
                     name = template.name

@@ -27,6 +27,7 @@ import re
 import threading
 import time
 import typing as t
+from urllib.parse import unquote_plus
 
 from opentelemetry import context
 from opentelemetry import propagate
@@ -75,7 +76,8 @@ _RECHECK = 1.0
 #: The instrumentation scope of every span made here.
 TRACER_NAME = "flask_signal_metrics"
 
-#: Query keys whose values the conventions say to replace with ``REDACTED``.
+#: Query keys whose values become ``REDACTED``: the four the conventions and
+#: opentelemetry-util-http name, and AWS Signature Version 4's counterparts.
 SENSITIVE_QUERY_KEYS = frozenset(
     (
         "AWSAccessKeyId",
@@ -203,8 +205,12 @@ class Capture:
     """Which headers become span attributes, from the standard variables.
 
     Each entry of the request and response lists is a case-insensitive
-    regular expression matched against the whole header name; values of
-    headers matching ``sanitize`` become :data:`REDACTED_HEADER`.
+    regular expression matched against the whole header name; the value of
+    a captured header whose name contains a match of a ``sanitize`` entry
+    (case-insensitive, anywhere in the name: ``session`` redacts
+    ``X-Session-Id``) becomes :data:`REDACTED_HEADER`. Both as
+    opentelemetry-util-http's ``SanitizeValue`` does (tests/test_tracing.py
+    compares them).
     """
 
     request: Matcher | None = None
@@ -217,7 +223,7 @@ class Capture:
         found: dict[str, list[str]] = {}
         for name, value in headers:
             if pattern.fullmatch(name):
-                if self.sanitize is not None and self.sanitize.fullmatch(name):
+                if self.sanitize is not None and self.sanitize.search(name):
                     value = REDACTED_HEADER
                 found.setdefault(prefix + name.lower(), []).append(value)
         return found
@@ -537,15 +543,22 @@ def _span_name(method: str, route: str) -> str:
 
 
 def redact_query(query: str) -> str:
-    """The query string with the values of :data:`SENSITIVE_QUERY_KEYS` redacted."""
+    """The query string with the values of :data:`SENSITIVE_QUERY_KEYS` redacted.
+
+    A key is compared decoded (``Sig%6Eature`` is ``Signature``), as the app's
+    ``request.args`` and opentelemetry-util-http read it; the rest of the
+    query is kept as sent.
+    """
     if "=" not in query:
         return query
     parts = query.split("&")
     changed = False
     for i, part in enumerate(parts):
         key, equals, _ = part.partition("=")
+        if "%" in key or "+" in key:
+            key = unquote_plus(key)
         if equals and key in SENSITIVE_QUERY_KEYS:
-            parts[i] = key + "=REDACTED"
+            parts[i] = part.partition("=")[0] + "=REDACTED"
             changed = True
     return "&".join(parts) if changed else query
 

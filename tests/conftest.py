@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import typing as t
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from flask_signal_metrics import SignalMetrics
 
@@ -96,6 +99,34 @@ def make_app(name: str = "test_app") -> Flask:
 def registry() -> CollectorRegistry:
     """A fresh registry per test."""
     return CollectorRegistry()
+
+
+class Blocking:
+    """A collector whose ``collect()`` waits for ``release`` (at most 30 s); counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        self.calls += 1
+        calls = self.calls
+        self.entered.set()
+        self.release.wait(30)
+        return [GaugeMetricFamily("blocking_renders", "This collector's renders.", value=calls)]
+
+
+@pytest.fixture
+def blocking(registry: CollectorRegistry) -> t.Iterator[Blocking]:
+    """A :class:`Blocking` collector in ``registry``, released at the end of the test."""
+    collector = Blocking()
+    registry.register(collector)
+    yield collector
+    collector.release.set()
 
 
 @pytest.fixture
@@ -219,3 +250,12 @@ def make_traced(registry: CollectorRegistry) -> t.Iterator[MakeTraced]:
 @pytest.fixture
 def traced(make_traced: MakeTraced) -> Traced:
     return make_traced()
+
+
+@pytest.fixture
+def multiproc_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private multiprocess directory in ``PROMETHEUS_MULTIPROC_DIR`` (mode 0700)."""
+    directory = tmp_path / "multiproc"
+    directory.mkdir(mode=0o700)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    return directory

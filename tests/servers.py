@@ -312,3 +312,39 @@ def parse_rotel(text: str) -> tuple[list[dict[str, t.Any]], list[dict[str, t.Any
             elif key.startswith("Buckets #"):
                 current["bucket_counts"].append(int(found))
     return spans, points
+
+
+_HOLD_LOCK = """
+import fcntl, sys
+lock = open(sys.argv[1], "rb")
+fcntl.flock(lock, fcntl.LOCK_EX if sys.argv[2] == "exclusive" else fcntl.LOCK_SH)
+print("held", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+@contextlib.contextmanager
+def lock_held(directory: Path, mode: str = "exclusive") -> t.Iterator[None]:
+    """Another process holds the multiprocess directory's lock until the block ends.
+
+    The worst another user could do with a lock file they can open: take it
+    and never let go (read-only is enough for ``flock``).
+    """
+    path = directory / ".flask-signal-metrics.lock"
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        yield
+    finally:
+        holder.kill()
+        holder.wait(timeout=15)
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()

@@ -85,6 +85,11 @@ def test_good_values(key: str, given: object, expected: object) -> None:
         ("SIGNAL_METRICS_MAX_SERIES", True, TypeError, "whole number"),
         ("SIGNAL_METRICS_SERVE_DEFAULT_REGISTRY", 1, TypeError, "True or False"),
         ("SIGNAL_METRICS_TRACING", "off", TypeError, "True or False"),
+        ("SIGNAL_METRICS_LOCK_TIMEOUT", 0, ValueError, "more than 0 and at most 30"),
+        ("SIGNAL_METRICS_LOCK_TIMEOUT", 31, ValueError, "such as 1.0"),
+        ("SIGNAL_METRICS_LOCK_TIMEOUT", float("nan"), ValueError, "at most 30"),
+        ("SIGNAL_METRICS_LOCK_TIMEOUT", "1", TypeError, "number of seconds"),
+        ("SIGNAL_METRICS_LOCK_TIMEOUT", True, TypeError, "number of seconds"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(

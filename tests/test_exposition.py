@@ -4,18 +4,25 @@ import base64
 import gzip
 import re
 import subprocess
+import threading
+import time
 import typing as t
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
 
+from flask_signal_metrics import exposition
+from flask_signal_metrics import prometheus
 from flask_signal_metrics import SignalMetrics
 
+from .conftest import Blocking
 from .conftest import make_app
 from .conftest import real_binary
 from .conftest import total_requests
+from .servers import lock_held
 
 PROMETHEUS_2_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
@@ -196,3 +203,98 @@ def test_users_own_decorator(registry: CollectorRegistry) -> None:
 def test_bad_auth_settings(options: dict[str, t.Any], fix: str) -> None:
     with pytest.raises((TypeError, ValueError), match=re.escape(fix)):
         SignalMetrics(make_app(), **options)
+
+
+def test_a_scrape_the_lock_keeps_out_is_told_to_retry(
+    multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In multiprocess mode another process holding the directory's lock must
+    # not hold the scrape's thread: 503 within SIGNAL_METRICS_LOCK_TIMEOUT.
+    app = make_app()
+    app.config["SIGNAL_METRICS_LOCK_TIMEOUT"] = 0.2
+    SignalMetrics(app, registry=CollectorRegistry())
+    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    client = app.test_client()
+    with lock_held(multiproc_dir):
+        started = time.monotonic()
+        response = client.get("/metrics")
+        assert time.monotonic() - started < 5
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert "no-store" in response.headers["Cache-Control"]
+        assert client.get("/item/1").status_code == 200  # pages are not the lock's
+    assert client.get("/metrics").status_code == 200
+
+
+def _scrapes(
+    client: FlaskClient, n: int, found: list[t.Any], **kw: t.Any
+) -> list[threading.Thread]:
+    """``n`` threads scraping ``/metrics`` once each, started; responses go to ``found``."""
+    threads = [
+        threading.Thread(target=lambda: found.append(client.get("/metrics", **kw)), daemon=True)
+        for _ in range(n)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_concurrent_scrapes_share_one_render(client: FlaskClient, blocking: Blocking) -> None:
+    found: list[t.Any] = []
+    first = _scrapes(client, 1, found)
+    assert blocking.entered.wait(10)
+    others = _scrapes(client, 9, found)
+    deadline = time.monotonic() + 10
+    while exposition._RENDERS.waiting() < 9 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    blocking.release.set()
+    for thread in first + others:
+        thread.join(10)
+    assert blocking.calls == 1
+    assert [response.status_code for response in found] == [200] * 10
+    assert len({response.data for response in found}) == 1
+    assert b"blocking_renders 1.0" in found[0].data
+    # Done: a later scrape renders anew.
+    assert b"blocking_renders 2.0" in client.get("/metrics").data
+    assert blocking.calls == 2
+
+
+def test_a_scrape_waits_for_a_shared_render_within_its_bound(
+    client: FlaskClient, blocking: Blocking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exposition, "SHARED_RENDER_WAIT", 0.2, raising=False)
+    found: list[t.Any] = []
+    first = _scrapes(client, 1, found)
+    assert blocking.entered.wait(10)
+    [joined] = _scrapes(client, 1, found)
+    joined.join(5)
+    assert [response.status_code for response in found] == [503]
+    assert found[0].headers["Retry-After"] == "1"
+    blocking.release.set()
+    first[0].join(10)
+    assert [response.status_code for response in found] == [503, 200]
+    assert blocking.calls == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Accept": "application/openmetrics-text"},
+        {"Accept-Encoding": "gzip"},
+    ],
+)
+def test_scrapes_that_differ_render_apart(
+    client: FlaskClient, blocking: Blocking, headers: dict[str, str]
+) -> None:
+    found: list[t.Any] = []
+    first = _scrapes(client, 1, found)
+    assert blocking.entered.wait(10)
+    deadline = time.monotonic() + 10
+    other = _scrapes(client, 1, found, headers=headers)
+    while blocking.calls < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    blocking.release.set()
+    for thread in first + other:
+        thread.join(10)
+    assert blocking.calls == 2
+    assert sorted(response.status_code for response in found) == [200, 200]

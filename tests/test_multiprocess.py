@@ -7,6 +7,7 @@ import http.client
 import os
 import signal
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .conftest import real_binary
 from .conftest import ROOT
 from .servers import example_shop
+from .servers import lock_held
 from .servers import prometheus
 from .servers import query
 from .servers import wait_for_value
@@ -197,3 +199,85 @@ def test_process_metrics_per_worker(tmp_path: Path) -> None:
             }
             time.sleep(0.5)
         assert seen == workers  # one memory series per live worker, whichever answers
+
+
+def _timed(url: str) -> tuple[int, float, str | None]:
+    """(status, seconds taken, Retry-After) of one GET."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            response.read()
+            status, retry = int(response.status), response.headers["Retry-After"]
+    except urllib.error.HTTPError as e:
+        status, retry = int(e.code), e.headers["Retry-After"]
+        e.close()
+    return status, time.monotonic() - started, retry
+
+
+def _refused_scrapes(base: str) -> float:
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "flask_signal_metrics_scrapes_refused_total"
+        and sample.labels == {"reason": "lock_timeout"}
+    )
+
+
+def test_a_held_lock_stops_neither_pages_nor_the_replacement_of_a_worker(
+    tmp_path: Path,
+) -> None:
+    # The worst another user could do with a lock file they could open: hold
+    # it. Scrapes are refused within their bound (no thread held for long),
+    # pages keep coming, and the master replaces a killed worker.
+    env = {"WEB_CONCURRENCY": "2", "WORKER_CLASS": "gthread"}
+    with example_shop(tmp_path, env=env) as shop:
+        base, master = shop.base, shop.master
+        deadline = time.monotonic() + 30
+        while len(_workers(master.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        directory = tmp_path / "multiproc"
+        assert oct(directory.stat().st_mode & 0o777) == oct(0o700)
+        with lock_held(directory):
+            # twice as many scrapes as the workers have threads, and pages among them
+            with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+                scrapes = [pool.submit(_timed, base + "/metrics") for _ in range(16)]
+                pages = [pool.submit(_timed, f"{base}/items/1") for _ in range(40)]
+                refused = [f.result(timeout=90) for f in scrapes]
+                served = [f.result(timeout=90) for f in pages]
+            assert [(status, retry) for status, _, retry in refused] == [(503, "1")] * 16
+            assert max(seconds for _, seconds, _ in refused) < 15
+            assert [status for status, _, _ in served] == [200] * 40
+            assert max(seconds for _, seconds, _ in served) < 15
+            killed = _workers(master.pid)[0]
+            os.kill(killed, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (
+                len(_workers(master.pid)) < 2 or killed in _workers(master.pid)
+            ):
+                time.sleep(0.1)
+            assert killed not in _workers(master.pid) and len(_workers(master.pid)) == 2
+            # its files wait for a compaction the lock allows; scrapes count them
+            assert list(directory.glob(f"*_{killed}.db"))
+            assert [_get(f"{base}/items/1") for _ in range(20)] == [200] * 20
+        count, in_flight = _counts(base)
+        assert count == 60 and in_flight == 0
+        assert _refused_scrapes(base) == 16
+
+
+def test_the_example_makes_a_private_directory_and_removes_it(tmp_path: Path) -> None:
+    # Without PROMETHEUS_MULTIPROC_DIR the example makes its own: a name
+    # another user cannot guess and pre-create, readable by this user only.
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("flask-signal-metrics-*"))
+    with example_shop(tmp_path, env={"PROMETHEUS_MULTIPROC_DIR": ""}) as shop:
+        assert _get(f"{shop.base}/items/1") == 200
+        (made,) = set(temp.glob("flask-signal-metrics-*")) - before
+        assert oct(made.stat().st_mode & 0o777) == oct(0o700)
+        assert made.name != f"flask-signal-metrics-{shop.master.pid}"
+        assert list(made.glob("*.db"))
+        shop.master.terminate()
+        shop.master.wait(timeout=30)
+    assert not made.exists()

@@ -5,12 +5,14 @@ import math
 import os
 import subprocess
 import sys
+import time
 import typing as t
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY
 from prometheus_client.mmap_dict import mmap_key
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -26,6 +28,7 @@ from .conftest import make_app
 from .conftest import requests_counted
 from .conftest import total_requests
 from .conftest import value
+from .servers import lock_held
 
 
 def _series(registry: CollectorRegistry) -> int:
@@ -261,7 +264,8 @@ def traffic_samples(naming: str) -> Samples:
         for s in m.samples
         # Durations differ between two runs; body sizes do not.
         if not s.name.endswith(("_created", "_duration_seconds_sum"))
-        and not s.name.startswith("flask_worker_")  # multiprocess mode only
+        # multiprocess mode only
+        and not s.name.startswith(("flask_worker_", "flask_signal_metrics_scrapes_refused"))
     }
 
 
@@ -336,6 +340,7 @@ def test_multiprocess_backend_exposes_the_same(naming: str, tmp_path: Path) -> N
 _FORKED_RUN = """
 import os, sys
 from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from tests.conftest import make_app
 from flask_signal_metrics import SignalMetrics
@@ -609,6 +614,7 @@ _DECLARED_RUN = """
 import os, sys
 from blinker import Namespace
 from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from tests.conftest import make_app
 from flask_signal_metrics import SignalMetrics
@@ -664,3 +670,237 @@ def test_compaction_merges_gauges_by_their_mode(
     assert [p.name for p in tmp_path.glob("*.db")] == [f"gauge_{mode}_compacted.db"]
     after = prometheus.read_multiprocess(str(tmp_path))
     assert [s.value for f in after for s in f.samples] == [expected]
+
+
+def _refused(reason: str) -> float:
+    (family,) = prometheus._refused_counter().collect()
+    return sum(s.value for s in family.samples if s.labels == {"reason": reason})
+
+
+def _write_counter(directory: Path, pid: int, number: float) -> None:
+    key = mmap_key("jobs", "jobs_total", [], [], "Jobs.")
+    written = MmapedDict(str(directory / f"counter_{pid}.db"))  # type: ignore[no-untyped-call]
+    written.write_value(key, number, 0.0)  # type: ignore[no-untyped-call]
+    written.close()  # type: ignore[no-untyped-call]
+
+
+def _jobs(directory: Path) -> list[float]:
+    return [s.value for f in prometheus.read_multiprocess(str(directory)) for s in f.samples]
+
+
+def test_the_lock_file_is_this_users_only_whatever_the_umask(
+    multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another user who can open the lock file can hold it: every scrape stops.
+    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    old = os.umask(0)
+    try:
+        prometheus.exposed([])
+    finally:
+        os.umask(old)
+    lock = multiproc_dir / prometheus.LOCK_FILE
+    assert oct(lock.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_lock_file_that_is_a_link_is_never_followed(
+    multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    target = tmp_path / "someone-elses-file"
+    target.write_text("theirs")
+    (multiproc_dir / prometheus.LOCK_FILE).symlink_to(target)
+    with pytest.raises(ValueError, match="symbolic link; remove it"):
+        prometheus.check_directory()
+    before = _refused("lock_error")
+    with pytest.raises(prometheus.LockUnavailable):
+        prometheus.exposed([])
+    assert _refused("lock_error") == before + 1
+    assert target.read_text() == "theirs" and oct(target.stat().st_mode & 0o777) != oct(0o600)
+
+
+@pytest.mark.parametrize("mode", ["exclusive", "shared"])
+def test_a_held_lock_refuses_a_scrape_within_its_timeout(
+    multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    _write_counter(multiproc_dir, 100, 3.0)
+    with lock_held(multiproc_dir, mode):
+        if mode == "shared":  # scrapes share the lock with each other
+            assert _jobs_exposed() == [3.0]
+        else:
+            before = _refused("lock_timeout")
+            started = time.monotonic()
+            with pytest.raises(prometheus.LockUnavailable, match=r"held elsewhere for 0\.3 s"):
+                prometheus.exposed([], lock_timeout=0.3)
+            assert 0.3 <= time.monotonic() - started < 5
+            assert _refused("lock_timeout") == before + 1
+    assert _jobs_exposed() == [3.0]
+
+
+def _jobs_exposed() -> list[float]:
+    return [
+        s.value
+        for c in prometheus.exposed([REGISTRY], lock_timeout=5)
+        for f in c.collect()
+        for s in f.samples
+    ]
+
+
+def test_a_compaction_never_waits_for_a_held_lock(
+    multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It runs in the server's master, which replaces dead workers only once it
+    # returns: left for the next worker's exit, never waited for.
+    monkeypatch.setattr(prometheus, "_UNCOMPACTED", set())
+    _write_counter(multiproc_dir, 100, 3.0)
+    _write_counter(multiproc_dir, 200, 4.0)
+    with lock_held(multiproc_dir, "shared"):  # a shared lock is enough to keep it out
+        started = time.monotonic()
+        prometheus.process_died(100)
+        assert time.monotonic() - started < 2
+    assert sorted(p.name for p in multiproc_dir.glob("*.db")) == [
+        "counter_100.db",
+        "counter_200.db",
+    ]
+    assert _jobs(multiproc_dir) == [7.0]  # counted meanwhile, as they are
+    prometheus.process_died(200)  # the next exit folds both
+    assert [p.name for p in multiproc_dir.glob("*.db")] == ["counter_compacted.db"]
+    assert _jobs(multiproc_dir) == [7.0]
+
+
+@pytest.mark.parametrize(
+    ("mode", "refused"),
+    [
+        (0o777, "every user can write"),
+        (0o1777, "every user can write"),  # sticky, as /tmp: others can still plant files
+        (0o702, "every user can write"),
+        (0o770, None),  # its group: a warning
+        (0o700, None),
+    ],
+)
+def test_a_directory_other_users_can_write_is_refused_at_init(
+    multiproc_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    mode: int,
+    refused: str | None,
+) -> None:
+    multiproc_dir.chmod(mode)
+    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    app = make_app()
+    if refused is None:
+        SignalMetrics(app, registry=CollectorRegistry())
+        assert ("group" in caplog.text) is bool(mode & 0o020)
+        return
+    with pytest.raises(ValueError) as info:
+        SignalMetrics(app, registry=CollectorRegistry())
+    said = str(info.value)
+    assert "PROMETHEUS_MULTIPROC_DIR" in said and refused in said and "chmod 700" in said
+    assert "signal_metrics" not in app.extensions
+
+
+def test_a_directory_another_user_owns_is_refused(
+    multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.geteuid() == 0:
+        os.chown(multiproc_dir, 65534, -1)  # nobody's
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)
+    with pytest.raises(ValueError, match=r"PROMETHEUS_MULTIPROC_DIR .* owned by uid"):
+        prometheus.check_directory()
+
+
+def test_a_missing_directory_is_refused_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match="mkdir -m 700"):
+        prometheus.check_directory()
+
+
+#: Label values that need escaping, or that the render's own writing must leave to the client.
+_ODD_ROUTES = ['/q"uote/<x>', "/back\\slash/<x>", "/new\nline/<x>", "/\ue000/<x>", "/ünï/<x>"]
+
+#: What Prometheus 3 asks for (OpenMetrics with UTF-8 names), and some versions.
+_FORMATS = [
+    [],
+    ["text/plain; version=0.0.4"],
+    ["application/openmetrics-text"],
+    ["application/openmetrics-text; version=1.0.0; escaping=allow-utf-8"],
+    ["application/openmetrics-text; version=1.0.0; escaping=underscores"],
+    ["application/openmetrics-text; version=1.1.0"],
+    ["application/openmetrics-text; version=1.2.0"],
+    ["application/openmetrics-text; version=1.3.0"],
+]
+
+
+def _odd_app(registry: CollectorRegistry, naming: str) -> Flask:
+    app = make_app()
+    for n, rule in enumerate(_ODD_ROUTES):
+        app.add_url_rule(rule, f"odd{n}", lambda x: "ok")
+    SignalMetrics(app, registry=registry, naming=naming, labels={"service": 'sh"o\\p\n'})
+    return app
+
+
+def _traffic(app: Flask, paths: list[str]) -> None:
+    client = app.test_client()
+    for path in paths:
+        client.get(path).close()
+    client.post("/echo", data=b"x" * 700)
+
+
+@pytest.mark.parametrize("naming", ["otel", "classic"])
+def test_render_writes_what_the_clients_encoder_writes(
+    registry: CollectorRegistry, naming: str
+) -> None:
+    from prometheus_client.exposition import choose_encoder
+
+    app = _odd_app(registry, naming)
+    state = app.extensions["signal_metrics"]
+    requests = state.metrics.requests
+    key = ("GET", "/item/<int:item_id>", "200", "http", "")
+    first = ["/item/1", "/boom", "/nope", "/stream"]
+    for paths in (first, ["/page", *(rule.replace("<x>", "1") for rule in _ODD_ROUTES)]):
+        _traffic(app, paths)
+        # Exemplars in two buckets, one with the time of a whole second.
+        requests.record(key, None, 0.003, 5, 7, exemplar=(2**127 + 5, 2**63 + 9))
+        requests.record(key, None, 7.0, None, None, exemplar=(1, 2))
+        kept = requests._cells[key].pending[-1][3]
+        requests._cells[key].pending[-1] = (7.0, None, None, (*kept[:3], 1_700_000_000.0))
+        for accepted in _FORMATS:
+            encoder, content_type = choose_encoder(", ".join(accepted))
+            body, rendered_type = render([registry], accepted)
+            assert rendered_type == content_type
+            assert body == encoder(registry)
+    assert len(requests._formats) <= prometheus._MAX_FORMATS  # the others: the client's
+    text = render([registry], ["application/openmetrics-text"])[0].decode()
+    assert "trace_id=" in text
+    assert 'http_route="/\ue000/<x>"' in text and 'http_route="/q\\"uote/<x>"' in text
+
+
+def test_render_writes_the_request_series_itself(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not through the client's samples, which cost the most in a large exposition."""
+    from prometheus_client.metrics_core import HistogramMetricFamily
+
+    app = make_app()
+    SignalMetrics(app, registry=registry)
+    _traffic(app, ["/item/1", "/nope", "/boom"])
+    made: list[str] = []
+    add_metric = HistogramMetricFamily.add_metric
+
+    def counted(family: HistogramMetricFamily, *args: t.Any, **kw: t.Any) -> None:
+        made.append(family.name)
+        add_metric(family, *args, **kw)
+
+    formats: list[list[str]] = [[], ["application/openmetrics-text"]]
+    for accepted in formats:
+        render([registry], accepted)  # the first learns how the client writes the format
+    monkeypatch.setattr(HistogramMetricFamily, "add_metric", counted)
+    _traffic(app, ["/item/2", "/page"])
+    for accepted in formats:
+        body, _ = render([registry], accepted)
+        assert b'http_server_request_duration_seconds_count{error_type="ValueError"' in body
+        assert b'http_server_request_body_size_bytes_count{error_type=""' in body
+    assert [name for name in made if name.startswith("http_server")] == []

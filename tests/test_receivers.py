@@ -463,7 +463,7 @@ def test_known_methods_from_the_environment(
 #: signal -> (path, the helper made to fail, failures per request: /page flashes twice)
 _BODIES = {
     "request-started": ("/item/3", "_begin", 1),
-    "request-finished": ("/item/3", "_cv_request", 1),
+    "request-finished": ("/item/3", "_context", 1),
     "got-request-exception": ("/boom", "_started", 1),
     "request-tearing-down": ("/item/3", "_perf_counter", 1),
     "before-render-template": ("/page", "_perf_counter", 1),
@@ -498,7 +498,7 @@ def test_failing_receiver_leaves_the_response_unchanged(
         def get(self, *default: None) -> t.Any:
             return broken(*default)
 
-    if helper in ("_cv_request", "_renders"):
+    if helper in ("_context", "_renders"):
         original = original.get
         monkeypatch.setattr(receivers, helper, BrokenVariable())
     else:
@@ -586,18 +586,6 @@ def test_debug_mode_serves_metrics(registry: CollectorRegistry) -> None:
     app.debug = True
     SignalMetrics(app, registry=registry)
     assert app.test_client().get("/metrics").status_code == 200
-
-
-def test_request_found_through_the_proxy_where_flask_has_no_context_variable(
-    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(receivers, "_cv_request", receivers._ProxyContext())
-    app = make_app()
-    SignalMetrics(app, registry=registry)
-    app.test_client().get("/item/1")
-    app.test_client().get("/boom")
-    assert requests_counted(registry, "/item/<int:item_id>", 200) == 1
-    assert requests_counted(registry, "/boom", 500, error="ValueError") == 1
 
 
 def _stream_app(registry: CollectorRegistry, fail: bool = False) -> Flask:

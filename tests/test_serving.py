@@ -260,12 +260,15 @@ def test_separate_port_is_refused_with_several_workers(
 
 @pytest.mark.real
 def test_process_group_server_sums_every_worker(tmp_path: Path) -> None:
-    metrics_port = free_port()
-    with example_shop(tmp_path, env={"METRICS_PORT": str(metrics_port)}) as shop:
+    metrics_port, token = free_port(), "a-token-of-the-deployment"
+    env = {"METRICS_PORT": str(metrics_port), "METRICS_BEARER_TOKEN": token}
+    with example_shop(tmp_path, env=env) as shop:
         base = shop.base
         for n in range(40):
             urllib.request.urlopen(f"{base}/items/{n % 3 + 1}", timeout=5).read()
-        status, body = _fetch(f"http://127.0.0.1:{metrics_port}/metrics")
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        assert _fetch(url)[0] == 401
+        status, body = _fetch(url, Authorization=f"Bearer {token}")
         assert status == 200
         rows = _count_rows(body, "/items/<int:item_id>")
         assert len(rows) == 1 and rows[0].endswith(" 40.0"), rows

@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import time
 import typing as t
 from pathlib import Path
@@ -35,10 +36,12 @@ from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from flask_signal_metrics import config
 from flask_signal_metrics import exclude
 from flask_signal_metrics import SignalMetrics
 from flask_signal_metrics import TraceContextFilter
 from flask_signal_metrics import tracing as tracing_module
+from flask_signal_metrics.tracing import Capture
 from flask_signal_metrics.tracing import EnvironGetter
 from flask_signal_metrics.tracing import extract_parent
 from flask_signal_metrics.tracing import redact_query
@@ -426,6 +429,12 @@ def test_proxy_fix_and_query_redaction(traced: Traced) -> None:
         ("flag", "flag"),
         ("sig=1&Sig=2", "sig=REDACTED&Sig=2"),  # keys are case-sensitive
         ("AWSAccessKeyId=k&Signature=s", "AWSAccessKeyId=REDACTED&Signature=REDACTED"),
+        # Keys are compared decoded, as the app (request.args) and the contrib read them.
+        ("Sig%6Eature=s&q=1", "Sig%6Eature=REDACTED&q=1"),
+        ("X+Goog-Signature=s", "X+Goog-Signature=s"),
+        ("X-Goog%2DSignature=s", "X-Goog%2DSignature=REDACTED"),
+        ("%73ig=s", "%73ig=REDACTED"),
+        ("a=%zz&sig=", "a=%zz&sig=REDACTED"),
     ],
 )
 def test_redact_query(query: str, expected: str) -> None:
@@ -485,6 +494,59 @@ def test_captured_headers_follow_the_standard_variables(
     assert "http.request.header.cookie" not in attributes
     assert attributes["http.response.header.content-type"] == ("text/html; charset=utf-8",)
     assert "hunter2" not in repr(attributes)
+
+
+def test_a_sanitize_field_redacts_every_header_whose_name_contains_it(
+    make_traced: MakeTraced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``session`` redacts ``X-Session-Id``: searched for, as OpenTelemetry does."""
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-.*")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "session")
+    traced = make_traced()
+    traced.client.get("/item/1", headers={"X-Session-Id": "secret", "X-Request-Id": "r-1"})
+    attributes = dict(traced.spans()[0].attributes or {})
+    assert attributes["http.request.header.x-session-id"] == ("[REDACTED]",)
+    assert attributes["http.request.header.x-request-id"] == ("r-1",)
+    assert "secret" not in repr(attributes)
+
+
+_HEADERS = ["X-Session-Id", "Session", "X-Request-Id", "Cookie", "Set-Cookie"]
+
+
+@pytest.mark.parametrize(
+    ("capture", "sanitize"),
+    [
+        ("X-.*,Cookie,Session", "session"),
+        ("X-.*,Cookie,Session", "SESSION,cookie"),
+        ("x-session-id,set-cookie", "^x-"),
+        ("X-Request-Id", "id$"),
+        (".*", "(?:a|b)-s,(r)e(q)"),
+        ("(X)-(.*)", "zzz"),
+        ("Cookie", ""),
+    ],
+)
+def test_captured_and_sanitized_headers_as_opentelemetry_util_http(
+    capture: str, sanitize: str
+) -> None:
+    """The same headers captured and redacted as by the contrib's own functions."""
+    from opentelemetry.util.http import get_custom_header_attributes
+
+    def patterns(value: str) -> list[str]:
+        return [p.strip() for p in value.split(",") if p.strip()]
+
+    ours = Capture(
+        request=config.alternation(patterns(capture), re.IGNORECASE),
+        sanitize=config.alternation(patterns(sanitize), re.IGNORECASE),
+    )
+    assert ours.request is not None
+    headers = [(name, f"value of {name}") for name in _HEADERS]
+    found = ours.headers("http.request.header.", ours.request, headers)
+    theirs = get_custom_header_attributes(
+        dict(headers), patterns(capture), patterns(sanitize), lambda name: name
+    )
+    assert found  # each case captures something
+    # Given the identity as its normalize function, the contrib's names are the headers'.
+    assert found == {f"http.request.header.{name}": value for name, value in theirs.items()}
 
 
 def test_template_child_span_and_flash_events(traced: Traced) -> None:

@@ -1,0 +1,65 @@
+"""The current request's context: the one place a private name of Flask's is read.
+
+The receivers read the context several times per request, for its request
+and to tell this request (or a copied context of it) from another. Where
+Flask has it, its own context variable ``flask.globals._cv_request`` is read:
+a plain ``ContextVar.get``. Elsewhere :class:`PublicContext` gets the same
+object through Flask's public proxies: ``request_ctx`` up to Flask 3.1, and
+``app_ctx`` on a Flask whose app context holds the request (the request
+context merged into it). tests/test_compat.py checks that this Flask still
+has the fast path and that both give the same object.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+import flask
+import flask.ctx
+import flask.globals
+
+if t.TYPE_CHECKING:
+    from flask.ctx import RequestContext
+    from werkzeug.local import LocalProxy
+
+
+class ContextVariable(t.Protocol):
+    """What the receivers call: ``get()`` (raises outside a request) or ``get(None)``."""
+
+    @t.overload
+    def get(self) -> RequestContext: ...
+    @t.overload
+    def get(self, default: None, /) -> RequestContext | None: ...
+
+
+class PublicContext:
+    """The current request's context through Flask's public API."""
+
+    __slots__ = ("_current",)
+
+    def __init__(self) -> None:
+        # The merged design's context knows whether it has a request; reading
+        # ``request_ctx`` there would warn that it is deprecated.
+        merged = hasattr(flask.ctx.AppContext, "has_request")
+        proxy = t.cast(
+            "LocalProxy[RequestContext]",
+            flask.globals.app_ctx if merged else flask.globals.request_ctx,
+        )
+        self._current: t.Callable[[], RequestContext] = proxy._get_current_object
+
+    def get(self, *default: None) -> t.Any:
+        if default and not flask.has_request_context():
+            return None
+        return self._current()
+
+
+def select() -> tuple[ContextVariable, bool]:
+    """The context variable to read, and whether it is Flask's own (the fast path)."""
+    try:
+        from flask.globals import _cv_request
+    except ImportError:  # a Flask without it: the public way
+        return PublicContext(), False
+    return _cv_request, True
+
+
+current_context, FAST = select()
