@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from flask import abort
+from flask import copy_current_request_context
 from flask import flash
 from flask import Flask
 from flask import render_template_string
@@ -93,6 +94,21 @@ def make_app(name: str = "test_app") -> Flask:
         return Response(iter([b"x", b"y"]))
 
     return app
+
+
+def add_copying_view(app: Flask) -> None:
+    """``/work`` hands a copy of its request context to a thread and joins it."""
+
+    @app.get("/work")
+    def work() -> str:
+        @copy_current_request_context
+        def job() -> None:
+            pass
+
+        worker = threading.Thread(target=job)
+        worker.start()
+        worker.join(10)
+        return "done"
 
 
 @pytest.fixture

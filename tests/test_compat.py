@@ -20,6 +20,7 @@ from flask_signal_metrics import _compat
 from flask_signal_metrics import receivers
 from flask_signal_metrics import SignalMetrics
 
+from .conftest import add_copying_view
 from .conftest import in_flight
 from .conftest import make_app
 from .conftest import requests_counted
@@ -84,7 +85,7 @@ def test_copied_contexts_are_recorded_by_the_public_way(
     monkeypatch.setattr(receivers, "_context", _compat.PublicContext())
     app = make_app()
     SignalMetrics(app, registry=registry, serve_default_registry=False)
-    _add_copying_view(app)
+    add_copying_view(app)
     client = app.test_client()
     for _ in range(3):
         assert client.get("/work").status_code == 200
@@ -93,19 +94,6 @@ def test_copied_contexts_are_recorded_by_the_public_way(
     assert requests_counted(registry, "/boom", 500, error="ValueError") == 1
     assert total_requests(registry) == 4
     assert in_flight(registry) == 0
-
-
-def _add_copying_view(app: Flask) -> None:
-    @app.get("/work")
-    def work() -> str:
-        @copy_current_request_context
-        def job() -> None:
-            pass
-
-        worker = threading.Thread(target=job)
-        worker.start()
-        worker.join(10)
-        return "done"
 
 
 #: A process whose Flask has no ``_cv_request`` from before the package is imported.

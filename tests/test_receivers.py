@@ -24,6 +24,7 @@ from flask_signal_metrics import state as state_module
 from flask_signal_metrics.labels import OVERFLOW
 from flask_signal_metrics.state import get_state
 
+from .conftest import add_copying_view
 from .conftest import http_labels
 from .conftest import in_flight
 from .conftest import make_app
@@ -223,18 +224,7 @@ def test_a_copied_request_context_does_not_end_the_request(
     app: Flask, registry: CollectorRegistry
 ) -> None:
     """copy_current_request_context: the copy's pop tears down the same environ."""
-
-    @app.get("/work")
-    def work() -> str:
-        @copy_current_request_context
-        def job() -> None:
-            pass
-
-        worker = threading.Thread(target=job)
-        worker.start()
-        worker.join(10)
-        return "done"
-
+    add_copying_view(app)
     client = app.test_client()
     for _ in range(3):
         assert client.get("/work").status_code == 200
