@@ -110,6 +110,7 @@ def respond(req: Request, collectors: cabc.Sequence[Collector], settings: Settin
         return _unavailable("Metrics busy: try again shortly.")
     except prometheus.LockUnavailable as e:  # every scrape that joined the render gets it
         # A gap in the series (the scrape failed) rather than old numbers served as new.
+        prometheus.count_refused(e.reason)
         logger.warning("flask-signal-metrics: scrape refused (503): %s.", e)
         return _unavailable("Service Unavailable: the metrics' lock is held elsewhere; try again.")
     response = Response(rendered.body, content_type=rendered.content_type)

@@ -1304,18 +1304,13 @@ def exposed(
     so that :func:`compact` never moves counts under a scrape.
 
     :raises LockUnavailable: the lock was not had within ``lock_timeout``
-        seconds, or its file cannot be opened (counted in
-        ``flask_signal_metrics_scrapes_refused_total``).
+        seconds, or its file cannot be opened.
     """
     if not multiprocess():
         return list(collectors)
     directory = _multiprocess_dir()
-    try:
-        with _directory_lock(directory, fcntl.LOCK_SH, lock_timeout):
-            metrics = _read_directory(directory)
-    except LockUnavailable as e:
-        _count_refused(e.reason)
-        raise
+    with _directory_lock(directory, fcntl.LOCK_SH, lock_timeout):
+        metrics = _read_directory(directory)
     if REGISTRY not in collectors:
         # The files hold every process's metrics, those of the default
         # registry (the user's module-level ones) too: serve_default_registry
@@ -1424,8 +1419,13 @@ def _acquire(fd: int, operation: int, timeout: float) -> None:
         pause = min(pause * 2, _LOCK_PAUSE)
 
 
-def _count_refused(reason: str) -> None:
-    # The count is a courtesy: it never turns the refusal into another error.
+def count_refused(reason: str) -> None:
+    """Count one scrape refused for ``reason`` (a :class:`LockUnavailable`'s).
+
+    Counted per answer, not per render: scrapes that joined one refused
+    render are each refused. The count never turns the refusal into another
+    error.
+    """
     with contextlib.suppress(Exception):
         _refused_counter().labels(reason).inc()
 

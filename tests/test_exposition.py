@@ -239,6 +239,41 @@ def _scrapes(
     return threads
 
 
+def _refused(reason: str = "lock_timeout") -> float:
+    [family] = prometheus._refused_counter().collect()
+    return sum(
+        sample.value
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels == {"reason": reason}
+    )
+
+
+def test_every_scrape_that_joined_a_refused_render_is_counted(
+    multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # flask_signal_metrics_scrapes_refused_total counts the 503s scrapers saw,
+    # not the renders: scrapes sharing one refused render are each counted.
+    app = make_app()
+    app.config["SIGNAL_METRICS_LOCK_TIMEOUT"] = 2.0
+    SignalMetrics(app, registry=CollectorRegistry())
+    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    client = app.test_client()
+    before = _refused()
+    found: list[t.Any] = []
+    with lock_held(multiproc_dir):
+        first = _scrapes(client, 1, found)
+        time.sleep(0.2)
+        others = _scrapes(client, 7, found)
+        deadline = time.monotonic() + 10
+        while exposition._RENDERS.waiting() < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert exposition._RENDERS.waiting() == 7  # all joined the first render
+        for thread in first + others:
+            thread.join(10)
+    assert [response.status_code for response in found] == [503] * 8
+    assert _refused() - before == 8
+
+
 def test_concurrent_scrapes_share_one_render(client: FlaskClient, blocking: Blocking) -> None:
     found: list[t.Any] = []
     first = _scrapes(client, 1, found)
