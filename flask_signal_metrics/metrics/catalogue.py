@@ -1,0 +1,156 @@
+"""The families of one app: every metric the extension records, in one registry."""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import sys
+import typing as t
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter
+from prometheus_client import Gauge
+from prometheus_client import Histogram
+
+from ..multiprocess.directory import multiprocess
+from ..multiprocess.directory import refused_counter
+from ..multiprocess.files import FileHistogram
+from ..multiprocess.files import FileRequestStats
+from ..multiprocess.files import histogram
+from ..multiprocess.workers import WorkerStats
+from .cells import RequestStats
+from .family import Family
+from .family import M
+from .names import CLASSIC_DURATION
+from .names import DURATION
+from .names import RECEIVER_ERRORS
+from .names import REQUEST_SIZE
+from .names import RESPONSE_SIZE
+from .names import SERIES_OVERFLOW
+
+
+class Metrics:
+    """Every metric the extension records for one app, in one registry."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        naming: str,
+        buckets: cabc.Sequence[float],
+        size_buckets: cabc.Sequence[float],
+        static_labels: cabc.Sequence[tuple[str, str]],
+        max_series: int,
+        version: str,
+        signals: cabc.Iterable[str],
+    ) -> None:
+        self.registry = registry
+        self._static_names = tuple(name for name, _ in static_labels)
+        self._static = tuple(value for _, value in static_labels)
+        self._cap = max_series
+        self._overflow = Counter(
+            SERIES_OVERFLOW,
+            "Recordings folded into a metric's overflow series because it reached"
+            " SIGNAL_METRICS_MAX_SERIES label sets.",
+            ("metric", *self._static_names),
+            registry=registry,
+        )
+
+        # The self-metrics' label values are the extension's own, a fixed few:
+        # not capped, so that a small SIGNAL_METRICS_MAX_SERIES never folds them.
+        self.receiver_errors = self._counter(
+            RECEIVER_ERRORS,
+            "Failures inside the extension's signal receivers (the request went on unharmed).",
+            ("signal",),
+            capped=False,
+        )
+        for signal in signals:
+            self.receiver_errors.child((signal,))  # export 0 for series known in advance
+        if multiprocess():  # the only mode with a lock a scrape can be refused for
+            refused_counter()
+
+        request_families = [REQUEST_SIZE, RESPONSE_SIZE]
+        request_families.append(CLASSIC_DURATION if naming == "classic" else DURATION)
+        overflowed = [self._overflow.labels(n, *self._static) for n in request_families]
+        request_options: dict[str, t.Any] = {
+            "naming": naming,
+            "buckets": buckets,
+            "size_buckets": size_buckets,
+            "static_labels": static_labels,
+            "max_series": max_series,
+            "overflowed": overflowed,
+        }
+        self.requests: RequestStats | FileRequestStats
+        self.workers: WorkerStats | None = None
+        if multiprocess():
+            # Worker processes share numbers only through prometheus_client's
+            # files: each writes its own (FileRequestStats).
+            self.workers = WorkerStats(registry)
+            self.requests = FileRequestStats(**request_options)
+        else:
+            self.requests = RequestStats(**request_options)
+        registry.register(self.requests)
+        #: prometheus-flask-exporter's exception counter (classic naming only).
+        self.escaped: Family[Counter] | None = None
+        if naming == "classic":
+            self.escaped = self._counter(
+                "flask_http_request_exceptions",
+                "Total number of HTTP requests which resulted in an exception",
+                ("method", "status"),
+            )
+        self.exceptions = self._counter(
+            "flask_request_exceptions",
+            "Unhandled exceptions raised while handling a request (got_request_exception).",
+            ("http_request_method", "http_route", "error_type"),
+        )
+        self.template_duration = self._histogram(
+            "flask_template_render_duration_seconds",
+            "Time to render a template (before_render_template to template_rendered).",
+            ("template",),
+            buckets,
+        )
+        self.flashes = self._counter(
+            "flask_flashed_messages", "Messages flashed, by category.", ("category",)
+        )
+        self.stream_ready = self._histogram(
+            "flask_response_ready_duration_seconds",
+            "Streamed responses: time from the request's start to its response object"
+            " (the body follows; http_server_request_duration_seconds ends with it).",
+            ("http_request_method", "http_route", "http_response_status_code"),
+            buckets,
+        )
+        info = Gauge(
+            "flask_exporter_info" if naming == "classic" else "flask_signal_metrics_info",
+            "Version of flask-signal-metrics.",
+            ("version", *self._static_names),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        info.labels(version, *self._static).set(1)
+        self.otlp_dropped = self._counter(
+            "flask_signal_metrics_otlp_dropped",
+            "Spans and metric points the OTLP export of this process dropped (collector"
+            " down, slow or refusing, or the span queue full), and metric readings that"
+            " failed (collect_failed: one per export interval); requests never wait.",
+            ("signal", "reason"),
+            capped=False,
+        )
+        for signal in ("traces", "metrics"):
+            for reason in ("export_failed", "queue_full"):
+                self.otlp_dropped.child((signal, reason))  # 0 for series known in advance
+        self.otlp_dropped.child(("metrics", "collect_failed"))  # a reading that failed
+
+    def _histogram(
+        self, name: str, doc: str, labelnames: tuple[str, ...], buckets: cabc.Sequence[float]
+    ) -> Family[Histogram | FileHistogram]:
+        names = (*labelnames, *self._static_names)
+        return self._family(histogram(name, doc, names, buckets, self.registry, "seconds"), name)
+
+    def _family(self, metric: M, name: str, capped: bool = True) -> Family[M]:
+        cap = self._cap if capped else sys.maxsize
+        return Family(metric, self._static, cap, self._overflow.labels(name, *self._static))
+
+    def _counter(
+        self, name: str, doc: str, labelnames: cabc.Sequence[str], capped: bool = True
+    ) -> Family[Counter]:
+        metric = Counter(name, doc, (*labelnames, *self._static_names), registry=self.registry)
+        return self._family(metric, name + "_total", capped)

@@ -1,0 +1,81 @@
+"""The names, label names and help texts of the extension's metrics, and its records' shapes."""
+
+from __future__ import annotations
+
+import typing as t
+
+from .. import labels
+
+
+class RequestKey(t.NamedTuple):
+    """The label values of one request's series.
+
+    The receivers look series up with plain tuples of the same values (equal
+    and of the same hash); the tables keep these, read by name.
+    """
+
+    method: str
+    route: str
+    status: str
+    scheme: str
+    error_type: str
+
+
+#: (trace id, span id) of the sampled span a request's duration links to.
+TraceIds = tuple[int, int]
+
+
+class Kept(t.NamedTuple):
+    """A bucket's exemplar as kept; its labels are formatted at scrape time."""
+
+    trace_id: int
+    span_id: int
+    value: float
+    #: Unix time.
+    when: float
+
+
+#: The request-metric label names of the ``otel`` scheme, in key order.
+HTTP_LABELS = (
+    "http_request_method",
+    "http_route",
+    "http_response_status_code",
+    "url_scheme",
+    "error_type",
+)
+
+#: The classic duration's labels, and the classic count's.
+CLASSIC_LABELS = ("method", "path", "status")
+CLASSIC_COUNT_LABELS = ("method", "status")
+
+DURATION = "http_server_request_duration_seconds"
+REQUEST_SIZE = "http_server_request_body_size_bytes"
+RESPONSE_SIZE = "http_server_response_body_size_bytes"
+CLASSIC_DURATION = "flask_http_request_duration_seconds"
+CLASSIC_COUNT = "flask_http_request"
+#: The extension's own health: overflows and failures, of requests and of
+#: declared signals (counters; ``_total`` is added by the client).
+SERIES_OVERFLOW = "flask_signal_metrics_series_overflow"
+RECEIVER_ERRORS = "flask_signal_metrics_receiver_errors"
+SIGNAL_OVERFLOW = "flask_signal_metrics_signal_overflow"
+SIGNAL_ERRORS = "flask_signal_metrics_signal_errors"
+SCRAPES_REFUSED = "flask_signal_metrics_scrapes_refused"
+
+ACTIVE = "http_server_active_requests"
+ACTIVE_LABELS = ("http_request_method", "url_scheme")
+
+#: The help text of each request metric, the same in both backends.
+HELP = {
+    ACTIVE: "Number of active HTTP server requests.",
+    DURATION: "Duration of HTTP server requests.",
+    REQUEST_SIZE: "Size of HTTP server request bodies.",
+    RESPONSE_SIZE: "Size of HTTP server response bodies.",
+    CLASSIC_DURATION: "Flask HTTP request duration in seconds",
+    CLASSIC_COUNT: "Total number of HTTP requests",
+    SCRAPES_REFUSED: "Scrapes answered 503 in multiprocess mode: the directory's lock was held"
+    " past SIGNAL_METRICS_LOCK_TIMEOUT (lock_timeout), or its file could not be opened"
+    " (lock_error).",
+}
+
+#: The series that label sets past the cap are recorded in.
+OVERFLOW_KEY = RequestKey(*(labels.OVERFLOW,) * 5)
