@@ -22,7 +22,7 @@ from prometheus_client import Histogram
 
 from flask_signal_metrics.config import DURATION_BUCKETS
 from flask_signal_metrics.config import SIZE_BUCKETS
-from flask_signal_metrics.prometheus import RequestStats
+from flask_signal_metrics.metrics.cells import RequestStats
 
 KEY = ("GET", "/item/<int:item_id>", "200", "http", "")
 

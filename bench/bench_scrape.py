@@ -59,12 +59,13 @@ def _fill(directory: Path, live: int, dead: int) -> list[int]:
 
 
 def _scrape_ms(rounds: int) -> float:
-    from flask_signal_metrics import prometheus
+    from flask_signal_metrics.metrics.registry import default_registry
+    from flask_signal_metrics.metrics.render import render as render_metrics
 
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        body, _ = prometheus.render([prometheus.default_registry()], [])
+        body, _ = render_metrics([default_registry()], [])
         times.append(time.perf_counter() - start)
     assert b"http_server_request_duration_seconds_count" in body
     return statistics.median(times) * 1e3
@@ -73,9 +74,10 @@ def _scrape_ms(rounds: int) -> float:
 def _samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from flask_signal_metrics import prometheus
+    from flask_signal_metrics.metrics.registry import default_registry
+    from flask_signal_metrics.metrics.render import render as render_metrics
 
-    text = prometheus.render([prometheus.default_registry()], [])[0].decode()
+    text = render_metrics([default_registry()], [])[0].decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

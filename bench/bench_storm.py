@@ -197,22 +197,25 @@ def _client_registry(routes: int) -> t.Any:
     from prometheus_client import CollectorRegistry
     from prometheus_client import Histogram
 
-    from flask_signal_metrics import prometheus
+    from flask_signal_metrics.metrics.names import DURATION
+    from flask_signal_metrics.metrics.names import HTTP_LABELS
+    from flask_signal_metrics.metrics.names import REQUEST_SIZE
+    from flask_signal_metrics.metrics.names import RESPONSE_SIZE
 
     registry = CollectorRegistry()
     families = [
-        Histogram(prometheus.DURATION, "d", prometheus.HTTP_LABELS, registry=registry),
+        Histogram(DURATION, "d", HTTP_LABELS, registry=registry),
         Histogram(
-            prometheus.REQUEST_SIZE,
+            REQUEST_SIZE,
             "s",
-            prometheus.HTTP_LABELS,
+            HTTP_LABELS,
             registry=registry,
             buckets=_size_buckets(),
         ),
         Histogram(
-            prometheus.RESPONSE_SIZE,
+            RESPONSE_SIZE,
             "s",
-            prometheus.HTTP_LABELS,
+            HTTP_LABELS,
             registry=registry,
             buckets=_size_buckets(),
         ),
@@ -249,7 +252,7 @@ def render(routes: int, rounds: int) -> None:
     import prometheus_client
     from prometheus_client import generate_latest
 
-    from flask_signal_metrics import prometheus
+    from flask_signal_metrics.metrics.render import render as render_metrics
     from flask_signal_metrics.state import get_state
 
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -259,12 +262,12 @@ def render(routes: int, rounds: int) -> None:
     collectors = state.collectors
     theirs = _client_registry(routes)
     start = time.perf_counter()
-    prometheus.render(collectors, [])
+    render_metrics(collectors, [])
     first_s = time.perf_counter() - start
-    ours_s, ours_body = _best(lambda: prometheus.render(collectors, [])[0], rounds)
-    prometheus.render(collectors, ["application/openmetrics-text"])
+    ours_s, ours_body = _best(lambda: render_metrics(collectors, [])[0], rounds)
+    render_metrics(collectors, ["application/openmetrics-text"])
     ours_om_s, ours_om_body = _best(
-        lambda: prometheus.render(collectors, ["application/openmetrics-text"])[0], rounds
+        lambda: render_metrics(collectors, ["application/openmetrics-text"])[0], rounds
     )
     theirs_s, theirs_body = _best(lambda: generate_latest(theirs), rounds)
     lines, theirs_lines = _lines(ours_body), _lines(theirs_body)
@@ -285,7 +288,7 @@ def render(routes: int, rounds: int) -> None:
         f" ({ours_om_s * 1e3:.0f} ms)"
     )
     gaps = [
-        _stall(state.metrics.requests, lambda: prometheus.render(collectors, [])[0])
+        _stall(state.metrics.requests, lambda: render_metrics(collectors, [])[0])
         for _ in range(rounds)
     ]
     print(

@@ -26,7 +26,16 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import prometheus
+from .metrics.names import RECEIVER_ERRORS
+from .metrics.names import SERIES_OVERFLOW
+from .metrics.names import SIGNAL_ERRORS
+from .metrics.names import SIGNAL_OVERFLOW
+from .metrics.readback import collect
+from .metrics.readback import FamilySummary
+from .metrics.readback import parse_text
+from .metrics.readback import read_multiprocess
+from .metrics.readback import summarize
+from .multiprocess.directory import LockUnavailable
 from .receivers import SIGNAL_NAMES
 from .state import get_state
 
@@ -35,8 +44,8 @@ if t.TYPE_CHECKING:
 
 group = AppGroup("signal-metrics", help="Inspect what flask-signal-metrics measures.")
 
-_OVERFLOW = (prometheus.SERIES_OVERFLOW, prometheus.SIGNAL_OVERFLOW)
-_ERRORS = (prometheus.RECEIVER_ERRORS, prometheus.SIGNAL_ERRORS)
+_OVERFLOW = (SERIES_OVERFLOW, SIGNAL_OVERFLOW)
+_ERRORS = (RECEIVER_ERRORS, SIGNAL_ERRORS)
 
 
 @group.command("report")
@@ -55,17 +64,17 @@ def report(url: str | None, multiproc_dir: str | None, as_json: bool, top: int) 
         raise click.UsageError("Give --url or --multiproc-dir, not both.")
     if url:
         source = url
-        metrics = prometheus.parse_text(_fetch(url, _credentials(state.settings)))
+        metrics = parse_text(_fetch(url, _credentials(state.settings)))
     elif multiproc_dir:
         source = multiproc_dir
-        metrics = prometheus.read_multiprocess(multiproc_dir)
+        metrics = read_multiprocess(multiproc_dir)
     else:
         source = "this process"
         try:
-            metrics = prometheus.collect(state.collectors, state.settings.lock_timeout)
-        except prometheus.LockUnavailable as e:
+            metrics = collect(state.collectors, state.settings.lock_timeout)
+        except LockUnavailable as e:
             raise click.ClickException(f"cannot read the metrics now: {e}; try again.") from e
-    families = prometheus.summarize(metrics)
+    families = summarize(metrics)
     cap = state.settings.max_series
     data = {
         "app": current_app.name,
@@ -138,9 +147,7 @@ def _origin(url: str) -> tuple[str, str | None, int | None]:
     return parts.scheme, parts.hostname, parts.port
 
 
-def _nearest_cap(
-    families: list[prometheus.FamilySummary], cap: int, top: int
-) -> list[dict[str, t.Any]]:
+def _nearest_cap(families: list[FamilySummary], cap: int, top: int) -> list[dict[str, t.Any]]:
     ranked = sorted((f for f in families if f.labels), key=lambda f: -f.series)[:top]
     return [
         {
@@ -154,9 +161,7 @@ def _nearest_cap(
     ]
 
 
-def _totals(
-    families: list[prometheus.FamilySummary], names: tuple[str, ...], label: str
-) -> dict[str, float]:
+def _totals(families: list[FamilySummary], names: tuple[str, ...], label: str) -> dict[str, float]:
     totals: dict[str, float] = {}
     for family in families:
         if family.name in names:

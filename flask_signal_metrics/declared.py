@@ -52,8 +52,8 @@ from .state import EXTENSION_KEY
 from .state import logger
 
 if t.TYPE_CHECKING:
-    from .prometheus import Family
-    from .prometheus import SignalStore
+    from .metrics.family import Family
+    from .metrics.store import SignalStore
     from .state import State
 
 LabelFunction = t.Callable[..., object]

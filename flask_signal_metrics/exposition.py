@@ -1,7 +1,7 @@
 """Serving metrics over HTTP: the ``/metrics`` view and the separate-port server.
 
 Content negotiation, compression and authentication, on Werkzeug's request
-and response objects; the encoding itself is :func:`prometheus.render`. Both
+and response objects; the encoding itself is :func:`.metrics.render.render`. Both
 ways of serving go through :func:`respond`, so they answer alike, and
 concurrent scrapes of the same metrics share one render (:mod:`.flight`).
 """
@@ -32,9 +32,11 @@ from flask import request
 from werkzeug.wrappers import Request
 from werkzeug.wrappers import Response
 
-from . import prometheus
 from .flight import FlightTimeout
 from .flight import SingleFlight
+from .metrics.render import render as render_metrics
+from .multiprocess.directory import count_refused
+from .multiprocess.directory import LockUnavailable
 from .state import exclude
 from .state import get_state
 
@@ -97,7 +99,7 @@ def respond(req: Request, collectors: cabc.Sequence[Collector], settings: Settin
     key = (tuple(collectors), tuple(accepted), frozenset(names), wants_gzip)
 
     def render() -> _Rendered:
-        body, content_type = prometheus.render(collectors, accepted, names, settings.lock_timeout)
+        body, content_type = render_metrics(collectors, accepted, names, settings.lock_timeout)
         if wants_gzip and len(body) >= _GZIP_MIN_BYTES:
             return _Rendered(gzip.compress(body, compresslevel=6), content_type, True)
         return _Rendered(body, content_type, False)
@@ -108,9 +110,9 @@ def respond(req: Request, collectors: cabc.Sequence[Collector], settings: Settin
         # A render that long is stuck (a collector that hangs): more
         # waiters would only hold more threads.
         return _unavailable("Metrics busy: try again shortly.")
-    except prometheus.LockUnavailable as e:  # every scrape that joined the render gets it
+    except LockUnavailable as e:  # every scrape that joined the render gets it
         # A gap in the series (the scrape failed) rather than old numbers served as new.
-        prometheus.count_refused(e.reason)
+        count_refused(e.reason)
         logger.warning("flask-signal-metrics: scrape refused (503): %s.", e)
         return _unavailable("Service Unavailable: the metrics' lock is held elsewhere; try again.")
     response = Response(rendered.body, content_type=rendered.content_type)

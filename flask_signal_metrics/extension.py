@@ -16,9 +16,15 @@ from . import config
 from . import declared
 from . import exposition
 from . import labels
-from . import prometheus
 from . import receivers
 from . import tracing
+from .metrics.catalogue import Metrics
+from .metrics.registry import default_registry
+from .metrics.registry import new_registry
+from .metrics.store import SignalStore
+from .multiprocess.directory import check_directory
+from .multiprocess.directory import multiprocess
+from .multiprocess.directory import process_died
 from .state import exclude
 from .state import EXTENSION_KEY
 from .state import INSTANCES
@@ -100,8 +106,8 @@ class SignalMetrics:
         max_series = config.load({}, options, environ={}).max_series
         #: Metrics of the app's own signals, for every app of this extension.
         self._store = _shared_registry_guard(
-            prometheus.SignalStore,
-            registry if registry is not None else prometheus.new_registry(),
+            SignalStore,
+            registry if registry is not None else new_registry(),
             max_series,
         )
         self._declared: list[str] = []
@@ -132,29 +138,29 @@ class SignalMetrics:
             return
         if settings.path is not None:
             _check_route_free(app, settings.path)
-        if settings.port is not None and prometheus.multiprocess():
+        if settings.port is not None and multiprocess():
             raise ValueError(
                 "SIGNAL_METRICS_PORT is set, but several worker processes cannot all"
                 " listen on it; start one server for the process group instead: call"
                 " flask_signal_metrics.start_metrics_server(port) in gunicorn's when_ready"
                 " hook (see examples/gunicorn.conf.py), and unset SIGNAL_METRICS_PORT."
             )
-        if prometheus.multiprocess():
-            prometheus.check_directory()  # once: a scrape or a compaction never checks
-        registry = self._registry if self._registry is not None else prometheus.new_registry()
+        if multiprocess():
+            check_directory()  # once: a scrape or a compaction never checks
+        registry = self._registry if self._registry is not None else new_registry()
         # A registry passed in is also the declared signals' one, and may be
         # the default one: each once, or its families would be read twice.
         owned = tuple(dict.fromkeys((registry, self._store.registry)))
         collectors: tuple[t.Any, ...] = owned
         if settings.serve_default_registry:
-            collectors = tuple(dict.fromkeys((*owned, prometheus.default_registry())))
+            collectors = tuple(dict.fromkeys((*owned, default_registry())))
         server = None
         if settings.port is not None and _serves_requests():
             # Before anything changes: a port in use leaves the app as it was.
             server = exposition.bind_server(settings.addr, settings.port, collectors, settings)
         try:
             metrics = _shared_registry_guard(
-                prometheus.Metrics,
+                Metrics,
                 registry,
                 naming=settings.naming,
                 buckets=settings.buckets,
@@ -311,7 +317,7 @@ def start_metrics_server(
     :returns: the server, serving from daemon threads (``shutdown()`` then
         ``server_close()`` stops it); see the README for its bounds on slow clients.
     :raises TypeError, ValueError: a bad argument, or a multiprocess directory
-        another user can write (see :func:`prometheus.check_directory`), before
+        another user can write (see :func:`check_directory`), before
         anything listens.
     """
     arguments = {
@@ -322,9 +328,9 @@ def start_metrics_server(
         "lock_timeout": lock_timeout,
     }
     settings = config.load_arguments("start_metrics_server", arguments)
-    if prometheus.multiprocess():
-        prometheus.check_directory()
-    collectors = (prometheus.default_registry(),)
+    if multiprocess():
+        check_directory()
+    collectors = (default_registry(),)
     server = exposition.bind_server(
         settings.addr, port, collectors, settings, key="start_metrics_server", for_workers=True
     )
@@ -341,7 +347,7 @@ def worker_exited(pid: int) -> None:
     master replaces the worker only once it returns): while the lock is held
     elsewhere, the files are folded at a later call.
     """
-    prometheus.process_died(pid)
+    process_died(pid)
 
 
 T = t.TypeVar("T")

@@ -66,10 +66,17 @@ from opentelemetry.semconv.attributes import url_attributes
 from opentelemetry.semconv.metrics import http_metrics
 from opentelemetry.util.re import parse_env_headers
 
-from . import prometheus
 from .extension import VERSION
 from .forks import at_fork
-from .prometheus import Reading
+from .metrics.names import CLASSIC_COUNT
+from .metrics.names import CLASSIC_DURATION
+from .metrics.names import DURATION
+from .metrics.names import RECEIVER_ERRORS
+from .metrics.names import REQUEST_SIZE
+from .metrics.names import RESPONSE_SIZE
+from .metrics.names import SERIES_OVERFLOW
+from .metrics.readback import Reading
+from .metrics.readback import readings
 from .state import INSTANCES
 from .tracing import TRACER_NAME
 
@@ -86,20 +93,20 @@ PROTOCOLS = ("http/protobuf", "grpc")
 #: duration maps to the same instrument; its request counter repeats the
 #: histogram's count and is not sent.
 NAMES: dict[str, tuple[str, str]] = {
-    prometheus.DURATION: (http_metrics.HTTP_SERVER_REQUEST_DURATION, "s"),
-    prometheus.CLASSIC_DURATION: (http_metrics.HTTP_SERVER_REQUEST_DURATION, "s"),
+    DURATION: (http_metrics.HTTP_SERVER_REQUEST_DURATION, "s"),
+    CLASSIC_DURATION: (http_metrics.HTTP_SERVER_REQUEST_DURATION, "s"),
     "http_server_active_requests": (incubating_http.HTTP_SERVER_ACTIVE_REQUESTS, "{request}"),
-    prometheus.REQUEST_SIZE: (incubating_http.HTTP_SERVER_REQUEST_BODY_SIZE, "By"),
-    prometheus.RESPONSE_SIZE: (incubating_http.HTTP_SERVER_RESPONSE_BODY_SIZE, "By"),
+    REQUEST_SIZE: (incubating_http.HTTP_SERVER_REQUEST_BODY_SIZE, "By"),
+    RESPONSE_SIZE: (incubating_http.HTTP_SERVER_RESPONSE_BODY_SIZE, "By"),
     "flask_request_exceptions": ("flask.request.exceptions", "{exception}"),
     "flask_template_render_duration_seconds": ("flask.template.render.duration", "s"),
     "flask_flashed_messages": ("flask.flashed_messages", "{message}"),
     "flask_response_ready_duration_seconds": ("flask.response.ready.duration", "s"),
-    prometheus.SERIES_OVERFLOW: ("flask_signal_metrics.series_overflow", "1"),
-    prometheus.RECEIVER_ERRORS: ("flask_signal_metrics.receiver_errors", "{error}"),
+    SERIES_OVERFLOW: ("flask_signal_metrics.series_overflow", "1"),
+    RECEIVER_ERRORS: ("flask_signal_metrics.receiver_errors", "{error}"),
     "flask_signal_metrics_otlp_dropped": ("flask_signal_metrics.otlp.dropped", "1"),
 }
-_SKIPPED = frozenset((prometheus.CLASSIC_COUNT,))
+_SKIPPED = frozenset((CLASSIC_COUNT,))
 #: Values of the process that every app's registry repeats: the export's
 #: losses (each app counts every one) and the version info (1 in each).
 _PER_PROCESS = frozenset(
@@ -552,7 +559,7 @@ class MetricsBridge:
         """
         now = time.time_ns()
         metrics: dict[str, tuple[str, str, str, dict[_Key, tuple[_Attributes, Reading]]]] = {}
-        for reading in prometheus.readings(_registries()):
+        for reading in readings(_registries()):
             if reading.family in _SKIPPED:
                 continue
             name, unit = NAMES.get(reading.family, (reading.family, ""))

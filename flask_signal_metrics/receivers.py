@@ -44,7 +44,7 @@ if t.TYPE_CHECKING:
     from flask.ctx import RequestContext
     from jinja2 import Template
 
-    from .prometheus import Metrics
+    from .metrics.catalogue import Metrics
 
 # What is known of a request lives in its WSGI environ, which outlives the
 # request context (streaming re-pushes it) and is per request by construction:

@@ -17,7 +17,7 @@ import weakref
 from . import labels
 from .config import Matcher
 from .config import Settings
-from .prometheus import Metrics
+from .metrics.catalogue import Metrics
 from .tracing import Tracing
 
 if t.TYPE_CHECKING:

@@ -15,8 +15,9 @@ from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
 
 from flask_signal_metrics import exposition
-from flask_signal_metrics import prometheus
 from flask_signal_metrics import SignalMetrics
+from flask_signal_metrics.multiprocess import directory
+from flask_signal_metrics.multiprocess.directory import refused_counter
 
 from .conftest import Blocking
 from .conftest import make_app
@@ -213,7 +214,7 @@ def test_a_scrape_the_lock_keeps_out_is_told_to_retry(
     app = make_app()
     app.config["SIGNAL_METRICS_LOCK_TIMEOUT"] = 0.2
     SignalMetrics(app, registry=CollectorRegistry())
-    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    monkeypatch.setattr(directory, "multiprocess", lambda: True)
     client = app.test_client()
     with lock_held(multiproc_dir):
         started = time.monotonic()
@@ -240,7 +241,7 @@ def _scrapes(
 
 
 def _refused(reason: str = "lock_timeout") -> float:
-    [family] = prometheus._refused_counter().collect()
+    [family] = refused_counter().collect()
     return sum(
         sample.value
         for sample in family.samples
@@ -256,7 +257,7 @@ def test_every_scrape_that_joined_a_refused_render_is_counted(
     app = make_app()
     app.config["SIGNAL_METRICS_LOCK_TIMEOUT"] = 2.0
     SignalMetrics(app, registry=CollectorRegistry())
-    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    monkeypatch.setattr(directory, "multiprocess", lambda: True)
     client = app.test_client()
     before = _refused()
     found: list[t.Any] = []

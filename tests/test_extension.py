@@ -166,14 +166,14 @@ def test_registry_given_as_the_default_one_is_served_once() -> None:
 
 def test_a_registry_passed_in_is_read_once(registry: CollectorRegistry) -> None:
     """It also holds the declared signals' metrics: /metrics and OTLP read it once."""
-    from flask_signal_metrics import prometheus
+    from flask_signal_metrics.metrics.readback import readings
 
     app = make_app()
     SignalMetrics(app, registry=registry)
     app.test_client().get("/item/1")
     state = app.extensions["signal_metrics"]
     assert state.owned == (registry,)
-    series = [(r.family, tuple(sorted(r.labels.items()))) for r in prometheus.readings(state.owned)]
+    series = [(r.family, tuple(sorted(r.labels.items()))) for r in readings(state.owned)]
     assert series and len(series) == len(set(series))
 
 

@@ -15,7 +15,7 @@ CASES = {
     "family": (
         """
         from prometheus_client import CollectorRegistry, Counter
-        from flask_signal_metrics.prometheus import Family
+        from flask_signal_metrics.metrics.family import Family
         registry = CollectorRegistry()
         overflow = Counter("overflow", "o", registry=registry)
         family = Family(Counter("jobs", "j", ["queue"], registry=registry), (), 10, overflow)
@@ -25,7 +25,7 @@ CASES = {
     ),
     "request series": (
         """
-        from flask_signal_metrics.prometheus import RequestStats
+        from flask_signal_metrics.metrics.cells import RequestStats
         stats = RequestStats(naming="otel", buckets=[0.1], size_buckets=[10.0],
                              static_labels=(), max_series=10, overflowed=())
         stats.record(("GET", "/", "200", "http", ""), None, 0.01, 0, 5)
@@ -37,7 +37,7 @@ CASES = {
     "file histogram": (
         """
         from prometheus_client import CollectorRegistry
-        from flask_signal_metrics.prometheus import FileHistogram
+        from flask_signal_metrics.multiprocess.files import FileHistogram
         histogram = FileHistogram("renders", "r", ["template"], [0.1], CollectorRegistry())
         held = histogram._lock
         """,
@@ -65,7 +65,7 @@ CASES = {
         """
         import threading
         from prometheus_client import CollectorRegistry
-        from flask_signal_metrics.prometheus import WorkerStats
+        from flask_signal_metrics.multiprocess.workers import WorkerStats
         held = threading.Lock()
         stats = WorkerStats(CollectorRegistry())
         refresh = stats.refresh
@@ -120,7 +120,8 @@ def _run(script: str, directory: Path) -> subprocess.CompletedProcess[str]:
 WORKER_STATS = """
 import os, threading
 from prometheus_client import CollectorRegistry
-from flask_signal_metrics.prometheus import FileRequestStats, WorkerStats
+from flask_signal_metrics.multiprocess.files import FileRequestStats
+from flask_signal_metrics.multiprocess.workers import WorkerStats
 WorkerStats(CollectorRegistry()).start()
 stats = FileRequestStats(naming="otel", buckets=[0.1], size_buckets=[10.0],
                          static_labels=(), max_series=10, overflowed=())

@@ -251,9 +251,9 @@ def test_a_process_forked_after_opening_the_port_is_told(
 def test_separate_port_is_refused_with_several_workers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from flask_signal_metrics import prometheus
+    from flask_signal_metrics import extension
 
-    monkeypatch.setattr(prometheus, "multiprocess", lambda: True)
+    monkeypatch.setattr(extension, "multiprocess", lambda: True)
     with pytest.raises(ValueError, match="start_metrics_server"):
         SignalMetrics(make_app(), port=free_port())
 
