@@ -10,7 +10,7 @@ from .extension import start_metrics_server as start_metrics_server
 from .extension import VERSION as __version__
 from .extension import worker_exited as worker_exited
 from .state import exclude as exclude
-from .tracing import TraceContextFilter as TraceContextFilter
+from .tracing.logging import TraceContextFilter as TraceContextFilter
 
 if t.TYPE_CHECKING:
     from .otlp import OTLPExport

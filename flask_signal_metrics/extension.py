@@ -18,12 +18,12 @@ from . import exposition
 from . import labels
 from . import prometheus
 from . import receivers
-from . import tracing
 from .state import exclude
 from .state import EXTENSION_KEY
 from .state import INSTANCES
 from .state import logger
 from .state import State
+from .tracing import spans as tracing
 
 if t.TYPE_CHECKING:
     from flask import Flask

@@ -71,7 +71,7 @@ from .extension import VERSION
 from .forks import at_fork
 from .prometheus import Reading
 from .state import INSTANCES
-from .tracing import TRACER_NAME
+from .tracing.spans import TRACER_NAME
 
 if t.TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
