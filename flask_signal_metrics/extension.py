@@ -24,18 +24,12 @@ from .state import INSTANCES
 from .state import logger
 from .state import State
 from .tracing import spans as tracing
+from .version import VERSION
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
-
-try:
-    from importlib.metadata import version as _dist_version
-
-    VERSION = _dist_version("flask-signal-metrics")
-except Exception:  # running from a source tree that was never installed
-    VERSION = "0+unknown"
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
