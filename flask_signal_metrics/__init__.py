@@ -7,23 +7,23 @@ import typing as t
 from .config import Settings as Settings
 from .extension import SignalMetrics as SignalMetrics
 from .extension import start_metrics_server as start_metrics_server
-from .extension import VERSION as __version__
 from .extension import worker_exited as worker_exited
 from .state import exclude as exclude
-from .tracing import TraceContextFilter as TraceContextFilter
+from .tracing.logging import TraceContextFilter as TraceContextFilter
+from .version import VERSION as __version__
 
 if t.TYPE_CHECKING:
-    from .otlp import OTLPExport
+    from .otlp.setup import OTLPExport
 
 
 def configure_otlp(**options: t.Any) -> OTLPExport:
     """Export spans and metrics over OTLP (needs the ``[otlp]`` extra).
 
-    See :func:`flask_signal_metrics.otlp.configure_otlp`; imported on call, so
+    See :func:`flask_signal_metrics.otlp.setup.configure_otlp`; imported on call, so
     that the SDK is only needed by those who export.
     """
     try:
-        from .otlp import configure_otlp as configure
+        from .otlp.setup import configure_otlp as configure
     except ImportError as e:
         raise ImportError(
             f"configure_otlp needs the OpenTelemetry SDK and OTLP exporters ({e});"

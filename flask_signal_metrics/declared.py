@@ -42,7 +42,6 @@ import typing as t
 import flask
 
 from . import labels as label_values
-from . import tracing
 from .config import _buckets as valid_buckets
 from .config import DURATION_BUCKETS
 from .config import RESERVED_LABELS
@@ -50,6 +49,7 @@ from .forks import at_fork
 from .receivers import START_KEY
 from .state import EXTENSION_KEY
 from .state import logger
+from .tracing import spans as tracing
 
 if t.TYPE_CHECKING:
     from .metrics.family import Family

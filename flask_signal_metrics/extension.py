@@ -17,7 +17,6 @@ from . import declared
 from . import exposition
 from . import labels
 from . import receivers
-from . import tracing
 from .metrics.catalogue import Metrics
 from .metrics.registry import default_registry
 from .metrics.registry import new_registry
@@ -30,18 +29,13 @@ from .state import EXTENSION_KEY
 from .state import INSTANCES
 from .state import logger
 from .state import State
+from .tracing import spans as tracing
+from .version import VERSION
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
-
-try:
-    from importlib.metadata import version as _dist_version
-
-    VERSION = _dist_version("flask-signal-metrics")
-except Exception:  # running from a source tree that was never installed
-    VERSION = "0+unknown"
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 

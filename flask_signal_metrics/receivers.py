@@ -35,8 +35,8 @@ from .state import logger
 from .state import NO_RECORDERS
 from .state import Route
 from .state import State
-from .tracing import EXTERNAL
-from .tracing import Tracing
+from .tracing.spans import EXTERNAL
+from .tracing.spans import Tracing
 
 if t.TYPE_CHECKING:
     from flask import Flask

@@ -18,7 +18,7 @@ from . import labels
 from .config import Matcher
 from .config import Settings
 from .metrics.catalogue import Metrics
-from .tracing import Tracing
+from .tracing.spans import Tracing
 
 if t.TYPE_CHECKING:
     from flask import Flask

@@ -1,4 +1,4 @@
-"""A process that exports over OTLP, driven by tests/test_otlp.py.
+"""A process that exports over OTLP, driven by the tests in tests/otlp/.
 
 ``configure_otlp`` sets the process's global tracer provider, which
 OpenTelemetry allows once per process: so each OTLP test runs its app here,

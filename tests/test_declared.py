@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from flask_signal_metrics import declared
 from flask_signal_metrics import exclude
 from flask_signal_metrics import SignalMetrics
-from flask_signal_metrics import tracing
+from flask_signal_metrics.tracing import spans as tracing
 
 from .conftest import make_app
 from .conftest import memory_provider

@@ -1,9 +1,10 @@
+"""Server, render and flash spans: :mod:`flask_signal_metrics.tracing.spans`."""
+
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
-import re
 import time
 import typing as t
 from pathlib import Path
@@ -14,51 +15,28 @@ from flask import stream_template_string
 from flask import stream_with_context
 from flask import url_for
 from opentelemetry import baggage
-from opentelemetry import propagate
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.sdk.trace.sampling import ParentBased
-from opentelemetry.sdk.trace.sampling import Sampler
-from opentelemetry.sdk.trace.sampling import SamplingResult
-from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
-from opentelemetry.trace import Link
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace import StatusCode
-from opentelemetry.trace import TraceState
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
-from werkzeug.middleware.proxy_fix import ProxyFix
 
-from flask_signal_metrics import config
 from flask_signal_metrics import exclude
 from flask_signal_metrics import SignalMetrics
-from flask_signal_metrics import TraceContextFilter
-from flask_signal_metrics import tracing as tracing_module
-from flask_signal_metrics.tracing import Capture
-from flask_signal_metrics.tracing import EnvironGetter
-from flask_signal_metrics.tracing import extract_parent
-from flask_signal_metrics.tracing import redact_query
-from flask_signal_metrics.tracing import split_host
-from flask_signal_metrics.tracing import Tracing
+from flask_signal_metrics.tracing import spans as spans_module
 
-from .conftest import in_flight
-from .conftest import make_app
-from .conftest import MakeTraced
-from .conftest import memory_provider
-from .conftest import requests_counted
-from .conftest import Traced
-from .conftest import value
-
-TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-PARENT_ID = "b7ad6b7169203331"
-TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+from ..conftest import in_flight
+from ..conftest import make_app
+from ..conftest import MakeTraced
+from ..conftest import memory_provider
+from ..conftest import requests_counted
+from ..conftest import Traced
+from ..conftest import value
+from .conftest import TRACE_ID
+from .conftest import TRACEPARENT
 
 
 @pytest.mark.parametrize(
@@ -116,118 +94,6 @@ def test_server_span_name_attributes_status(
         assert (event.attributes or {})["exception.type"] == "ValueError"
     else:
         assert exceptions == []
-
-
-def test_parent_from_traceparent_and_baggage_current_in_view(traced: Traced) -> None:
-    seen: dict[str, t.Any] = {}
-
-    @traced.app.get("/nested")
-    def nested() -> str:
-        seen["baggage"] = baggage.get_baggage("tenant")
-        with traced.provider.get_tracer("app").start_as_current_span("query"):
-            pass
-        return "ok"
-
-    headers = {"traceparent": TRACEPARENT, "baggage": "tenant=acme"}
-    assert traced.client.get("/nested", headers=headers).status_code == 200
-    (server,) = traced.spans()
-    (child,) = traced.spans(SpanKind.INTERNAL)
-    assert f"{server.context.trace_id:032x}" == TRACE_ID
-    assert server.parent is not None and f"{server.parent.span_id:016x}" == PARENT_ID
-    assert server.parent.is_remote
-    assert child.parent is not None and child.parent.span_id == server.context.span_id
-    assert seen["baggage"] == "acme"
-    # After the request, the context before it is current again.
-    assert not trace.get_current_span().get_span_context().is_valid
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        {},
-        {"HTTP_TRACEPARENT": TRACEPARENT},
-        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}-00"},
-        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}-ff"},
-        {"HTTP_TRACEPARENT": f" \t00-{TRACE_ID}-{PARENT_ID}-01\t "},
-        {"HTTP_TRACEPARENT": f"00-{TRACE_ID.upper()}-{PARENT_ID}-01"},
-        {"HTTP_TRACEPARENT": f"00-{'0' * 32}-{PARENT_ID}-01"},
-        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{'0' * 16}-01"},
-        {"HTTP_TRACEPARENT": f"ff-{TRACE_ID}-{PARENT_ID}-01"},
-        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}-01-future"},
-        {"HTTP_TRACEPARENT": f"cc-{TRACE_ID}-{PARENT_ID}-01-future"},
-        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}-1"},
-        {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}"},
-        {"HTTP_TRACEPARENT": f"00_{TRACE_ID}_{PARENT_ID}_01"},
-        {"HTTP_TRACEPARENT": ""},
-        {"HTTP_TRACEPARENT": "garbage"},
-        {"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_TRACESTATE": "vendor=a,other=b"},
-        {"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_TRACESTATE": "=bad="},
-        {"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_BAGGAGE": "tenant=acme"},
-        {"HTTP_BAGGAGE": "tenant=acme"},
-    ],
-    ids=lambda headers: repr(headers)[:60],
-)
-def test_own_traceparent_parsing_gives_the_propagators_context(headers: dict[str, str]) -> None:
-    # The fast path (the API's default propagator, no tracestate or baggage)
-    # and the propagator itself must agree on every rule of the header.
-    assert propagate.get_global_textmap().fields == {"traceparent", "tracestate", "baggage"}
-    environ = {"REQUEST_METHOD": "GET", **headers}
-    ours = extract_parent(environ)
-    theirs = propagate.extract(environ, getter=EnvironGetter())
-    assert (
-        trace.get_current_span(ours).get_span_context()
-        == trace.get_current_span(theirs).get_span_context()
-    )
-    assert baggage.get_all(ours) == baggage.get_all(theirs)
-    assert ours.keys() == theirs.keys()  # nothing else set, nothing missing
-
-
-class _UpperCaseTraceContext(TraceContextTextMapPropagator):
-    """A propagator of the user's: accepts what the W3C one refuses (uppercase hex)."""
-
-    def extract(self, carrier: t.Any, context: t.Any = None, getter: t.Any = None) -> t.Any:
-        (value,) = getter.get(carrier, "traceparent") or [""]
-        return super().extract({"traceparent": value.lower()}, context)
-
-
-@pytest.mark.parametrize(
-    "textmap",
-    [_UpperCaseTraceContext(), CompositePropagator([_UpperCaseTraceContext()])],
-    ids=["alone", "composite"],
-)
-def test_a_propagator_of_the_users_decides_the_parent(
-    traced: Traced, textmap: t.Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", textmap)  # set_global_textmap, undone
-    assert propagate.get_global_textmap() is textmap
-    headers = {"traceparent": f"00-{TRACE_ID.upper()}-{PARENT_ID.upper()}-01"}
-    traced.client.get("/item/1", headers=headers)
-    traced.client.get("/item/2", headers={"traceparent": TRACEPARENT})
-    first, second = traced.spans()
-    for span in (first, second):
-        assert f"{span.context.trace_id:032x}" == TRACE_ID
-        assert span.parent is not None and f"{span.parent.span_id:016x}" == PARENT_ID
-
-
-def test_log_records_carry_trace_and_span_ids(
-    traced: Traced, caplog: pytest.LogCaptureFixture
-) -> None:
-    logger = logging.getLogger("test_tracing.view")
-
-    @traced.app.get("/logs")
-    def logs() -> str:
-        logger.warning("inside")
-        return "ok"
-
-    caplog.handler.addFilter(TraceContextFilter())
-    with caplog.at_level(logging.WARNING, logger="test_tracing.view"):
-        traced.client.get("/logs", headers={"traceparent": TRACEPARENT})
-        logger.warning("outside")
-    inside, outside = caplog.records
-    (span,) = traced.spans()
-    assert inside.trace_id == TRACE_ID  # type: ignore[attr-defined]
-    assert inside.span_id == f"{span.context.span_id:016x}"  # type: ignore[attr-defined]
-    assert outside.trace_id == "" and outside.span_id == ""  # type: ignore[attr-defined]
 
 
 def test_streamed_span_ends_when_body_is_done(traced: Traced) -> None:
@@ -405,150 +271,6 @@ def test_span_duration_is_the_histogram_duration(traced: Traced) -> None:
     assert (span.end_time - span.start_time) / 1e9 == pytest.approx(recorded, abs=1e-9)
 
 
-def test_proxy_fix_and_query_redaction(traced: Traced) -> None:
-    traced.app.wsgi_app = ProxyFix(traced.app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
-    headers = {
-        "X-Forwarded-For": "203.0.113.9",
-        "X-Forwarded-Proto": "https",
-        "X-Forwarded-Host": "shop.example:8443",
-    }
-    traced.client.get("/item/1?sig=abc&q=x&X-Amz-Signature=s", headers=headers)
-    attributes = dict(traced.spans()[0].attributes or {})
-    assert attributes["url.scheme"] == "https"
-    assert attributes["server.address"] == "shop.example"
-    assert attributes["server.port"] == 8443
-    assert attributes["client.address"] == "203.0.113.9"
-    assert attributes["url.query"] == "sig=REDACTED&q=x&X-Amz-Signature=REDACTED"
-
-
-@pytest.mark.parametrize(
-    ("query", "expected"),
-    [
-        ("", ""),
-        ("q=1", "q=1"),
-        ("flag", "flag"),
-        ("sig=1&Sig=2", "sig=REDACTED&Sig=2"),  # keys are case-sensitive
-        ("AWSAccessKeyId=k&Signature=s", "AWSAccessKeyId=REDACTED&Signature=REDACTED"),
-        # Keys are compared decoded, as the app (request.args) and the contrib read them.
-        ("Sig%6Eature=s&q=1", "Sig%6Eature=REDACTED&q=1"),
-        ("X+Goog-Signature=s", "X+Goog-Signature=s"),
-        ("X-Goog%2DSignature=s", "X-Goog%2DSignature=REDACTED"),
-        ("%73ig=s", "%73ig=REDACTED"),
-        ("a=%zz&sig=", "a=%zz&sig=REDACTED"),
-    ],
-)
-def test_redact_query(query: str, expected: str) -> None:
-    assert redact_query(query) == expected
-
-
-_METHOD, _ORIGINAL = "http.request.method", "http.request.method_original"
-_NO_HOST = {"HTTP_HOST": "", "SERVER_PORT": "8080"}
-
-
-@pytest.mark.parametrize(
-    ("environ", "expected"),
-    [
-        ({"REQUEST_METHOD": "get"}, {_METHOD: "GET", _ORIGINAL: "get"}),
-        ({"REQUEST_METHOD": "GET"}, {_METHOD: "GET", _ORIGINAL: None}),
-        ({**_NO_HOST, "SERVER_NAME": "::1"}, {"server.address": "::1", "server.port": 8080}),
-        ({**_NO_HOST, "SERVER_NAME": "shop"}, {"server.address": "shop", "server.port": 8080}),
-    ],
-)
-def test_attributes_from_the_raw_environ(
-    traced: Traced, environ: dict[str, str], expected: dict[str, object]
-) -> None:
-    """A method in another case is canonical with its original; a Host-less IPv6 server."""
-    traced.client.get("/item/1", environ_overrides=environ)
-    (span,) = traced.spans()
-    assert {key: (span.attributes or {}).get(key) for key in expected} == expected
-
-
-@pytest.mark.parametrize(
-    ("host", "scheme", "expected"),
-    [
-        ("example.com", "http", ("example.com", 80)),
-        ("example.com", "https", ("example.com", 443)),
-        ("example.com:8080", "http", ("example.com", 8080)),
-        ("[::1]:9000", "http", ("::1", 9000)),
-        ("[::1]", "https", ("::1", 443)),
-    ],
-)
-def test_split_host(host: str, scheme: str, expected: tuple[str, int]) -> None:
-    assert split_host(host, scheme) == expected
-
-
-def test_captured_headers_follow_the_standard_variables(
-    make_traced: MakeTraced, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(
-        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-Request-Id,x-secret-.*"
-    )
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "Content-Type")
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-secret-.*")
-    traced = make_traced()
-    headers = {"X-Request-Id": "r-1", "X-Secret-Token": "hunter2", "Cookie": "a=b"}
-    traced.client.get("/item/1", headers=headers)
-    attributes = dict(traced.spans()[0].attributes or {})
-    assert attributes["http.request.header.x-request-id"] == ("r-1",)
-    assert attributes["http.request.header.x-secret-token"] == ("[REDACTED]",)
-    assert "http.request.header.cookie" not in attributes
-    assert attributes["http.response.header.content-type"] == ("text/html; charset=utf-8",)
-    assert "hunter2" not in repr(attributes)
-
-
-def test_a_sanitize_field_redacts_every_header_whose_name_contains_it(
-    make_traced: MakeTraced, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``session`` redacts ``X-Session-Id``: searched for, as OpenTelemetry does."""
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-.*")
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "session")
-    traced = make_traced()
-    traced.client.get("/item/1", headers={"X-Session-Id": "secret", "X-Request-Id": "r-1"})
-    attributes = dict(traced.spans()[0].attributes or {})
-    assert attributes["http.request.header.x-session-id"] == ("[REDACTED]",)
-    assert attributes["http.request.header.x-request-id"] == ("r-1",)
-    assert "secret" not in repr(attributes)
-
-
-_HEADERS = ["X-Session-Id", "Session", "X-Request-Id", "Cookie", "Set-Cookie"]
-
-
-@pytest.mark.parametrize(
-    ("capture", "sanitize"),
-    [
-        ("X-.*,Cookie,Session", "session"),
-        ("X-.*,Cookie,Session", "SESSION,cookie"),
-        ("x-session-id,set-cookie", "^x-"),
-        ("X-Request-Id", "id$"),
-        (".*", "(?:a|b)-s,(r)e(q)"),
-        ("(X)-(.*)", "zzz"),
-        ("Cookie", ""),
-    ],
-)
-def test_captured_and_sanitized_headers_as_opentelemetry_util_http(
-    capture: str, sanitize: str
-) -> None:
-    """The same headers captured and redacted as by the contrib's own functions."""
-    from opentelemetry.util.http import get_custom_header_attributes
-
-    def patterns(value: str) -> list[str]:
-        return [p.strip() for p in value.split(",") if p.strip()]
-
-    ours = Capture(
-        request=config.alternation(patterns(capture), re.IGNORECASE),
-        sanitize=config.alternation(patterns(sanitize), re.IGNORECASE),
-    )
-    assert ours.request is not None
-    headers = [(name, f"value of {name}") for name in _HEADERS]
-    found = ours.headers("http.request.header.", ours.request, headers)
-    theirs = get_custom_header_attributes(
-        dict(headers), patterns(capture), patterns(sanitize), lambda name: name
-    )
-    assert found  # each case captures something
-    # Given the identity as its normalize function, the contrib's names are the headers'.
-    assert found == {f"http.request.header.{name}": value for name, value in theirs.items()}
-
-
 def test_template_child_span_and_flash_events(traced: Traced) -> None:
     traced.client.get("/page")
     (server,) = traced.spans()
@@ -640,7 +362,7 @@ def test_a_global_provider_set_while_serving_is_used_from_the_next_lookup(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While none is set the global provider is looked up once per recheck, not per request."""
-    monkeypatch.setattr(tracing_module, "_RECHECK", 0.5)
+    monkeypatch.setattr(spans_module, "_RECHECK", 0.5)
     app = make_app()
     SignalMetrics(app, registry=registry)
     client = app.test_client()
@@ -702,70 +424,6 @@ def test_unsampled_requests_have_no_exemplar(make_traced: MakeTraced) -> None:
     om = traced.client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
     assert "trace_id" not in om
     assert traced.spans(None) == []
-
-
-class _RouteSampler(Sampler):
-    """Samples by the start attributes, as the conventions allow a sampler to."""
-
-    def __init__(self) -> None:
-        self.seen: list[dict[str, t.Any]] = []
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: t.Sequence[Link] | None = None,
-        trace_state: TraceState | None = None,
-    ) -> SamplingResult:
-        found = dict(attributes or {})
-        self.seen.append(found)
-        sampled = found.get("http.route") != "/abort"
-        return SamplingResult(Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP, attributes)
-
-    def get_description(self) -> str:
-        return "RouteSampler"
-
-
-def test_a_sampler_decides_on_the_start_attributes(make_traced: MakeTraced) -> None:
-    sampler = _RouteSampler()
-    traced = make_traced(sampler=sampler)
-    traced.client.get("/item/3?q=1")
-    traced.client.get("/abort")
-    first, second = sampler.seen
-    assert first["http.request.method"] == "GET"
-    assert first["url.path"] == "/item/3"
-    assert first["url.query"] == "q=1"
-    assert first["http.route"] == "/item/<int:item_id>"
-    assert first["server.address"] == "localhost"
-    assert second["http.route"] == "/abort"
-    (span,) = traced.spans()  # /abort was dropped by its attributes
-    assert {k: v for k, v in (span.attributes or {}).items() if k in first} == first
-
-
-@pytest.mark.parametrize(
-    ("sampler", "made"),
-    [(None, 1), (ALWAYS_OFF, 0), (ParentBased(TraceIdRatioBased(0.0)), 0)],
-    ids=["sampled", "always-off", "ratio-zero"],
-)
-def test_start_attributes_are_made_only_when_read(
-    make_traced: MakeTraced, monkeypatch: pytest.MonkeyPatch, sampler: Sampler | None, made: int
-) -> None:
-    """The SDK's samplers never read a dropped span's attributes: they are not made."""
-    calls: list[str] = []
-    attributes = Tracing.attributes
-
-    def counted(self: Tracing, *args: t.Any) -> dict[str, t.Any]:
-        calls.append("made")
-        return attributes(self, *args)
-
-    monkeypatch.setattr(Tracing, "attributes", counted)
-    traced = make_traced(sampler=sampler)
-    assert traced.client.get("/item/1").status_code == 200
-    assert len(calls) == made
-    assert len(traced.spans()) == made
 
 
 def test_classic_naming_carries_exemplars(make_traced: MakeTraced) -> None:
