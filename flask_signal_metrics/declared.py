@@ -43,8 +43,8 @@ import flask
 
 from . import labels as label_values
 from . import tracing
-from .config import _buckets as valid_buckets
 from .config import DURATION_BUCKETS
+from .config import parse_buckets as valid_buckets
 from .config import RESERVED_LABELS
 from .forks import at_fork
 from .receivers import START_KEY
