@@ -1,0 +1,74 @@
+"""The configuration tables, made from ``flask_signal_metrics.config`` at build time.
+
+``config.KEYS`` and ``config.ENVIRON`` hold each setting's parser, default and
+description, so the table in the docs is the code's own list and cannot drift.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
+
+from flask_signal_metrics import config
+
+
+def shown(value: object) -> str:
+    """A default as the table shows it (long bucket lists abbreviated)."""
+    if isinstance(value, frozenset):
+        return ", ".join(sorted(value))
+    if isinstance(value, tuple) and len(value) > 4:
+        return f"{value[0]:g}, {value[1]:g}, … {value[-1]:g} ({len(value)} bounds)"
+    if value == ():
+        return "none"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def rows(keys: t.Mapping[str, config.Key]) -> list[tuple[str, str, str]]:
+    """(name, default, description) for each key, in the registry's order."""
+    return [(name, shown(config.default(key)), key.description) for name, key in keys.items()]
+
+
+def list_table(keys: t.Mapping[str, config.Key], first: str) -> list[str]:
+    """The keys as the lines of a reST ``list-table``."""
+    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 30 20 50", ""]
+    lines += [f"   * - {first}", "     - default", "     - meaning"]
+    for name, value, description in rows(keys):
+        lines += [f"   * - ``{name}``", f"     - ``{value}``", f"     - {description}"]
+    return lines
+
+
+class _Table(SphinxDirective):
+    keys: t.ClassVar[t.Mapping[str, config.Key]]
+    first: t.ClassVar[str]
+
+    def run(self) -> list[nodes.Node]:
+        box = nodes.container()
+        source = StringList(list_table(self.keys, self.first), source="flask_signal_metrics.config")
+        self.state.nested_parse(source, self.content_offset, box)
+        return list(box.children)
+
+
+class ConfigTable(_Table):
+    """``.. config-table::``: every ``SIGNAL_METRICS_*`` key."""
+
+    keys = config.KEYS
+    first = "key"
+
+
+class EnvironTable(_Table):
+    """``.. environ-table::``: the standard variables read in ``init_app``."""
+
+    keys = config.ENVIRON
+    first = "variable"
+
+
+def setup(app: Sphinx) -> dict[str, object]:
+    app.add_directive("config-table", ConfigTable)
+    app.add_directive("environ-table", EnvironTable)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
