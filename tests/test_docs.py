@@ -118,3 +118,20 @@ def test_otlp_sample_with_the_sdk_disabled(monkeypatch: pytest.MonkeyPatch) -> N
     assert sample.otlp.force_flush() is True
     sample.otlp.shutdown()
     assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def test_the_readme_quick_start_is_the_sample() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quick start\n\n```python\n", 1)[1].split("```\n", 1)[0]
+    sample = (DOCS / "samples" / "quickstart.py").read_text()
+    assert sample.split("\n", 4)[4] == block
+
+
+def test_the_readme_opens_with_the_two_commands() -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    commands = lines[lines.index("```sh") + 1 : lines.index("```sh") + 3]
+    assert [c.split("#")[0].strip() for c in commands] == [
+        "bash examples/demo.sh",
+        "bash .ci/test",
+    ]
+    assert len(lines) <= 250
