@@ -9,7 +9,6 @@ from __future__ import annotations
 import typing as t
 
 from docutils import nodes
-from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
@@ -34,13 +33,37 @@ def rows(keys: t.Mapping[str, config.Key]) -> list[tuple[str, str, str]]:
     return [(name, shown(config.default(key)), key.description) for name, key in keys.items()]
 
 
-def list_table(keys: t.Mapping[str, config.Key], first: str) -> list[str]:
-    """The keys as the lines of a reST ``list-table``."""
-    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 30 20 50", ""]
-    lines += [f"   * - {first}", "     - default", "     - meaning"]
+def inline(text: str) -> list[nodes.Node]:
+    """Text with its ``literal`` parts as literal nodes (the descriptions' only markup)."""
+    parts = text.split("``")  # the odd parts are the literal ones
+    return [
+        nodes.literal(part, part) if n % 2 else nodes.Text(part)
+        for n, part in enumerate(parts)
+        if part
+    ]
+
+
+def table(keys: t.Mapping[str, config.Key], first: str) -> nodes.table:
+    """The keys as a three-column table: name, default, meaning."""
+    group = nodes.tgroup(cols=3)
+    group += [nodes.colspec(colwidth=width) for width in (30, 20, 50)]
+    head, body = nodes.thead(), nodes.tbody()
+    head += line([nodes.Text(first)], [nodes.Text("default")], [nodes.Text("meaning")])
     for name, value, description in rows(keys):
-        lines += [f"   * - ``{name}``", f"     - ``{value}``", f"     - {description}"]
-    return lines
+        body += line(
+            [nodes.literal(name, name)], [nodes.literal(value, value)], inline(description)
+        )
+    group += [head, body]
+    return nodes.table("", group)
+
+
+def line(*cells: list[nodes.Node]) -> nodes.row:
+    row = nodes.row()
+    for content in cells:
+        entry = nodes.entry()
+        entry += nodes.paragraph("", "", *content)
+        row += entry
+    return row
 
 
 class _Table(SphinxDirective):
@@ -48,21 +71,18 @@ class _Table(SphinxDirective):
     first: t.ClassVar[str]
 
     def run(self) -> list[nodes.Node]:
-        box = nodes.container()
-        source = StringList(list_table(self.keys, self.first), source="flask_signal_metrics.config")
-        self.state.nested_parse(source, self.content_offset, box)
-        return list(box.children)
+        return [table(self.keys, self.first)]
 
 
 class ConfigTable(_Table):
-    """``.. config-table::``: every ``SIGNAL_METRICS_*`` key."""
+    """``config-table``: every ``SIGNAL_METRICS_*`` key."""
 
     keys = config.KEYS
     first = "key"
 
 
 class EnvironTable(_Table):
-    """``.. environ-table::``: the standard variables read in ``init_app``."""
+    """``environ-table``: the standard variables read in ``init_app``."""
 
     keys = config.ENVIRON
     first = "variable"
