@@ -20,12 +20,17 @@ def shown(value: object) -> str:
     if isinstance(value, frozenset):
         return ", ".join(sorted(value))
     if isinstance(value, tuple) and len(value) > 4:
-        return f"{value[0]:g}, {value[1]:g}, … {value[-1]:g} ({len(value)} bounds)"
+        first, second, last = (number(v) for v in (value[0], value[1], value[-1]))
+        return f"{first}, {second}, … {last} ({len(value)} bounds)"
     if value == ():
         return "none"
     if isinstance(value, str):
         return f'"{value}"'
     return repr(value)
+
+
+def number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def rows(keys: t.Mapping[str, config.Key]) -> list[tuple[str, str, str]]:
