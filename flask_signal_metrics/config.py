@@ -112,8 +112,8 @@ class Settings:
     lock_timeout: float = LOCK_TIMEOUT
 
 
-#: config key -> (Settings field, parser). The parser gets the key for its messages.
-_Parser = t.Callable[[str, object], object]
+#: A parser gets the key's name for its messages.
+Parser = t.Callable[[str, object], object]
 
 
 def _bool(key: str, value: object) -> bool:
@@ -368,35 +368,146 @@ def _header_patterns(key: str, value: object) -> tuple[str, ...]:
     return patterns
 
 
-_KEYS: dict[str, tuple[str, _Parser]] = {
-    "SIGNAL_METRICS_ENABLED": ("enabled", _bool),
-    "SIGNAL_METRICS_PATH": ("path", _path),
-    "SIGNAL_METRICS_NAMING": ("naming", _naming),
-    "SIGNAL_METRICS_BUCKETS": ("buckets", _buckets),
-    "SIGNAL_METRICS_SIZE_BUCKETS": ("size_buckets", _buckets),
-    "SIGNAL_METRICS_EXCLUDE": ("exclude", _exclude),
-    "SIGNAL_METRICS_LABELS": ("labels", _labels),
-    "SIGNAL_METRICS_MAX_SERIES": ("max_series", _max_series),
-    "SIGNAL_METRICS_SERVE_DEFAULT_REGISTRY": ("serve_default_registry", _bool),
-    "SIGNAL_METRICS_BASIC_AUTH": ("basic_auth", _basic_auth),
-    "SIGNAL_METRICS_BEARER_TOKEN": ("bearer_token", _bearer_token),
-    "SIGNAL_METRICS_DECORATOR": ("decorator", _decorator),
-    "SIGNAL_METRICS_PORT": ("port", _port),
-    "SIGNAL_METRICS_ADDR": ("addr", _addr),
-    "SIGNAL_METRICS_TRACING": ("tracing", _bool),
-    "SIGNAL_METRICS_LOCK_TIMEOUT": ("lock_timeout", _lock_timeout),
+class Key(t.NamedTuple):
+    """One setting: the :class:`Settings` field it fills, its parser, what it means.
+
+    Its default is the field's default in :class:`Settings`.
+    """
+
+    field: str
+    parse: Parser
+    description: str
+
+
+#: Public name of the bucket bounds' parser (``SIGNAL_METRICS_BUCKETS``'s rules),
+#: for other places that take bucket bounds.
+parse_buckets = _buckets
+
+#: Every ``SIGNAL_METRICS_*`` config key, in the order the docs list them.
+KEYS: dict[str, Key] = {
+    "SIGNAL_METRICS_ENABLED": Key(
+        "enabled", _bool, "``False`` connects no receiver and registers no route."
+    ),
+    "SIGNAL_METRICS_PATH": Key(
+        "path",
+        _path,
+        'Where metrics are served (GET, HEAD, OPTIONS). ``None``/``False``/``""``: no'
+        " route (serve them yourself). A path the app already routes is an error.",
+    ),
+    "SIGNAL_METRICS_NAMING": Key(
+        "naming",
+        _naming,
+        '``"otel"``: OpenTelemetry HTTP semantic-convention names. ``"classic"``:'
+        " prometheus-flask-exporter's names. See the metric catalogue.",
+    ),
+    "SIGNAL_METRICS_BUCKETS": Key(
+        "buckets",
+        _buckets,
+        "Duration buckets in seconds, strictly increasing; ``+Inf`` is added."
+        " Also used for template renders.",
+    ),
+    "SIGNAL_METRICS_SIZE_BUCKETS": Key(
+        "size_buckets", _buckets, "Body-size buckets in bytes (powers of 4 from 64 B to 16 MiB)."
+    ),
+    "SIGNAL_METRICS_EXCLUDE": Key(
+        "exclude",
+        _exclude,
+        "Regular expressions; a request whose path fully matches one is not measured.",
+    ),
+    "SIGNAL_METRICS_LABELS": Key(
+        "labels",
+        _labels,
+        'Static labels added to every metric of the extension, e.g. ``{"service": "shop"}``.'
+        " Names may not reuse the extension's own label names.",
+    ),
+    "SIGNAL_METRICS_MAX_SERIES": Key(
+        "max_series",
+        _max_series,
+        "Per-metric cap on label sets; past it, new label sets go to the overflow series.",
+    ),
+    "SIGNAL_METRICS_SERVE_DEFAULT_REGISTRY": Key(
+        "serve_default_registry",
+        _bool,
+        "``/metrics`` also serves prometheus_client's default registry (process, platform"
+        " and GC metrics, your own module-level metrics). ``False`` serves the extension's"
+        " families only, in multiprocess mode too.",
+    ),
+    "SIGNAL_METRICS_BASIC_AUTH": Key(
+        "basic_auth",
+        _basic_auth,
+        "``(username, password)``: ``/metrics`` asks for HTTP basic auth (401 with"
+        " ``WWW-Authenticate``, constant-time comparison).",
+    ),
+    "SIGNAL_METRICS_BEARER_TOKEN": Key(
+        "bearer_token",
+        _bearer_token,
+        "A token of 16+ characters: ``/metrics`` also accepts ``Authorization: Bearer <token>``"
+        " (Prometheus's ``authorization`` / ``bearer_token`` scrape settings).",
+    ),
+    "SIGNAL_METRICS_DECORATOR": Key(
+        "decorator",
+        _decorator,
+        "Your own view decorator for ``/metrics`` (``login_required``, an IP check); it"
+        " guards the app's route only, so with a port set, set basic or bearer auth too.",
+    ),
+    "SIGNAL_METRICS_PORT": Key(
+        "port",
+        _port,
+        "Also serve the metrics on this port, from a small threaded server in a daemon"
+        " thread of this process (one process only: for several workers use"
+        " ``start_metrics_server``).",
+    ),
+    "SIGNAL_METRICS_ADDR": Key("addr", _addr, "The address that port's server listens on."),
+    "SIGNAL_METRICS_TRACING": Key(
+        "tracing",
+        _bool,
+        "Make OpenTelemetry spans with the configured tracer provider; nothing happens"
+        " while no SDK is configured.",
+    ),
+    "SIGNAL_METRICS_LOCK_TIMEOUT": Key(
+        "lock_timeout",
+        _lock_timeout,
+        "Multiprocess mode: seconds (more than 0, at most 30) a scrape waits for the"
+        " directory's lock before answering 503 with ``Retry-After: 1``.",
+    ),
 }
 
-#: Standard environment variable -> (Settings field, parser).
-_ENVIRON: dict[str, tuple[str, _Parser]] = {
-    KNOWN_METHODS_ENV: ("known_methods", _known_methods),
-    CAPTURE_REQUEST_ENV: ("capture_request_headers", _header_patterns),
-    CAPTURE_RESPONSE_ENV: ("capture_response_headers", _header_patterns),
-    SANITIZE_ENV: ("sanitize_headers", _header_patterns),
+#: The standard environment variables read in ``init_app``.
+ENVIRON: dict[str, Key] = {
+    KNOWN_METHODS_ENV: Key(
+        "known_methods",
+        _known_methods,
+        "A comma-separated, case-sensitive list that replaces the known HTTP methods.",
+    ),
+    CAPTURE_REQUEST_ENV: Key(
+        "capture_request_headers",
+        _header_patterns,
+        "Request headers recorded as ``http.request.header.<name>`` span attributes"
+        " (comma-separated names or regular expressions, case-insensitive).",
+    ),
+    CAPTURE_RESPONSE_ENV: Key(
+        "capture_response_headers",
+        _header_patterns,
+        "Response headers recorded as ``http.response.header.<name>`` span attributes.",
+    ),
+    SANITIZE_ENV: Key(
+        "sanitize_headers",
+        _header_patterns,
+        "Captured headers whose name contains a match have their values recorded as"
+        " ``[REDACTED]``.",
+    ),
 }
 
 #: Keyword option name (as accepted by ``SignalMetrics``) -> config key.
-OPTIONS: dict[str, str] = {field: key for key, (field, _) in _KEYS.items()}
+OPTIONS: dict[str, str] = {k.field: name for name, k in KEYS.items()}
+
+
+_DEFAULTS: dict[str, object] = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+
+def default(key: Key) -> object:
+    """The value a key takes when it is not set: its :class:`Settings` field's default."""
+    return _DEFAULTS[key.field]
 
 
 def load(
@@ -414,19 +525,19 @@ def load(
     :raises TypeError, ValueError: naming the key and the fix.
     """
     for name in config:
-        if name.startswith("SIGNAL_METRICS_") and name not in _KEYS:
-            raise ValueError(
-                f"Unknown config key {name}; the keys are: {', '.join(sorted(_KEYS))}."
-            )
+        if name.startswith("SIGNAL_METRICS_") and name not in KEYS:
+            raise ValueError(f"Unknown config key {name}; the keys are: {', '.join(sorted(KEYS))}.")
     values: dict[str, object] = {}
-    for key, (field, parse) in _KEYS.items():
-        if field in options:
-            values[field] = parse(f"{key} (the {field}= option)", options[field])
+    for key, spec in KEYS.items():
+        if spec.field in options:
+            values[spec.field] = spec.parse(
+                f"{key} (the {spec.field}= option)", options[spec.field]
+            )
         elif key in config:
-            values[field] = parse(key, config[key])
-    for variable, (field, parse) in _ENVIRON.items():
+            values[spec.field] = spec.parse(key, config[key])
+    for variable, spec in ENVIRON.items():
         if environ.get(variable):  # empty is unset, as the OpenTelemetry spec says
-            values[field] = parse(variable, environ[variable])
+            values[spec.field] = spec.parse(variable, environ[variable])
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_port_guard(settings)
     return settings
@@ -437,7 +548,7 @@ def load_arguments(function: str, arguments: cabc.Mapping[str, object]) -> Setti
 
     Each is parsed as its key is, with messages naming ``function(name=)``.
     """
-    fields = {field: parse for field, parse in _KEYS.values()}
+    fields = {k.field: k.parse for k in KEYS.values()}
     values = {
         name: fields[name](f"{function}({name}=)", value) for name, value in arguments.items()
     }

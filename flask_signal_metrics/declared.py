@@ -42,8 +42,8 @@ import typing as t
 import flask
 
 from . import labels as label_values
-from .config import _buckets as valid_buckets
 from .config import DURATION_BUCKETS
+from .config import parse_buckets as valid_buckets
 from .config import RESERVED_LABELS
 from .forks import at_fork
 from .receivers import START_KEY
