@@ -47,9 +47,9 @@ from .config import _buckets as valid_buckets
 from .config import DURATION_BUCKETS
 from .config import RESERVED_LABELS
 from .forks import at_fork
-from .receivers import START_KEY
 from .state import EXTENSION_KEY
 from .state import logger
+from .state import START_KEY
 
 if t.TYPE_CHECKING:
     from .prometheus import Family
