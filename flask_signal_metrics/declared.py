@@ -46,9 +46,9 @@ from .config import DURATION_BUCKETS
 from .config import parse_buckets as valid_buckets
 from .config import RESERVED_LABELS
 from .forks import at_fork
-from .receivers import START_KEY
 from .state import EXTENSION_KEY
 from .state import logger
+from .state import START_KEY
 from .tracing import spans as tracing
 
 if t.TYPE_CHECKING:

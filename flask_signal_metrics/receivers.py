@@ -34,6 +34,7 @@ from .state import EXTENSION_KEY
 from .state import logger
 from .state import NO_RECORDERS
 from .state import Route
+from .state import START_KEY
 from .state import State
 from .tracing.spans import EXTERNAL
 from .tracing.spans import Tracing
@@ -51,9 +52,6 @@ if t.TYPE_CHECKING:
 # three keys, each written by one signal with one dict store. The start is a
 # tuple, cheaper to make than an object.
 
-#: (start, route, traced, context) from request_started (:data:`_Start`);
-#: None if the request is excluded; "done" once recorded.
-START_KEY = "flask_signal_metrics.start"
 #: The response from request_finished (the last one wins); read at teardown.
 RESPONSE_KEY = "flask_signal_metrics.response"
 #: The exception from got_request_exception.
@@ -177,14 +175,14 @@ def _request_size(environ: dict[str, t.Any]) -> int | None:
 
 
 def _body_size(body: list[bytes]) -> int:
-    # Flask's own bodies are one bytes object: sum(map(len, body)) costs 1 500
-    # instructions, len(body[0]) 200 (valgrind).
+    # Flask's own bodies are one bytes object: its length is read without
+    # the generic sum.
     return len(body[0]) if len(body) == 1 else sum(map(len, body))
 
 
 #: ``response.status_code``: Werkzeug's property returns ``_status_code``,
-#: which this reads where it exists (600 instructions less per request,
-#: the property being a Python call); else the property.
+#: which this reads where it exists (the property is a Python call);
+#: else the property.
 _status_code: t.Callable[[Response], int] = operator.attrgetter(
     "_status_code"
     if isinstance(getattr(wrappers.Response(status=418), "_status_code", None), int)
@@ -201,10 +199,8 @@ def _on_request_started(sender: Flask, **extra: object) -> None:
         request = ctx.request
         environ = request.environ
         state: State = sender.extensions[EXTENSION_KEY]
-        # One lookup for what _begin works out, and the in-flight count: with
-        # the one-call teardown below, the extension's own instructions per
-        # request (over three no-op receivers) went from 25 000 to 14 600
-        # (bench/bench_instructions.py). The key is State.route's, inline.
+        # One lookup for what _begin works out, and the in-flight count. The
+        # key is State.route's, inline.
         found = state.routes.get(
             (id(request.url_rule), request.method, request.scheme, request.root_path)
         )
@@ -275,8 +271,8 @@ def _on_request_tearing_down(
                     if recorder is not None:
                         environ[START_KEY] = _DONE
                         duration = _perf_counter() - start[0]
-                        # _request_size's common case and _body_size, inline
-                        # (a call costs 400 instructions).
+                        # _request_size's common case and _body_size, inline:
+                        # no call on the common path.
                         if environ.get("CONTENT_LENGTH") in _EMPTY and (
                             "HTTP_TRANSFER_ENCODING" not in environ
                         ):

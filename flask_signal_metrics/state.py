@@ -29,6 +29,12 @@ if t.TYPE_CHECKING:
 
 EXTENSION_KEY = "signal_metrics"
 
+#: The WSGI environ key of a request's start, written by the
+#: ``request_started`` receiver: its start record; None if the request is
+#: excluded; a done mark once recorded. Read by declared signals too, to
+#: skip excluded requests.
+START_KEY = "flask_signal_metrics.start"
+
 #: Set to True on a view function by :func:`flask_signal_metrics.exclude`.
 EXCLUDE_ATTR = "_signal_metrics_exclude"
 
