@@ -1,4 +1,6 @@
-"""The current request's context: the one place a private name of Flask's is read.
+"""The one place private names of Flask's and Werkzeug's are read.
+
+The current request's context, and a response's status code.
 
 The receivers read the context several times per request, for its request
 and to tell this request (or a copied context of it) from another. Where
@@ -12,15 +14,18 @@ has the fast path and that both give the same object.
 
 from __future__ import annotations
 
+import operator
 import typing as t
 
 import flask
 import flask.ctx
 import flask.globals
+from werkzeug import wrappers
 
 if t.TYPE_CHECKING:
     from flask.ctx import RequestContext
     from werkzeug.local import LocalProxy
+    from werkzeug.wrappers import Response
 
 
 class ContextVariable(t.Protocol):
@@ -63,3 +68,14 @@ def select() -> tuple[ContextVariable, bool]:
 
 
 current_context, FAST = select()
+
+
+#: ``response.status_code``: Werkzeug's property returns its private
+#: ``_status_code``, read here where it is an int (the property is a Python
+#: call); else the public property. tests/test_compat.py fails
+#: when Werkzeug drops the name.
+status_code: t.Callable[[Response], int] = operator.attrgetter(
+    "_status_code"
+    if isinstance(getattr(wrappers.Response(status=418), "_status_code", None), int)
+    else "status_code"
+)

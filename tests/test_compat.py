@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry
 from flask_signal_metrics import _compat
 from flask_signal_metrics import receivers
 from flask_signal_metrics import SignalMetrics
+from flask_signal_metrics.receivers import requests
+from flask_signal_metrics.receivers import templates
 
 from .conftest import add_copying_view
 from .conftest import in_flight
@@ -36,7 +38,7 @@ def test_this_flask_has_the_fast_path() -> None:
     context variable and give _compat.select() its fast path.
     """
     assert _compat.FAST, f"Flask {version('flask')} has no flask.globals._cv_request"
-    assert receivers._context is _compat.current_context
+    assert receivers.environ.context is _compat.current_context
     assert _compat.current_context is flask.globals._cv_request
 
 
@@ -82,7 +84,9 @@ def test_the_public_way_finds_this_request_and_each_copy_of_it() -> None:
 def test_copied_contexts_are_recorded_by_the_public_way(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(receivers, "_context", _compat.PublicContext())
+    public = _compat.PublicContext()
+    for module in (requests, templates):  # each reads the context it imported
+        monkeypatch.setattr(module, "context", public)
     app = make_app()
     SignalMetrics(app, registry=registry, serve_default_registry=False)
     add_copying_view(app)

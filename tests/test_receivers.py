@@ -17,11 +17,14 @@ from flask.testing import FlaskClient
 from jinja2 import DictLoader
 from prometheus_client import CollectorRegistry
 
+from flask_signal_metrics import _compat
 from flask_signal_metrics import exclude
-from flask_signal_metrics import receivers
 from flask_signal_metrics import SignalMetrics
 from flask_signal_metrics import state as state_module
 from flask_signal_metrics.labels import OVERFLOW
+from flask_signal_metrics.receivers import recording
+from flask_signal_metrics.receivers import requests as request_receivers
+from flask_signal_metrics.receivers import templates as template_receivers
 from flask_signal_metrics.state import get_state
 
 from .conftest import add_copying_view
@@ -450,15 +453,16 @@ def test_known_methods_from_the_environment(
 
 # -- a failing receiver never harms the request ---------------------------------
 
-#: signal -> (path, the helper made to fail, failures per request: /page flashes twice)
+#: signal -> (path, the receivers' modules that read the helper made to fail,
+#: the helper, failures per request: /page flashes twice)
 _BODIES = {
-    "request-started": ("/item/3", "_begin", 1),
-    "request-finished": ("/item/3", "_context", 1),
-    "got-request-exception": ("/boom", "_started", 1),
-    "request-tearing-down": ("/item/3", "_perf_counter", 1),
-    "before-render-template": ("/page", "_perf_counter", 1),
-    "template-rendered": ("/page", "_renders", 1),
-    "message-flashed": ("/page", "_in_excluded_request", 2),
+    "request-started": ("/item/3", (request_receivers,), "_begin", 1),
+    "request-finished": ("/item/3", (request_receivers,), "context", 1),
+    "got-request-exception": ("/boom", (request_receivers,), "_started", 1),
+    "request-tearing-down": ("/item/3", (request_receivers, recording), "perf_counter", 1),
+    "before-render-template": ("/page", (template_receivers,), "perf_counter", 1),
+    "template-rendered": ("/page", (template_receivers,), "_renders", 1),
+    "message-flashed": ("/page", (template_receivers,), "_in_excluded_request", 2),
 }
 
 
@@ -469,13 +473,13 @@ def test_failing_receiver_leaves_the_response_unchanged(
     caplog: pytest.LogCaptureFixture,
     signal: str,
 ) -> None:
-    path, helper, per_request = _BODIES[signal]
+    path, modules, helper, per_request = _BODIES[signal]
     bare = make_app().test_client()
     app = make_app()
     SignalMetrics(app, registry=registry)
     client = app.test_client()
     calls = 0
-    original = getattr(receivers, helper)
+    original = getattr(modules[0], helper)
 
     def broken(*args: t.Any, **kwargs: t.Any) -> t.Any:
         nonlocal calls
@@ -488,11 +492,12 @@ def test_failing_receiver_leaves_the_response_unchanged(
         def get(self, *default: None) -> t.Any:
             return broken(*default)
 
-    if helper in ("_context", "_renders"):
+    if helper in ("context", "_renders"):
         original = original.get
-        monkeypatch.setattr(receivers, helper, BrokenVariable())
-    else:
-        monkeypatch.setattr(receivers, helper, broken)
+    for module in modules:
+        monkeypatch.setattr(
+            module, helper, BrokenVariable() if helper in ("context", "_renders") else broken
+        )
     caplog.set_level(logging.ERROR, logger="flask_signal_metrics")
     for _ in range(3):
         expected = bare.get(path)
@@ -512,7 +517,7 @@ def _receiver_running(signal: str) -> bool:
     """Whether the receiver of ``signal`` is on the stack (helpers are shared)."""
     import sys
 
-    name = "_on_" + signal.replace("-", "_")
+    name = "on_" + signal.replace("-", "_")
     frame = sys._getframe(2)
     while frame is not None:
         if frame.f_code.co_name == name:
@@ -746,13 +751,13 @@ def test_repeated_requests_are_recorded_as_the_first(
     SignalMetrics(app, registry=registry, serve_default_registry=False)
     client = app.test_client()
     whole_way: list[int] = []
-    tear_down = receivers._tear_down
+    tear_down = request_receivers.tear_down
 
     def counted(*args: t.Any) -> None:
         whole_way.append(1)
         tear_down(*args)
 
-    monkeypatch.setattr(receivers, "_tear_down", counted)
+    monkeypatch.setattr(request_receivers, "tear_down", counted)
 
     def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         # Everything but the durations' sums and buckets, which are timings.
@@ -803,7 +808,7 @@ def test_routes_kept_for_one_step_are_bounded(
 def test_statuses_recorded_in_one_call_are_bounded(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(receivers, "_MAX_RECORDERS", 4)
+    monkeypatch.setattr(recording, "MAX_RECORDERS", 4)
     app = make_app()
 
     @app.get("/status/<int:code>")
@@ -838,12 +843,12 @@ def test_overflowed_series_are_not_recorded_in_one_call(registry: CollectorRegis
 @pytest.mark.parametrize("status", [200, 204, 418, 599])
 def test_the_status_code_is_read_as_werkzeug_keeps_it(status: int) -> None:
     # The installed Werkzeug's own attribute, not the property.
-    assert repr(receivers._status_code) == "operator.attrgetter('_status_code')"
+    assert repr(_compat.status_code) == "operator.attrgetter('_status_code')"
     response = Response("x")
     response.status_code = status
-    assert receivers._status_code(response) == response.status_code == status
+    assert _compat.status_code(response) == response.status_code == status
     response.status = f"{status} Whatever"
-    assert receivers._status_code(response) == status
+    assert _compat.status_code(response) == status
 
 
 def test_excluded_paths_of_a_route_kept_for_one_step_are_not_measured(

@@ -1,0 +1,132 @@
+"""Recording a finished request: its metrics, and the end of its span and contexts."""
+
+from __future__ import annotations
+
+import typing as t
+
+from .. import labels
+from ..state import EXTENSION_KEY
+from ..tracing.spans import EXTERNAL
+from ..tracing.spans import Tracing
+from .environ import CONTRIB_SPAN_KEY
+from .environ import ERROR_KEY
+from .environ import perf_counter
+from .environ import request_body_size
+from .environ import Start
+from .templates import end_renders
+from .templates import release_renders
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask import Response
+
+    from ..metrics.catalogue import Metrics
+    from ..state import State
+
+#: A bound on the statuses of one route recorded in one call: a view may
+#: return any number.
+MAX_RECORDERS = 32
+
+
+def record(
+    app: Flask,
+    environ: dict[str, t.Any],
+    start: Start,
+    response: Response | None,
+    status: int,
+    response_size: int | None,
+    exc: BaseException | None,
+    released: bool = False,
+    one_step: bool = False,
+) -> None:
+    """Record one finished request (the duration ends now) and end its span.
+
+    :param response: None when request_finished was never sent (the
+        exception propagated): the server answers 500.
+    :param released: a stream's first teardown released the request's context.
+    :param one_step: the response is of the shape the next such request can
+        be recorded in one step (a buffered body the server sends).
+    """
+    began, found, traced, _ = start
+    method, scheme, route, group, recorders = found
+    duration = perf_counter() - began
+    exception = environ.get(ERROR_KEY) or exc
+    error = "" if exception is None and status < 500 else labels.error_type(status, exception)
+    status_label = str(status)
+    request_size = request_body_size(environ)
+    state: State = app.extensions[EXTENSION_KEY]
+    exemplar = span = None
+    if traced is not None:
+        span = environ.get(CONTRIB_SPAN_KEY) if traced is EXTERNAL else traced[0]
+        if span is not None:
+            exemplar = Tracing.sampled_ids(span)
+    metrics: Metrics = state.metrics  # type: ignore[assignment]  # set while connected
+    try:
+        key = (method, route, status_label, scheme, error)
+        metrics.requests.record(key, group, duration, request_size, response_size, exemplar)
+        if exception is not None and metrics.escaped is not None:  # classic naming
+            metrics.escaped.child((method, status_label)).inc()
+        if (
+            one_step
+            and not error
+            # The HEAD route holds "head" requests, whose body Werkzeug sends,
+            # and "HEAD" ones, whose body it drops: never one step.
+            and method != "HEAD"
+            and type(recorders) is dict
+            and status not in recorders
+            and len(recorders) < MAX_RECORDERS
+        ):
+            # The next such request of this route is recorded in one call
+            # (on_request_tearing_down), unless its series overflowed.
+            recorder = metrics.requests.recorder(key, group)
+            if recorder is not None:
+                recorders[status] = recorder
+    finally:
+        if traced is not None:
+            # After the metrics: a span processor of the user's that raises
+            # cannot cost the request its metrics; and whatever recording
+            # did, nothing of the request stays current, and its span ends.
+            try:
+                end_context(traced, released)
+            finally:
+                if type(traced) is tuple and traced[0] is not None:
+                    # The span ends when the recorded duration does.
+                    end_ns = traced[2] + int(duration * 1e9)
+                    state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
+                        traced[0], status, error, exception, response, end_ns
+                    )
+
+
+def release_context(traced: t.Any) -> None:
+    """At a stream's first teardown: what the request made current stops being so.
+
+    Its body is produced after this teardown, maybe in another thread, maybe
+    never (a client gone, a middleware that drops ``close()``): a context
+    left current would make the thread's next request a child of this one.
+    At the teardown, after the app's own teardown functions, so that contexts
+    they attached in ``before_request`` are detached in order. The spans stay
+    open: a streamed template's render ends when its body does, the
+    request's span when the server closes the body. Spans made while the
+    body is produced are not the request's children. (Flask 3.0's
+    ``stream_with_context`` tears down only when the body ends: a body the
+    server never closes keeps the request current there.)
+    """
+    release_renders()
+    if type(traced) is tuple:
+        Tracing.detach(traced[1])
+
+
+def end_context(traced: t.Any, released: bool) -> None:
+    """When the request is over: end what the request made current.
+
+    Renders whose template raised never sent template_rendered: their spans
+    end here, as failed, innermost first, so that each context token is
+    reset in order and the request's own parent context is current again.
+
+    :param released: the request's context was released already.
+    """
+    try:
+        end_renders()
+    finally:
+        if type(traced) is tuple and not released:
+            Tracing.detach(traced[1])

@@ -1,0 +1,259 @@
+"""The request signals: a request's start, response, exception and teardown."""
+
+from __future__ import annotations
+
+import typing as t
+
+from flask import signals
+
+from ..state import EXTENSION_KEY
+from ..state import NO_RECORDERS
+from ..state import Route
+from ..state import START_KEY
+from .environ import body_size
+from .environ import context
+from .environ import DONE
+from .environ import EMPTY
+from .environ import ERROR_KEY
+from .environ import MISSING
+from .environ import NO_BODY
+from .environ import perf_counter
+from .environ import READY_KEY
+from .environ import request_body_size
+from .environ import RESPONSE_KEY
+from .environ import Start
+from .environ import status_code
+from .environ import STREAM_CONTEXT
+from .environ import STREAMING
+from .failures import failed
+from .recording import record
+from .streams import defer_to_close
+from .templates import end_renders
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask import Response
+    from flask.ctx import RequestContext
+
+    from ..state import State
+
+
+def _begin(
+    app: Flask, ctx: RequestContext, in_flight: bool, began: float | None = None
+) -> Start | None:
+    """Note the request's start, or mark the request excluded (``None``).
+
+    The whole way, for what :func:`on_request_started` does not look up in
+    one step: a request not seen before, excluded, traced or started late.
+    """
+    state: State = app.extensions[EXTENSION_KEY]
+    request = ctx.request
+    environ = request.environ
+    rule = request.url_rule
+    if rule is None:
+        if request.path == state.settings.path:
+            # The metrics route, with a method it does not take (a 405).
+            environ[START_KEY] = None
+            return None
+        route = ""
+    else:
+        info = state.rules.get(id(rule))
+        route, excluded = info if info is not None else state.rule_info(app, rule)
+        if excluded:
+            environ[START_KEY] = None
+            return None
+        if request.root_path:
+            route = request.root_path + route
+    if state.exclude_path is not None and state.exclude_path.fullmatch(request.path):
+        environ[START_KEY] = None
+        return None
+    lane = state.lanes.get((request.method, request.scheme)) or state.lane(
+        request.method, request.scheme
+    )
+    if began is None:
+        began = perf_counter()
+    traced: t.Any = None
+    found: Route
+    if in_flight:
+        if state.tracing is not None:
+            # Before the in-flight count: a sampler or provider that raises here
+            # must not leave a request counted in flight that nothing ends.
+            traced = state.tracing.start(app, request, lane[0], route)
+        found = state.route(rule, request, lane, route)
+        next(lane[2].started)
+    else:
+        # A late start is not counted in flight.
+        found = (lane[0], lane[1], route, None, NO_RECORDERS)
+    start = (began, found, traced, ctx)
+    environ[START_KEY] = start
+    return start
+
+
+def _started(app: Flask, ctx: RequestContext) -> Start | None:
+    """The request's start; noted late if ``request_started`` missed it.
+
+    Our ``request_started`` receiver is skipped when another receiver of that
+    signal raises first (blinker stops at the first exception), or when the
+    request failed before dispatch; the request must still be counted (its
+    duration then starts late). A late start is not counted in flight:
+    nothing would balance it.
+    """
+    found = ctx.request.environ.get(START_KEY, MISSING)
+    if found is MISSING:
+        return _begin(app, ctx, False)
+    if found is None or found is DONE or found is STREAMING:
+        return None
+    return t.cast(Start, found)
+
+
+def on_request_started(sender: Flask, **extra: object) -> None:
+    try:
+        ctx = context.get()
+        request = ctx.request
+        environ = request.environ
+        state: State = sender.extensions[EXTENSION_KEY]
+        # One lookup for what _begin works out, and the in-flight count. The
+        # key is State.route's, inline.
+        found = state.routes.get(
+            (id(request.url_rule), request.method, request.scheme, request.root_path)
+        )
+        began = perf_counter()
+        tracing = state.tracing
+        exclude = state.exclude_path
+        if (
+            found is None
+            or (tracing is not None and began >= tracing.idle_until)
+            or (exclude is not None and exclude.fullmatch(request.path))
+        ):
+            _begin(sender, ctx, True, began)
+            return
+        next(found[3].started)
+        environ[START_KEY] = (began, found, None, ctx)
+    except Exception as e:
+        failed(sender, signals.request_started.name, e)
+
+
+def on_request_finished(sender: Flask, response: Response, **extra: object) -> None:
+    try:
+        # Sent again with the 500 when one of its receivers raised: the last
+        # one is what the server sends. What it says is read once, at teardown.
+        environ = context.get().request.environ
+        environ[RESPONSE_KEY] = response
+        if type(response.response) is not list:
+            # Maybe a stream, whose body may be produced before teardown
+            # (Flask 3.0 with stream_with_context): note when it was ready.
+            environ[READY_KEY] = perf_counter()
+    except Exception as e:
+        failed(sender, signals.request_finished.name, e)
+
+
+def on_got_request_exception(sender: Flask, exception: BaseException, **extra: object) -> None:
+    try:
+        ctx = context.get()
+        start = _started(sender, ctx)
+        if start is not None:
+            ctx.request.environ[ERROR_KEY] = exception
+            state: State = sender.extensions[EXTENSION_KEY]
+            assert state.metrics is not None
+            key = (start[1][0], start[1][2], type(exception).__qualname__)
+            state.metrics.exceptions.child(key).inc()
+        # The exception left the view: a render still open is one it escaped
+        # from. Ended now, the error page is not nested in it.
+        end_renders()
+    except Exception as e:
+        failed(sender, signals.got_request_exception.name, e)
+
+
+def on_request_tearing_down(
+    sender: Flask, exc: BaseException | None = None, **extra: object
+) -> None:
+    """Record the request, once: Flask 3.1 tears a streamed request down twice."""
+    try:
+        ctx = context.get()
+        environ = ctx.request.environ
+        start = environ.get(START_KEY)
+        # The common case in one call: a request started here, without a span,
+        # error or exception, whose buffered body has a status and method
+        # recorded in full before (its recorder). Everything else: tear_down.
+        if type(start) is tuple and start[3] is ctx and start[2] is None and exc is None:
+            response = environ.get(RESPONSE_KEY)
+            if response is not None and ERROR_KEY not in environ:
+                body = response.response
+                if type(body) is list:
+                    recorder = start[1][4].get(status_code(response))
+                    if recorder is not None:
+                        environ[START_KEY] = DONE
+                        duration = perf_counter() - start[0]
+                        # request_size's common case and body_size, inline:
+                        # no call on the common path.
+                        if environ.get("CONTENT_LENGTH") in EMPTY and (
+                            "HTTP_TRANSFER_ENCODING" not in environ
+                        ):
+                            request_size: int | None = 0
+                        else:
+                            request_size = request_body_size(environ)
+                        size = len(body[0]) if len(body) == 1 else sum(map(len, body))
+                        recorder.add(duration, request_size, size)
+                        return
+        tear_down(sender, ctx, environ, exc)
+    except Exception as e:
+        failed(sender, signals.request_tearing_down.name, e)
+
+
+def tear_down(
+    app: Flask, ctx: RequestContext, environ: dict[str, t.Any], exc: BaseException | None
+) -> None:
+    """The teardown, the whole way."""
+    if exc is not None and type(exc) is GeneratorExit:
+        exc = None  # Flask 3.0: the server closed a stream unread; not the app's error
+    start = environ.get(START_KEY, MISSING)
+    if start is MISSING:
+        if RESPONSE_KEY not in environ:
+            # Neither started, nor answered, nor failed (each would have
+            # noted it): a context pushed outside a request, such as
+            # test_request_context() for url_for in a job. Not a request,
+            # but a render of its that raised is over.
+            end_renders(owner=id(ctx))
+            return
+        start = _started(app, ctx)
+    elif start is STREAMING:
+        # The second teardown of a stream_with_context body: it ended,
+        # maybe raising (not a copied context's, popped meanwhile).
+        if exc is not None and environ.get(STREAM_CONTEXT) == id(ctx):
+            environ[ERROR_KEY] = exc
+        return
+    if start is None:
+        return  # excluded stays None: a streamed template renders after teardown
+    if start is DONE or start[3] is not ctx:
+        # A copy of the request's context (copy_current_request_context,
+        # for a thread or greenlet) popped with the same environ: the
+        # request itself is not over (or was recorded), but a render of
+        # the copy's that raised is.
+        end_renders(owner=id(ctx))
+        return
+    environ[START_KEY] = DONE
+    response: Response | None = environ.get(RESPONSE_KEY)
+    size: int | None
+    if response is None:
+        # request_finished was never sent: the exception propagated
+        # (testing/debug mode) and the server answers 500.
+        status, size = 500, None
+    else:
+        status, body = response.status_code, response.response
+        if status in NO_BODY or environ.get("REQUEST_METHOD") == "HEAD":
+            size = 0  # the server sends no body, whatever the response holds
+        elif type(body) is list:  # a buffered body: its bytes are the truth
+            # The shape on_request_tearing_down records in one step.
+            record(app, environ, start, response, status, body_size(body), exc, one_step=True)
+            return
+        else:
+            # An iterable of declared length (an error page, a file) is
+            # recorded now; sending it is the server's business.
+            size = response.content_length
+            if size is None and not response.direct_passthrough:
+                defer_to_close(app, environ, start, response, exc)
+                return
+            # With direct_passthrough (send_file of an open file) the
+            # server gets the file's wrapper and closes that, never the
+            # response: recorded now, its size unknown.
+    record(app, environ, start, response, status, size, exc)

@@ -1,0 +1,65 @@
+"""Streamed responses of unknown length: recorded when the server closes the body."""
+
+from __future__ import annotations
+
+import functools
+import typing as t
+
+from flask import signals
+
+from ..state import EXTENSION_KEY
+from ..state import START_KEY
+from .environ import DONE
+from .environ import READY_KEY
+from .environ import Start
+from .environ import STREAM_CONTEXT
+from .environ import STREAMING
+from .failures import failed
+from .recording import record
+from .recording import release_context
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask import Response
+
+    from ..metrics.catalogue import Metrics
+
+
+def defer_to_close(
+    app: Flask,
+    environ: dict[str, t.Any],
+    start: Start,
+    response: Response,
+    exc: BaseException | None,
+) -> None:
+    """A stream of unknown length: the server produces the body after teardown.
+
+    The request ends when the server closes the body, and stays in flight
+    until then; the time to the response object is recorded now.
+    """
+    environ[START_KEY] = STREAMING
+    environ[STREAM_CONTEXT] = id(start[3])
+    if start[2] is not None:
+        release_context(start[2])
+    response.call_on_close(functools.partial(_close_stream, app, environ, start, response, exc))
+    metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
+    ready = metrics.stream_ready.child((start[1][0], start[1][2], str(response.status_code)))
+    ready.observe(environ.get(READY_KEY, start[0]) - start[0])
+
+
+def _close_stream(
+    app: Flask,
+    environ: dict[str, t.Any],
+    start: Start,
+    response: Response,
+    exc: BaseException | None,
+) -> None:
+    """Record a streamed request when the server closes its body (once: it may close twice)."""
+    try:
+        if environ.get(START_KEY) is not STREAMING:
+            return
+        environ[START_KEY] = DONE
+        # Released at the teardown (defer_to_close).
+        record(app, environ, start, response, response.status_code, None, exc, released=True)
+    except Exception as e:
+        failed(app, signals.request_tearing_down.name, e)
