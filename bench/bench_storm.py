@@ -80,10 +80,15 @@ def _app(routes: int, port: int | None = None) -> Flask:
 def _serve(routes: int, port: int, backlog: int | None) -> None:
     """The server process: the app, its metrics on ``port``; says so, then waits."""
     if backlog is not None:
-        from flask_signal_metrics import exposition
+        import importlib
 
-        # PortServer since the port server was bounded; the older code's class before
-        server = getattr(exposition, "PortServer", None) or getattr(exposition, "_ThreadingServer")  # noqa: B009 (gone on this code)
+        # The server class of the code under test: port_server's PortServer,
+        # exposition's before the split, the older unbounded one before that.
+        try:
+            module = importlib.import_module("flask_signal_metrics.port_server")
+        except ImportError:
+            module = importlib.import_module("flask_signal_metrics.exposition")
+        server = getattr(module, "PortServer", None) or getattr(module, "_ThreadingServer")  # noqa: B009 (gone on this code)
         server.request_queue_size = backlog
     _app(routes, port)
     print("ready", flush=True)

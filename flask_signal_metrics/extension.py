@@ -16,6 +16,7 @@ from . import config
 from . import declared
 from . import exposition
 from . import labels
+from . import port_server
 from . import receivers
 from .metrics.catalogue import Metrics
 from .metrics.registry import default_registry
@@ -151,7 +152,7 @@ class SignalMetrics:
         server = None
         if settings.port is not None and _serves_requests():
             # Before anything changes: a port in use leaves the app as it was.
-            server = exposition.bind_server(settings.addr, settings.port, collectors, settings)
+            server = port_server.bind_server(settings.addr, settings.port, collectors, settings)
         try:
             metrics = _shared_registry_guard(
                 Metrics,
@@ -194,7 +195,7 @@ class SignalMetrics:
         if metrics.workers is not None:
             metrics.workers.start()
         if server is not None:
-            state.server = exposition.serve(server)
+            state.server = port_server.serve(server)
 
     def count(
         self,
@@ -287,7 +288,7 @@ def start_metrics_server(
     basic_auth: tuple[str, str] | None = None,
     bearer_token: str | None = None,
     lock_timeout: float = config.LOCK_TIMEOUT,
-) -> exposition.PortServer:
+) -> port_server.PortServer:
     """Serve metrics on ``addr:port`` from this process, for a whole process group.
 
     For gunicorn with several workers: call it in the ``when_ready`` hook, in
@@ -325,10 +326,10 @@ def start_metrics_server(
     if multiprocess():
         check_directory()
     collectors = (default_registry(),)
-    server = exposition.bind_server(
+    server = port_server.bind_server(
         settings.addr, port, collectors, settings, key="start_metrics_server", for_workers=True
     )
-    return exposition.serve(server)
+    return port_server.serve(server)
 
 
 def worker_exited(pid: int) -> None:

@@ -22,7 +22,7 @@ from flask import abort
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
-from flask_signal_metrics import exposition
+from flask_signal_metrics import port_server
 from flask_signal_metrics import SignalMetrics
 from flask_signal_metrics import start_metrics_server
 from flask_signal_metrics.config import Settings
@@ -143,12 +143,12 @@ WORKERS = 4
 @contextlib.contextmanager
 def _serving(
     collectors: t.Sequence[t.Any] = (), **attributes: t.Any
-) -> t.Iterator[exposition.PortServer]:
+) -> t.Iterator[port_server.PortServer]:
     collectors = collectors or (CollectorRegistry(),)
-    server = exposition.bind_server("127.0.0.1", 0, collectors, Settings())
+    server = port_server.bind_server("127.0.0.1", 0, collectors, Settings())
     for name, value in {"workers": WORKERS, **attributes}.items():
         setattr(server, name, value)
-    exposition.serve(server)
+    port_server.serve(server)
     try:
         yield server
     finally:
@@ -248,12 +248,12 @@ def test_a_connection_dropped_while_it_sends_leaves_the_server_serving() -> None
 _LOW_LIMIT = """
 import resource, sys, time
 from prometheus_client import CollectorRegistry
-from flask_signal_metrics import exposition
+from flask_signal_metrics import port_server
 from flask_signal_metrics.config import Settings
 
-server = exposition.bind_server("127.0.0.1", 0, (CollectorRegistry(),), Settings())
+server = port_server.bind_server("127.0.0.1", 0, (CollectorRegistry(),), Settings())
 server.head_timeout = 60.0
-exposition.serve(server)
+port_server.serve(server)
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 print(server.server_port, flush=True)
 time.sleep(60)
