@@ -6,8 +6,8 @@ forever. Gunicorn forks its workers from the master (a thread of ours runs
 there under ``preload_app``), and a worker may fork children of its own
 (``multiprocessing``) while its other threads record requests. Each object
 owning a lock registers a method here that makes a new one in the child.
-(The module-level singletons, prometheus.py's process files and the
-exposition's port server, register their own functions.)
+(The module-level singletons, multiprocess/writer.py's process files and
+port_server.py's servers, register their own functions.)
 """
 
 from __future__ import annotations
