@@ -25,6 +25,16 @@ if t.TYPE_CHECKING:
     from ..metrics.catalogue import Metrics
 
 
+class _Stream(t.NamedTuple):
+    """A streamed request waiting for the server to close its body."""
+
+    app: Flask
+    environ: dict[str, t.Any]
+    start: Start
+    response: Response
+    exc: BaseException | None
+
+
 def defer_to_close(
     app: Flask,
     environ: dict[str, t.Any],
@@ -37,29 +47,37 @@ def defer_to_close(
     The request ends when the server closes the body, and stays in flight
     until then; the time to the response object is recorded now.
     """
+    began, found, traced, ctx = start
+    method, _scheme, route, _group, _recorders = found
     environ[START_KEY] = STREAMING
-    environ[STREAM_CONTEXT] = id(start[3])
-    if start[2] is not None:
-        release_context(start[2])
-    response.call_on_close(functools.partial(_close_stream, app, environ, start, response, exc))
+    environ[STREAM_CONTEXT] = id(ctx)
+    if traced is not None:
+        release_context(traced)
+    stream = _Stream(app, environ, start, response, exc)
+    response.call_on_close(functools.partial(_close_stream, stream))
     metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
-    ready = metrics.stream_ready.child((start[1][0], start[1][2], str(response.status_code)))
-    ready.observe(environ.get(READY_KEY, start[0]) - start[0])
+    ready = metrics.stream_ready.child((method, route, str(response.status_code)))
+    ready.observe(environ.get(READY_KEY, began) - began)
 
 
-def _close_stream(
-    app: Flask,
-    environ: dict[str, t.Any],
-    start: Start,
-    response: Response,
-    exc: BaseException | None,
-) -> None:
+def _close_stream(stream: _Stream) -> None:
     """Record a streamed request when the server closes its body (once: it may close twice)."""
     try:
+        environ = stream.environ
         if environ.get(START_KEY) is not STREAMING:
             return
         environ[START_KEY] = DONE
         # Released at the teardown (defer_to_close).
-        record(app, environ, start, response, response.status_code, None, exc, released=True)
+        status = stream.response.status_code
+        record(
+            stream.app,
+            environ,
+            stream.start,
+            stream.response,
+            status,
+            None,
+            stream.exc,
+            released=True,
+        )
     except Exception as e:
-        failed(app, signals.request_tearing_down.name, e)
+        failed(stream.app, signals.request_tearing_down.name, e)
