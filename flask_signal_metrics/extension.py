@@ -310,7 +310,8 @@ def start_metrics_server(
     :param lock_timeout: how long a scrape waits for the multiprocess
         directory's lock before answering 503 (as ``SIGNAL_METRICS_LOCK_TIMEOUT``).
     :returns: the server, serving from daemon threads (``shutdown()`` then
-        ``server_close()`` stops it); see the README for its bounds on slow clients.
+        ``server_close()`` stops it); the docs' security page gives its bounds
+        on slow clients.
     :raises TypeError, ValueError: a bad argument, or a multiprocess directory
         another user can write (see :func:`check_directory`), before
         anything listens.
