@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from flask_signal_metrics import exclude
 from flask_signal_metrics import SignalMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +93,19 @@ def make_app(name: str = "test_app") -> Flask:
     @app.get("/plainstream")
     def plainstream() -> Response:
         return Response(iter([b"x", b"y"]))
+
+    return app
+
+
+def make_excluding_app() -> Flask:
+    """The test app with the exclusion rule's three ways: SIGNAL_METRICS_EXCLUDE and @exclude."""
+    app = make_app()
+    app.config["SIGNAL_METRICS_EXCLUDE"] = [r"/item/1\d*", "/page"]
+
+    @app.get("/healthz")
+    @exclude
+    def healthz() -> str:
+        return "ok"
 
     return app
 

@@ -206,16 +206,21 @@ def test_bad_auth_settings(options: dict[str, t.Any], fix: str) -> None:
         SignalMetrics(make_app(), **options)
 
 
+def _multiprocess_client(monkeypatch: pytest.MonkeyPatch, lock_timeout: float) -> FlaskClient:
+    """A client of an app whose scrapes read the multiprocess directory under its lock."""
+    app = make_app()
+    app.config["SIGNAL_METRICS_LOCK_TIMEOUT"] = lock_timeout
+    SignalMetrics(app, registry=CollectorRegistry())
+    monkeypatch.setattr(directory, "multiprocess", lambda: True)
+    return app.test_client()
+
+
 def test_a_scrape_the_lock_keeps_out_is_told_to_retry(
     multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # In multiprocess mode another process holding the directory's lock must
     # not hold the scrape's thread: 503 within SIGNAL_METRICS_LOCK_TIMEOUT.
-    app = make_app()
-    app.config["SIGNAL_METRICS_LOCK_TIMEOUT"] = 0.2
-    SignalMetrics(app, registry=CollectorRegistry())
-    monkeypatch.setattr(directory, "multiprocess", lambda: True)
-    client = app.test_client()
+    client = _multiprocess_client(monkeypatch, lock_timeout=0.2)
     with lock_held(multiproc_dir):
         started = time.monotonic()
         response = client.get("/metrics")
@@ -254,11 +259,7 @@ def test_every_scrape_that_joined_a_refused_render_is_counted(
 ) -> None:
     # flask_signal_metrics_scrapes_refused_total counts the 503s scrapers saw,
     # not the renders: scrapes sharing one refused render are each counted.
-    app = make_app()
-    app.config["SIGNAL_METRICS_LOCK_TIMEOUT"] = 2.0
-    SignalMetrics(app, registry=CollectorRegistry())
-    monkeypatch.setattr(directory, "multiprocess", lambda: True)
-    client = app.test_client()
+    client = _multiprocess_client(monkeypatch, lock_timeout=2.0)
     before = _refused()
     found: list[t.Any] = []
     with lock_held(multiproc_dir):

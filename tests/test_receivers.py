@@ -31,6 +31,7 @@ from .conftest import add_copying_view
 from .conftest import http_labels
 from .conftest import in_flight
 from .conftest import make_app
+from .conftest import make_excluding_app
 from .conftest import requests_counted
 from .conftest import total_requests
 from .conftest import value
@@ -347,14 +348,7 @@ def test_template_rendered_outside_a_request(app: Flask, registry: CollectorRegi
 
 
 def test_metrics_route_and_excluded_paths_are_not_measured(registry: CollectorRegistry) -> None:
-    app = make_app()
-    app.config["SIGNAL_METRICS_EXCLUDE"] = [r"/item/1\d*", "/page"]
-
-    @app.get("/healthz")
-    @exclude
-    def healthz() -> str:
-        return "ok"
-
+    app = make_excluding_app()
     SignalMetrics(app, registry=registry)
     client = app.test_client()
     for path in ["/metrics", "/healthz", "/item/1", "/item/15", "/page"]:

@@ -24,12 +24,12 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 
-from flask_signal_metrics import exclude
 from flask_signal_metrics import SignalMetrics
 from flask_signal_metrics.tracing import spans as spans_module
 
 from ..conftest import in_flight
 from ..conftest import make_app
+from ..conftest import make_excluding_app
 from ..conftest import MakeTraced
 from ..conftest import memory_provider
 from ..conftest import requests_counted
@@ -389,14 +389,7 @@ def test_tracing_false_makes_no_spans(make_traced: MakeTraced) -> None:
 
 def test_excluded_requests_make_no_span(make_traced: MakeTraced) -> None:
     """The one exclusion rule holds for spans too: /metrics, @exclude, SIGNAL_METRICS_EXCLUDE."""
-    app = make_app()
-    app.config["SIGNAL_METRICS_EXCLUDE"] = [r"/item/1\d*", "/page"]
-
-    @app.get("/healthz")
-    @exclude
-    def healthz() -> str:
-        return "ok"
-
+    app = make_excluding_app()
     traced = make_traced(app)
     for path in ["/metrics", "/healthz", "/item/1", "/item/15", "/page"]:
         assert traced.client.get(path).status_code == 200
