@@ -41,11 +41,38 @@ EXCLUDE_ATTR = "_signal_metrics_exclude"
 logger = logging.getLogger("flask_signal_metrics")
 
 
-#: The requests of one route, method and scheme: (method label, scheme label,
-#: route, in-flight group or None, {status: the series' recorder}). The
-#: recorders are filled as statuses are first recorded in full, for the
-#: requests :func:`~flask_signal_metrics.receivers` can record in one call.
-Route = tuple[str, str, str, t.Any, cabc.Mapping[int, t.Any]]
+class Lane:
+    """The labels of one request method and scheme, and their in-flight group."""
+
+    __slots__ = ("group", "method", "scheme")
+
+    def __init__(self, method: str, scheme: str, group: t.Any) -> None:
+        self.method = method
+        self.scheme = scheme
+        self.group = group
+
+
+class Route:
+    """The requests of one route, method and scheme: their labels and recorders.
+
+    ``group`` is the in-flight group, or None for a request not counted in
+    flight (started late). ``recorders`` maps a status to its series'
+    recorder, filled as statuses are first recorded in full, for the
+    requests :mod:`~flask_signal_metrics.receivers` record in one call.
+    Read on every request: slots, whose reads cost what a tuple's index does.
+    """
+
+    __slots__ = ("group", "method", "recorders", "route", "scheme")
+
+    def __init__(
+        self, lane: Lane, route: str, group: t.Any, recorders: cabc.Mapping[int, t.Any]
+    ) -> None:
+        self.method = lane.method
+        self.scheme = lane.scheme
+        self.route = route
+        self.group = group
+        self.recorders = recorders
+
 
 #: The recorders of a route not kept in :attr:`State.routes`: none, ever.
 NO_RECORDERS: cabc.Mapping[int, t.Any] = types.MappingProxyType({})
@@ -87,11 +114,11 @@ class State:
     #: The extension's own registries (request metrics, declared signals):
     #: what OTLP export sends, without the process-wide default registry.
     owned: tuple[CollectorRegistry, ...] = ()
-    #: (request.method, request.scheme) -> (method label, scheme label, the
-    #: in-flight group): one dict lookup on the request path instead of
-    #: three. Only known methods and schemes are kept, so it stays small.
-    lanes: dict[tuple[str, str], tuple[str, str, t.Any]] = dataclasses.field(default_factory=dict)
-    #: :data:`RouteKey` -> the requests' :data:`Route`: what
+    #: (request.method, request.scheme) -> its :class:`Lane`: one dict lookup
+    #: on the request path instead of three. Only known methods and schemes
+    #: are kept, so it stays small.
+    lanes: dict[tuple[str, str], Lane] = dataclasses.field(default_factory=dict)
+    #: :data:`RouteKey` -> the requests' :class:`Route`: what
     #: ``request_started`` would work out for such a request, looked up in
     #: one step (its path is still matched against SIGNAL_METRICS_EXCLUDE).
     #: Only requests of a matched route and known method and scheme are
@@ -115,28 +142,27 @@ class State:
         self.rules[id(rule)] = info
         return info
 
-    def lane(self, method: str, scheme: str) -> tuple[str, str, t.Any]:
+    def lane(self, method: str, scheme: str) -> Lane:
         """The labels of a request's method and scheme, and its in-flight group."""
         method_label = self.methods.get(method, labels.OTHER)
         scheme_label = labels.SCHEMES.get(scheme, labels.OTHER)
         assert self.metrics is not None  # no receivers are connected without it
-        lane = (method_label, scheme_label, self.metrics.requests.group(method_label, scheme_label))
+        group = self.metrics.requests.group(method_label, scheme_label)
+        lane = Lane(method_label, scheme_label, group)
         if method_label == method and scheme_label == scheme:
             self.lanes[(method, scheme)] = lane
         return lane
 
-    def route(
-        self, rule: Rule | None, request: Request, lane: tuple[str, str, t.Any], route: str
-    ) -> Route:
-        """The :data:`Route` of a request that starts in flight; kept when it can be."""
+    def route(self, rule: Rule | None, request: Request, lane: Lane, route: str) -> Route:
+        """The :class:`Route` of a request that starts in flight; kept when it can be."""
         key = (id(rule), request.method, request.scheme, request.root_path)
         found = self.routes.get(key)
         if found is not None:
             return found
         if rule is not None and self.lanes.get(key[1:3]) is lane and len(self.routes) < MAX_ROUTES:
-            found = self.routes[key] = (*lane[:2], route, lane[2], {})
+            found = self.routes[key] = Route(lane, route, lane.group, {})
             return found
-        return (*lane[:2], route, lane[2], NO_RECORDERS)
+        return Route(lane, route, lane.group, NO_RECORDERS)
 
     def render_observer(self, name: str | None) -> t.Callable[[float], None]:
         """What records a render of template ``name``; kept in :attr:`renders` when it can be."""

@@ -38,7 +38,7 @@ def test_this_flask_has_the_fast_path() -> None:
     context variable and give _compat.select() its fast path.
     """
     assert _compat.FAST, f"Flask {version('flask')} has no flask.globals._cv_request"
-    assert receivers.environ.context is _compat.current_context
+    assert receivers.environ.current_context == _compat.current_context.get
     assert _compat.current_context is flask.globals._cv_request
 
 
@@ -86,7 +86,7 @@ def test_copied_contexts_are_recorded_by_the_public_way(
 ) -> None:
     public = _compat.PublicContext()
     for module in (requests, templates):  # each reads the context it imported
-        monkeypatch.setattr(module, "context", public)
+        monkeypatch.setattr(module, "current_context", public.get)
     app = make_app()
     SignalMetrics(app, registry=registry, serve_default_registry=False)
     add_copying_view(app)

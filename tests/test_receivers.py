@@ -451,7 +451,7 @@ def test_known_methods_from_the_environment(
 #: the helper, failures per request: /page flashes twice)
 _BODIES = {
     "request-started": ("/item/3", (request_receivers,), "_begin", 1),
-    "request-finished": ("/item/3", (request_receivers,), "context", 1),
+    "request-finished": ("/item/3", (request_receivers,), "current_context", 1),
     "got-request-exception": ("/boom", (request_receivers,), "_started", 1),
     "request-tearing-down": ("/item/3", (request_receivers, recording), "perf_counter", 1),
     "before-render-template": ("/page", (template_receivers,), "perf_counter", 1),
@@ -486,11 +486,11 @@ def test_failing_receiver_leaves_the_response_unchanged(
         def get(self, *default: None) -> t.Any:
             return broken(*default)
 
-    if helper in ("context", "_renders"):
+    if helper == "_renders":
         original = original.get
     for module in modules:
         monkeypatch.setattr(
-            module, helper, BrokenVariable() if helper in ("context", "_renders") else broken
+            module, helper, BrokenVariable() if helper == "_renders" else broken
         )
     caplog.set_level(logging.ERROR, logger="flask_signal_metrics")
     for _ in range(3):
@@ -814,7 +814,7 @@ def test_statuses_recorded_in_one_call_are_bounded(
     for code in [*range(200, 210), *range(200, 210)]:
         client.get(f"/status/{code}")
     (route,) = get_state(app).routes.values()
-    assert sorted(route[4]) == [200, 201, 202, 203]
+    assert sorted(route.recorders) == [200, 201, 202, 203]
     for code in range(200, 210):
         assert requests_counted(registry, "/status/<int:code>", code) == 2
 
@@ -828,7 +828,7 @@ def test_overflowed_series_are_not_recorded_in_one_call(registry: CollectorRegis
         client.get("/item/1")
         client.get("/dir/")
     (item, directory) = get_state(app).routes.values()
-    assert list(item[4]) == [200] and not directory[4]
+    assert list(item.recorders) == [200] and not directory.recorders
     assert requests_counted(registry, "/item/<int:item_id>", 200) == 3
     overflow = dict.fromkeys(http_labels("", 0), OVERFLOW)
     assert value(registry, "http_server_request_duration_seconds_count", **overflow) == 3

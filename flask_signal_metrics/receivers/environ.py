@@ -2,8 +2,7 @@
 
 What is known of a request lives in its WSGI environ, which outlives the
 request context (streaming re-pushes it) and is per request by construction:
-each key written by one signal with one dict store. The start is a tuple,
-cheaper to make than an object.
+each key written by one signal with one dict store.
 """
 
 from __future__ import annotations
@@ -12,11 +11,13 @@ import time
 import typing as t
 
 from .. import _compat
-from ..state import Route
 
 if t.TYPE_CHECKING:
     from flask.ctx import RequestContext
     from flask.wrappers import Response
+
+    from ..state import Route
+    from ..tracing.spans import Traced
 
 #: The response from request_finished (the last one wins); read at teardown.
 RESPONSE_KEY = "flask_signal_metrics.response"
@@ -37,26 +38,49 @@ MISSING = object()
 
 perf_counter = time.perf_counter
 
-#: (start, the request's :data:`~.state.Route`, the server span: (span or
-#: None if it records nothing, context token, start in ns), "external" or
-#: None, the request context). The context, not its id: compared with ``is``
-#: at teardown, which then drops the tuple (the cycle through the environ
-#: lasts as long as the request).
-Start = tuple[float, Route, t.Any, "RequestContext"]
+
+class Start:
+    """A request's start, kept in its environ at ``START_KEY`` until it is recorded.
+
+    ``began`` (``perf_counter``), its :class:`~.state.Route`, ``traced``
+    (its :class:`~.tracing.spans.ServerSpan`, ``EXTERNAL`` or None) and
+    ``ctx``, the request context: the object, compared with ``is`` at
+    teardown, which then drops the record (the cycle through the environ
+    lasts as long as the request).
+
+    Made on every request, without an ``__init__``: ``Start()`` and four
+    slot stores cost less than a call of Python code (:func:`make_start`).
+    """
+
+    __slots__ = ("began", "ctx", "route", "traced")
+
+    began: float
+    route: Route
+    traced: Traced
+    ctx: RequestContext
 
 
-#: The request context's variable (:mod:`._compat`), read inline by each
-#: receiver: a plain ``ContextVar.get`` where Flask has one, not a call
-#: through the ``flask.request`` proxy.
-context = _compat.current_context
+def make_start(began: float, route: Route, traced: Traced, ctx: RequestContext) -> Start:
+    """A :class:`Start` (``on_request_started``'s fast path makes its own inline)."""
+    start = Start()
+    start.began = began
+    start.route = route
+    start.traced = traced
+    start.ctx = ctx
+    return start
+
+
+#: The current request's context: ``current_context()`` raises outside a
+#: request, ``current_context(None)`` returns None. The bound ``get`` of the
+#: context's variable (:mod:`._compat`): a plain ``ContextVar.get`` where
+#: Flask has one, not a call through the ``flask.request`` proxy. Bound once:
+#: CPython 3.11 compiles ``name.get()`` on an imported ``name`` as an
+#: attribute load, which binds a new method object on every call.
+current_context = _compat.current_context.get
 
 
 #: Statuses whose responses carry no body (Werkzeug sends none, as RFC 9110 says).
 NO_BODY = frozenset((100, 101, 102, 103, 204, 304))
-
-#: A bound on the statuses of one route recorded in one call: a view may
-#: return any number.
-MAX_RECORDERS = 32
 
 #: CONTENT_LENGTH values of a request without a body (absent, empty, zero).
 EMPTY = (None, "", "0")

@@ -6,7 +6,7 @@ import typing as t
 
 from .. import labels
 from ..state import EXTENSION_KEY
-from ..tracing.spans import EXTERNAL
+from ..tracing.spans import ServerSpan
 from ..tracing.spans import Tracing
 from .environ import CONTRIB_SPAN_KEY
 from .environ import ERROR_KEY
@@ -22,6 +22,7 @@ if t.TYPE_CHECKING:
 
     from ..metrics.catalogue import Metrics
     from ..state import State
+    from ..tracing.spans import Traced
 
 #: A bound on the statuses of one route recorded in one call: a view may
 #: return any number.
@@ -47,9 +48,9 @@ def record(
     :param one_step: the response is of the shape the next such request can
         be recorded in one step (a buffered body the server sends).
     """
-    began, found, traced, _ = start
-    method, scheme, route, group, recorders = found
-    duration = perf_counter() - began
+    traced, found = start.traced, start.route
+    method, route, recorders = found.method, found.route, found.recorders
+    duration = perf_counter() - start.began
     exception = environ.get(ERROR_KEY) or exc
     error = "" if exception is None and status < 500 else labels.error_type(status, exception)
     status_label = str(status)
@@ -57,13 +58,13 @@ def record(
     state: State = app.extensions[EXTENSION_KEY]
     exemplar = span = None
     if traced is not None:
-        span = environ.get(CONTRIB_SPAN_KEY) if traced is EXTERNAL else traced[0]
+        span = traced.span if isinstance(traced, ServerSpan) else environ.get(CONTRIB_SPAN_KEY)
         if span is not None:
             exemplar = Tracing.sampled_ids(span)
     metrics: Metrics = state.metrics  # type: ignore[assignment]  # set while connected
     try:
-        key = (method, route, status_label, scheme, error)
-        metrics.requests.record(key, group, duration, request_size, response_size, exemplar)
+        key = (method, route, status_label, found.scheme, error)
+        metrics.requests.record(key, found.group, duration, request_size, response_size, exemplar)
         if exception is not None and metrics.escaped is not None:  # classic naming
             metrics.escaped.child((method, status_label)).inc()
         if (
@@ -78,7 +79,7 @@ def record(
         ):
             # The next such request of this route is recorded in one call
             # (on_request_tearing_down), unless its series overflowed.
-            recorder = metrics.requests.recorder(key, group)
+            recorder = metrics.requests.recorder(key, found.group)
             if recorder is not None:
                 recorders[status] = recorder
     finally:
@@ -89,15 +90,15 @@ def record(
             try:
                 end_context(traced, released)
             finally:
-                if type(traced) is tuple and traced[0] is not None:
+                if isinstance(traced, ServerSpan) and traced.span is not None:
                     # The span ends when the recorded duration does.
-                    end_ns = traced[2] + int(duration * 1e9)
+                    end_ns = traced.start_ns + int(duration * 1e9)
                     state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
-                        traced[0], status, error, exception, response, end_ns
+                        traced.span, status, error, exception, response, end_ns
                     )
 
 
-def release_context(traced: t.Any) -> None:
+def release_context(traced: Traced) -> None:
     """At a stream's first teardown: what the request made current stops being so.
 
     Its body is produced after this teardown, maybe in another thread, maybe
@@ -112,11 +113,11 @@ def release_context(traced: t.Any) -> None:
     server never closes keeps the request current there.)
     """
     release_renders()
-    if type(traced) is tuple:
-        Tracing.detach(traced[1])
+    if isinstance(traced, ServerSpan):
+        Tracing.detach(traced.token)
 
 
-def end_context(traced: t.Any, released: bool) -> None:
+def end_context(traced: Traced, released: bool) -> None:
     """When the request is over: end what the request made current.
 
     Renders whose template raised never sent template_rendered: their spans
@@ -128,5 +129,5 @@ def end_context(traced: t.Any, released: bool) -> None:
     try:
         end_renders()
     finally:
-        if type(traced) is tuple and not released:
-            Tracing.detach(traced[1])
+        if isinstance(traced, ServerSpan) and not released:
+            Tracing.detach(traced.token)

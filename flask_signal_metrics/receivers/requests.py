@@ -11,10 +11,11 @@ from ..state import NO_RECORDERS
 from ..state import Route
 from ..state import START_KEY
 from .environ import body_size
-from .environ import context
+from .environ import current_context
 from .environ import DONE
 from .environ import EMPTY
 from .environ import ERROR_KEY
+from .environ import make_start
 from .environ import MISSING
 from .environ import NO_BODY
 from .environ import perf_counter
@@ -36,6 +37,7 @@ if t.TYPE_CHECKING:
     from flask.ctx import RequestContext
 
     from ..state import State
+    from ..tracing.spans import Traced
 
 
 def _begin(
@@ -72,19 +74,19 @@ def _begin(
     )
     if began is None:
         began = perf_counter()
-    traced: t.Any = None
+    traced: Traced = None
     found: Route
     if in_flight:
         if state.tracing is not None:
             # Before the in-flight count: a sampler or provider that raises here
             # must not leave a request counted in flight that nothing ends.
-            traced = state.tracing.start(app, request, lane[0], route)
+            traced = state.tracing.start(app, request, lane.method, route)
         found = state.route(rule, request, lane, route)
-        next(lane[2].started)
+        next(lane.group.started)
     else:
         # A late start is not counted in flight.
-        found = (lane[0], lane[1], route, None, NO_RECORDERS)
-    start = (began, found, traced, ctx)
+        found = Route(lane, route, None, NO_RECORDERS)
+    start = make_start(began, found, traced, ctx)
     environ[START_KEY] = start
     return start
 
@@ -108,7 +110,7 @@ def _started(app: Flask, ctx: RequestContext) -> Start | None:
 
 def on_request_started(sender: Flask, **extra: object) -> None:
     try:
-        ctx = context.get()
+        ctx = current_context()
         request = ctx.request
         environ = request.environ
         state: State = sender.extensions[EXTENSION_KEY]
@@ -127,8 +129,14 @@ def on_request_started(sender: Flask, **extra: object) -> None:
         ):
             _begin(sender, ctx, True, began)
             return
-        next(found[3].started)
-        environ[START_KEY] = (began, found, None, ctx)
+        next(found.group.started)
+        # make_start, inline: no call on the common path.
+        start = Start()
+        start.began = began
+        start.route = found
+        start.traced = None
+        start.ctx = ctx
+        environ[START_KEY] = start
     except Exception as e:
         failed(sender, signals.request_started.name, e)
 
@@ -137,7 +145,7 @@ def on_request_finished(sender: Flask, response: Response, **extra: object) -> N
     try:
         # Sent again with the 500 when one of its receivers raised: the last
         # one is what the server sends. What it says is read once, at teardown.
-        environ = context.get().request.environ
+        environ = current_context().request.environ
         environ[RESPONSE_KEY] = response
         if type(response.response) is not list:
             # Maybe a stream, whose body may be produced before teardown
@@ -149,13 +157,13 @@ def on_request_finished(sender: Flask, response: Response, **extra: object) -> N
 
 def on_got_request_exception(sender: Flask, exception: BaseException, **extra: object) -> None:
     try:
-        ctx = context.get()
+        ctx = current_context()
         start = _started(sender, ctx)
         if start is not None:
             ctx.request.environ[ERROR_KEY] = exception
             state: State = sender.extensions[EXTENSION_KEY]
             assert state.metrics is not None
-            key = (start[1][0], start[1][2], type(exception).__qualname__)
+            key = (start.route.method, start.route.route, type(exception).__qualname__)
             state.metrics.exceptions.child(key).inc()
         # The exception left the view: a render still open is one it escaped
         # from. Ended now, the error page is not nested in it.
@@ -180,21 +188,21 @@ def on_request_tearing_down(
     Everything else goes the whole way, :func:`tear_down`.
     """
     try:
-        ctx = context.get()
+        ctx = current_context()
         environ = ctx.request.environ
         start = environ.get(START_KEY)
         # The common case in one call: a request started here, without a span,
         # error or exception, whose buffered body has a status and method
         # recorded in full before (its recorder). Everything else: tear_down.
-        if type(start) is tuple and start[3] is ctx and start[2] is None and exc is None:
+        if type(start) is Start and start.ctx is ctx and start.traced is None and exc is None:
             response = environ.get(RESPONSE_KEY)
             if response is not None and ERROR_KEY not in environ:
                 body = response.response
                 if type(body) is list:
-                    recorder = start[1][4].get(status_code(response))
+                    recorder = start.route.recorders.get(status_code(response))
                     if recorder is not None:
                         environ[START_KEY] = DONE
-                        duration = perf_counter() - start[0]
+                        duration = perf_counter() - start.began
                         # request_size's common case and body_size, inline:
                         # no call on the common path.
                         if environ.get("CONTENT_LENGTH") in EMPTY and (
@@ -235,7 +243,7 @@ def tear_down(
         return
     if start is None:
         return  # excluded stays None: a streamed template renders after teardown
-    if start is DONE or start[3] is not ctx:
+    if start is DONE or start.ctx is not ctx:
         # A copy of the request's context (copy_current_request_context,
         # for a thread or greenlet) popped with the same environ: the
         # request itself is not over (or was recorded), but a render of

@@ -47,16 +47,16 @@ def defer_to_close(
     The request ends when the server closes the body, and stays in flight
     until then; the time to the response object is recorded now.
     """
-    began, found, traced, ctx = start
-    method, _scheme, route, _group, _recorders = found
     environ[START_KEY] = STREAMING
-    environ[STREAM_CONTEXT] = id(ctx)
-    if traced is not None:
-        release_context(traced)
+    environ[STREAM_CONTEXT] = id(start.ctx)
+    if start.traced is not None:
+        release_context(start.traced)
     stream = _Stream(app, environ, start, response, exc)
     response.call_on_close(functools.partial(_close_stream, stream))
     metrics: Metrics = app.extensions[EXTENSION_KEY].metrics
-    ready = metrics.stream_ready.child((method, route, str(response.status_code)))
+    route = start.route
+    ready = metrics.stream_ready.child((route.method, route.route, str(response.status_code)))
+    began = start.began
     ready.observe(environ.get(READY_KEY, began) - began)
 
 

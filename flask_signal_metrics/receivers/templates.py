@@ -11,7 +11,7 @@ from .. import labels
 from ..state import EXTENSION_KEY
 from ..state import START_KEY
 from ..tracing.spans import Tracing
-from .environ import context
+from .environ import current_context
 from .environ import MISSING
 from .environ import perf_counter
 from .failures import failed
@@ -21,10 +21,18 @@ if t.TYPE_CHECKING:
     from jinja2 import Template
 
     from ..state import State
+    from ..tracing.spans import RenderSpan
 
-#: (id of the template, start time, span or None, id of the request context
-#: or 0) of a render begun and not ended.
-_Render = tuple[int, float, t.Any, int]
+
+class _Render(t.NamedTuple):
+    """A render begun and not ended."""
+
+    template: int  # the template's id
+    began: float
+    span: RenderSpan | None
+    owner: int  # the id of the request context it began under, or 0
+
+
 #: The renders of this context, innermost last.
 _renders: contextvars.ContextVar[list[_Render]] = contextvars.ContextVar(
     "flask_signal_metrics_renders"
@@ -38,8 +46,8 @@ def end_renders(owner: int | None = None) -> None:
     """End the innermost renders (those begun under request context ``owner``) as failed."""
     stack = _renders.get(None)
     failure: Exception | None = None
-    while stack and (owner is None or stack[-1][3] == owner):
-        render = stack.pop()[2]
+    while stack and (owner is None or stack[-1].owner == owner):
+        render = stack.pop().span
         if render is not None:
             try:
                 Tracing.render_ended(render, failed=True)
@@ -54,14 +62,14 @@ def release_renders() -> None:
     stack = _renders.get(None)
     if stack:
         for index in range(len(stack) - 1, -1, -1):  # innermost first, as tokens nest
-            template_id, began, render, owner = stack[index]
-            if render is not None:
-                stack[index] = (template_id, began, Tracing.release(render), owner)
+            render = stack[index]
+            if render.span is not None:
+                stack[index] = render._replace(span=Tracing.release(render.span))
 
 
 def _in_excluded_request(found: t.Any = MISSING) -> bool:
     if found is MISSING:
-        found = context.get(None)
+        found = current_context(None)
     return found is not None and found.request.environ.get(START_KEY, MISSING) is None
 
 
@@ -74,7 +82,7 @@ def on_before_render_template(sender: Flask, template: Template, **extra: object
         elif len(stack) >= _MAX_RENDER_DEPTH:
             end_renders()
         render = None
-        ctx = context.get(None)
+        ctx = current_context(None)
         began = perf_counter()
         tracing: Tracing | None = sender.extensions[EXTENSION_KEY].tracing
         if tracing is not None and began >= tracing.idle_until:
@@ -82,7 +90,7 @@ def on_before_render_template(sender: Flask, template: Template, **extra: object
             # The exclusion lookup only when a span would be made (no SDK: none).
             if tracer is not None and not _in_excluded_request(ctx):
                 render = Tracing.render_started(tracer, labels.template(template.name))
-        stack.append((id(template), began, render, 0 if ctx is None else id(ctx)))
+        stack.append(_Render(id(template), began, render, 0 if ctx is None else id(ctx)))
     except Exception as e:
         failed(sender, signals.before_render_template.name, e)
 
@@ -99,7 +107,7 @@ def on_template_rendered(sender: Flask, template: Template, **extra: object) -> 
             if template_id == id(template):
                 # _in_excluded_request inline, and the series kept by name:
                 # no call and no label lookup in the family on every render.
-                ctx = context.get(None)
+                ctx = current_context(None)
                 if ctx is None or ctx.request.environ.get(START_KEY, MISSING) is not None:
                     state: State = sender.extensions[EXTENSION_KEY]
                     name = template.name

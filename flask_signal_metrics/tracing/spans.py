@@ -65,10 +65,38 @@ FLASH_EVENT = "flask.message_flashed"
 FLASH_CATEGORY = "flask.flash.category"
 TEMPLATE_NAME = "flask.template.name"
 
-#: The ``start`` slot of a request whose server span another library makes
-#: (opentelemetry-instrumentation-flask): templates and flashes still nest
-#: under it, and exemplars link to it.
-EXTERNAL = "external"
+
+class ServerSpan:
+    """A request's SERVER span, made by :meth:`Tracing.start`.
+
+    ``span`` is None when it records nothing (not sampled); ``token`` resets
+    the context it made current; ``start_ns`` is when the span began.
+    """
+
+    __slots__ = ("span", "start_ns", "token")
+
+    def __init__(self, span: Span | None, token: object, start_ns: int) -> None:
+        self.span = span
+        self.token = token
+        self.start_ns = start_ns
+
+
+class External:
+    """The type of :data:`EXTERNAL`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EXTERNAL"
+
+
+#: What :meth:`Tracing.start` returns for a request whose server span
+#: another library makes (opentelemetry-instrumentation-flask): templates
+#: and flashes still nest under that span, and exemplars link to it.
+EXTERNAL: t.Final = External()
+
+#: What a request's start holds of its server span.
+Traced: t.TypeAlias = "ServerSpan | External | None"
 
 _STATUS_CODE = http_attributes.HTTP_RESPONSE_STATUS_CODE
 _ERROR_TYPE = error_attributes.ERROR_TYPE
@@ -139,15 +167,14 @@ class Tracing:
 
     def start(
         self, app: Flask, request: Request, method: str, route: str
-    ) -> tuple[Span | None, object, int] | str | None:
+    ) -> ServerSpan | External | None:
         """Start the request's SERVER span and make it current.
 
         :param method: the normalised method (``_OTHER`` for unknown ones).
         :param route: the route template with the app root, ``""`` if none matched.
-        :returns: the span, its context token and its start (ns), with None
-            for the span when it records nothing (not sampled); or
-            :data:`EXTERNAL` when opentelemetry-instrumentation-flask makes
-            the app's server spans, or None when there is no tracer.
+        :returns: the request's :class:`ServerSpan`; or :data:`EXTERNAL`
+            when opentelemetry-instrumentation-flask makes the app's server
+            spans, or None when there is no tracer.
         """
         tracer = self.tracer()
         if tracer is None:
@@ -189,8 +216,8 @@ class Tracing:
         if not span.is_recording():
             # Not sampled: its context must be current (what the view's spans
             # and outgoing calls inherit), but nothing is ended, set or linked.
-            return None, token, 0
-        return span, token, start_ns
+            return ServerSpan(None, token, 0)
+        return ServerSpan(span, token, start_ns)
 
     def finish(
         self,
