@@ -46,6 +46,7 @@ from .config import DURATION_BUCKETS
 from .config import parse_buckets as valid_buckets
 from .config import RESERVED_LABELS
 from .forks import at_fork
+from .metrics.names import HistogramSpec
 from .state import EXTENSION_KEY
 from .state import logger
 from .state import START_KEY
@@ -258,12 +259,13 @@ class Timed(_Receiver):
         self._pending: collections.OrderedDict[t.Hashable, float] = collections.OrderedDict()
         self._lock = threading.Lock()
         at_fork(self._forked)
-        self._family: Family[t.Any] = store.histogram(
+        spec = HistogramSpec(
             self.metric_name,
             documentation or f"Time from {self.start_name!r} to {self.end_name!r}.",
-            self.labels.names,
-            bounds,
+            tuple(self.labels.names),
+            tuple(bounds),
         )
+        self._family: Family[t.Any] = store.histogram(spec)
         self._no_start = store.unmatched.labels(self.metric_name, "no_start")
         self._dropped = store.unmatched.labels(self.metric_name, "dropped")
 

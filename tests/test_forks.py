@@ -37,8 +37,10 @@ CASES = {
     "file histogram": (
         """
         from prometheus_client import CollectorRegistry
+        from flask_signal_metrics.metrics.names import HistogramSpec
         from flask_signal_metrics.multiprocess.files import FileHistogram
-        histogram = FileHistogram("renders", "r", ["template"], [0.1], CollectorRegistry())
+        spec = HistogramSpec("renders", "r", ("template",), (0.1,))
+        histogram = FileHistogram(spec, CollectorRegistry())
         held = histogram._lock
         """,
         "histogram.labels('page.html').observe(0.01); histogram.collect()",

@@ -489,9 +489,7 @@ def test_failing_receiver_leaves_the_response_unchanged(
     if helper == "_renders":
         original = original.get
     for module in modules:
-        monkeypatch.setattr(
-            module, helper, BrokenVariable() if helper == "_renders" else broken
-        )
+        monkeypatch.setattr(module, helper, BrokenVariable() if helper == "_renders" else broken)
     caplog.set_level(logging.ERROR, logger="flask_signal_metrics")
     for _ in range(3):
         expected = bare.get(path)

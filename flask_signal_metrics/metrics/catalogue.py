@@ -22,6 +22,7 @@ from .family import Family
 from .family import M
 from .names import CLASSIC_DURATION
 from .names import DURATION
+from .names import HistogramSpec
 from .names import RECEIVER_ERRORS
 from .names import REQUEST_SIZE
 from .names import RESPONSE_SIZE
@@ -143,7 +144,8 @@ class Metrics:
         self, name: str, doc: str, labelnames: tuple[str, ...], buckets: cabc.Sequence[float]
     ) -> Family[Histogram | FileHistogram]:
         names = (*labelnames, *self._static_names)
-        return self._family(histogram(name, doc, names, buckets, self.registry, "seconds"), name)
+        spec = HistogramSpec(name, doc, names, tuple(buckets), "seconds")
+        return self._family(histogram(spec, self.registry), name)
 
     def _family(self, metric: M, name: str, capped: bool = True) -> Family[M]:
         cap = self._cap if capped else sys.maxsize

@@ -7,6 +7,16 @@ import typing as t
 from .. import labels
 
 
+class HistogramSpec(t.NamedTuple):
+    """What one of the extension's histograms is made of (templates, streams, declared signals)."""
+
+    name: str
+    documentation: str
+    labelnames: tuple[str, ...]
+    buckets: tuple[float, ...]
+    unit: str = ""
+
+
 class RequestKey(t.NamedTuple):
     """The label values of one request's series.
 

@@ -11,6 +11,7 @@ from prometheus_client import Counter
 from ..multiprocess.files import histogram
 from .family import Family
 from .family import M
+from .names import HistogramSpec
 from .names import SIGNAL_ERRORS
 from .names import SIGNAL_OVERFLOW
 
@@ -52,15 +53,8 @@ class SignalStore:
         metric = Counter(name, documentation, tuple(labelnames), registry=self.registry)
         return self._family(metric, name + "_total")
 
-    def histogram(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: cabc.Sequence[str],
-        buckets: cabc.Sequence[float],
-    ) -> Family[t.Any]:
-        metric = histogram(name, documentation, labelnames, buckets, self.registry)
-        return self._family(metric, name)
+    def histogram(self, spec: HistogramSpec) -> Family[t.Any]:
+        return self._family(histogram(spec, self.registry), spec.name)
 
     def cap(self, max_series: int) -> None:
         """Cap the declared metrics, those made and to come, at ``max_series`` label sets."""

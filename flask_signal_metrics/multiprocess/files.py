@@ -27,6 +27,7 @@ from ..metrics.names import CLASSIC_DURATION
 from ..metrics.names import CLASSIC_LABELS
 from ..metrics.names import DURATION
 from ..metrics.names import HELP
+from ..metrics.names import HistogramSpec
 from ..metrics.names import HTTP_LABELS
 from ..metrics.names import REQUEST_SIZE
 from ..metrics.names import RequestKey
@@ -261,24 +262,16 @@ class FileRecorder:
 _H = t.TypeVar("_H", bound="FileHistogram")
 
 
-def histogram(
-    name: str,
-    documentation: str,
-    labelnames: cabc.Sequence[str],
-    buckets: cabc.Sequence[float],
-    registry: CollectorRegistry,
-    unit: str = "",
-) -> Histogram | FileHistogram:
+def histogram(spec: HistogramSpec, registry: CollectorRegistry) -> Histogram | FileHistogram:
     """A histogram of the extension's (templates, streams, declared signals).
 
     prometheus_client's own in one process; in multiprocess mode a
     :class:`FileHistogram`, written as the request metrics are.
     """
     if client_writes_files():
-        return FileHistogram(name, documentation, labelnames, buckets, registry, unit)
-    return Histogram(
-        name, documentation, tuple(labelnames), registry=registry, buckets=buckets, unit=unit
-    )
+        return FileHistogram(spec, registry)
+    name, documentation, labelnames, buckets, unit = spec
+    return Histogram(name, documentation, labelnames, registry=registry, buckets=buckets, unit=unit)
 
 
 class FileHistogram(Collector):
@@ -293,20 +286,13 @@ class FileHistogram(Collector):
     values, for the OTLP bridge (``/metrics`` reads every process's files).
     """
 
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: cabc.Sequence[str],
-        buckets: cabc.Sequence[float],
-        registry: CollectorRegistry,
-        unit: str = "",
-    ) -> None:
+    def __init__(self, spec: HistogramSpec, registry: CollectorRegistry) -> None:
+        name, documentation = spec.name, spec.documentation
         self._name = name
         self._documentation = documentation
-        self.labelnames = tuple(labelnames)
-        self._unit = unit
-        self._bounds = [*buckets, float("inf")]
+        self.labelnames = spec.labelnames
+        self._unit = spec.unit
+        self._bounds = [*spec.buckets, float("inf")]
         self._les = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
         at_fork(self._forked)

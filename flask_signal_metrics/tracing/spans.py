@@ -120,12 +120,7 @@ class RenderSpan(t.NamedTuple):
 class Tracing:
     """The spans of one app's requests, templates and flashed messages."""
 
-    def __init__(
-        self,
-        provider: TracerProvider | None,
-        version: str,
-        capture: Capture,
-    ) -> None:
+    def __init__(self, provider: TracerProvider | None, version: str, capture: Capture) -> None:
         self._fixed = provider
         self._version = version
         self._capture = capture

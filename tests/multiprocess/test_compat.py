@@ -17,6 +17,7 @@ from prometheus_client import Histogram
 from prometheus_client import values
 from prometheus_client.mmap_dict import MmapedDict
 
+from flask_signal_metrics.metrics.names import HistogramSpec
 from flask_signal_metrics.multiprocess import _compat
 from flask_signal_metrics.multiprocess.files import FileHistogram
 
@@ -35,8 +36,8 @@ def _metrics() -> list[tuple[t.Any, bool]]:
         (Counter("labelled", "d", ("a",), registry=registry), True),
         (Histogram("timed", "d", registry=registry), False),
         (Histogram("timed_by", "d", ("a", "b"), registry=registry), True),
-        (FileHistogram("ours", "d", (), [1.0], registry), False),
-        (FileHistogram("ours_by", "d", ("a",), [1.0], registry), True),
+        (FileHistogram(HistogramSpec("ours", "d", (), (1.0,)), registry), False),
+        (FileHistogram(HistogramSpec("ours_by", "d", ("a",), (1.0,)), registry), True),
     ]
 
 

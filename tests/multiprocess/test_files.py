@@ -7,6 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from flask_signal_metrics.metrics.names import HistogramSpec
 from flask_signal_metrics.multiprocess.files import FileHistogram
 
 from .conftest import in_a_worker
@@ -123,7 +124,9 @@ def test_a_file_histogram_refuses_what_the_clients_refuses(
     # an error before anything is written: an empty key in a file would fail
     # every later scrape of the directory.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    histogram = FileHistogram("renders", "Renders.", ["template"], [1.0], CollectorRegistry())
+    histogram = FileHistogram(
+        HistogramSpec("renders", "Renders.", ("template",), (1.0,)), CollectorRegistry()
+    )
     with pytest.raises(ValueError, match="has labels"):
         histogram.observe(0.5)
     with pytest.raises(ValueError, match="1 label values expected"):
