@@ -183,7 +183,7 @@ def on_request_tearing_down(
     (:func:`.recording.record` binds one after recording such a request the
     whole way). Then it records exactly what :func:`tear_down` would: the
     same series, duration, request size and body size.
-    tests/test_receivers.py::test_repeated_requests_are_recorded_as_the_first
+    tests/receivers/test_recording.py::test_repeated_requests_are_recorded_as_the_first
     proves it over every shape of request, counting which way each went.
     Everything else goes the whole way, :func:`tear_down`.
     """
