@@ -23,6 +23,7 @@ from prometheus_client import Histogram
 from flask_signal_metrics.config import DURATION_BUCKETS
 from flask_signal_metrics.config import SIZE_BUCKETS
 from flask_signal_metrics.metrics.cells import RequestStats
+from flask_signal_metrics.metrics.names import Observation
 
 KEY = ("GET", "/item/<int:item_id>", "200", "http", "")
 
@@ -54,7 +55,7 @@ def main() -> None:
     group = stats.group("GET", "http")
 
     def cells() -> None:
-        stats.record(KEY, group, 0.003, 0, 700)
+        stats.record(KEY, group, Observation(0.003, 0, 700))
 
     n = 200_000
     gc.disable()

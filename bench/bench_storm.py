@@ -305,6 +305,8 @@ def render(routes: int, rounds: int) -> None:
 def _stall(requests: t.Any, make: t.Callable[[], bytes]) -> float:
     """The longest time between two recordings of a thread recording requests
     (one every millisecond) while ``make`` runs, less the millisecond."""
+    from flask_signal_metrics.metrics.names import Observation
+
     key = ("GET", "/r0", "200", "http", "")
     done = threading.Event()
     started = threading.Event()
@@ -314,7 +316,7 @@ def _stall(requests: t.Any, make: t.Callable[[], bytes]) -> float:
         nonlocal longest
         last = time.perf_counter()
         while not done.is_set():
-            requests.record(key, None, 0.001, 0, 2)
+            requests.record(key, None, Observation(0.001, 0, 2))
             now = time.perf_counter()
             longest = max(longest, now - last)
             last = now

@@ -26,13 +26,15 @@ CASES = {
     "request series": (
         """
         from flask_signal_metrics.metrics.cells import RequestStats
+        from flask_signal_metrics.metrics.names import Observation
         stats = RequestStats(naming="otel", buckets=[0.1], size_buckets=[10.0],
                              static_labels=(), max_series=10, overflowed=())
-        stats.record(("GET", "/", "200", "http", ""), None, 0.01, 0, 5)
+        stats.record(("GET", "/", "200", "http", ""), None, Observation(0.01, 0, 5))
         held = stats._lock
         stats._cells[("GET", "/", "200", "http", "")].fold_lock.acquire()
         """,
-        "stats.record(('GET', '/x', '200', 'http', ''), None, 0.01, 0, 5); stats.collect()",
+        "stats.record(('GET', '/x', '200', 'http', ''), None, Observation(0.01, 0, 5));"
+        " stats.collect()",
     ),
     "file histogram": (
         """
@@ -122,6 +124,7 @@ def _run(script: str, directory: Path) -> subprocess.CompletedProcess[str]:
 WORKER_STATS = """
 import os, threading
 from prometheus_client import CollectorRegistry
+from flask_signal_metrics.metrics.names import Observation
 from flask_signal_metrics.multiprocess.files import FileRequestStats
 from flask_signal_metrics.multiprocess.workers import WorkerStats
 WorkerStats(CollectorRegistry()).start()
@@ -131,11 +134,11 @@ def threads():
     return [thread.name for thread in threading.enumerate()].count("flask-signal-metrics:workers")
 for parent_recorded in (False, True):
     if parent_recorded:
-        stats.record(("GET", "/", "200", "http", ""), None, 0.01, 0, 5)
+        stats.record(("GET", "/", "200", "http", ""), None, Observation(0.01, 0, 5))
     pid = os.fork()
     if pid == 0:
         before = threads()
-        stats.record(("GET", "/", "200", "http", ""), None, 0.01, 0, 5)
+        stats.record(("GET", "/", "200", "http", ""), None, Observation(0.01, 0, 5))
         os._exit(10 * before + threads())
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)

@@ -16,8 +16,8 @@ from prometheus_client.metrics_core import Metric
 from .family import capped
 from .family import Group
 from .names import Kept
+from .names import Observation
 from .names import RequestKey
-from .names import TraceIds
 from .requests import RequestMetrics
 from .text import add_histogram
 
@@ -181,25 +181,17 @@ class RequestStats(RequestMetrics):
         return found
 
     def record(
-        self,
-        key: tuple[str, str, str, str, str],
-        group: Group | None,
-        duration: float,
-        request_size: int | None,
-        response_size: int | None,
-        exemplar: TraceIds | None = None,
+        self, key: tuple[str, str, str, str, str], group: Group | None, observed: Observation
     ) -> None:
         """Record one finished request.
 
         :param group: the group whose ``started`` counted this request in
             flight, or ``None`` if it was not counted.
-        :param request_size: ``None`` when unknown: not recorded.
-        :param response_size: ``None`` when unknown: not recorded.
-        :param exemplar: the sampled span the duration links to, if any.
         """
         cells = self._cells.get(key) or capped(  # type: ignore[call-overload]
             self._cells, key, self._lock, self._cap, self._overflowed, self._new_cells
         )
+        duration, request_size, response_size, exemplar = observed
         kept = None
         if exemplar is not None:
             trace_id, span_id = exemplar

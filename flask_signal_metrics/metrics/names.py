@@ -35,6 +35,17 @@ class RequestKey(t.NamedTuple):
 TraceIds = tuple[int, int]
 
 
+class Observation(t.NamedTuple):
+    """One finished request, as the request metrics record it the whole way."""
+
+    duration: float
+    #: ``None`` when unknown: not recorded (so for the response size).
+    request_size: int | None
+    response_size: int | None
+    #: The sampled span the duration links to, if any.
+    exemplar: TraceIds | None = None
+
+
 class Kept(t.NamedTuple):
     """A bucket's exemplar as kept; its labels are formatted at scrape time."""
 

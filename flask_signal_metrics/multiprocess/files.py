@@ -29,10 +29,10 @@ from ..metrics.names import DURATION
 from ..metrics.names import HELP
 from ..metrics.names import HistogramSpec
 from ..metrics.names import HTTP_LABELS
+from ..metrics.names import Observation
 from ..metrics.names import REQUEST_SIZE
 from ..metrics.names import RequestKey
 from ..metrics.names import RESPONSE_SIZE
-from ..metrics.names import TraceIds
 from ..metrics.requests import RequestMetrics
 from ..metrics.text import add_histogram
 from ._compat import client_writes_files
@@ -137,18 +137,14 @@ class FileRequestStats(RequestMetrics):
         return found
 
     def record(
-        self,
-        key: tuple[str, str, str, str, str],
-        group: FileGroup | None,
-        duration: float,
-        request_size: int | None,
-        response_size: int | None,
-        exemplar: TraceIds | None = None,
+        self, key: tuple[str, str, str, str, str], group: FileGroup | None, observed: Observation
     ) -> None:
+        """Record one finished request (the files keep no exemplars)."""
         series = self._series.get(key) or capped(  # type: ignore[call-overload]
             self._series, key, self._lock, self._cap, self._overflowed, self._keys
         )
-        FileRecorder(self, series, group).add(duration, request_size, response_size)
+        recorder = FileRecorder(self, series, group)
+        recorder.add(observed.duration, observed.request_size, observed.response_size)
 
     def recorder(
         self, key: tuple[str, str, str, str, str], group: FileGroup

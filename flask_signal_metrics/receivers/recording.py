@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing as t
 
 from .. import labels
+from ..metrics.names import Observation
 from ..state import EXTENSION_KEY
 from ..tracing.spans import ServerSpan
 from ..tracing.spans import Tracing
@@ -64,7 +65,8 @@ def record(
     metrics: Metrics = state.metrics  # type: ignore[assignment]  # set while connected
     try:
         key = (method, route, status_label, found.scheme, error)
-        metrics.requests.record(key, found.group, duration, request_size, response_size, exemplar)
+        observed = Observation(duration, request_size, response_size, exemplar)
+        metrics.requests.record(key, found.group, observed)
         if exception is not None and metrics.escaped is not None:  # classic naming
             metrics.escaped.child((method, status_label)).inc()
         if (

@@ -4,6 +4,7 @@ import pytest
 
 from flask_signal_metrics.metrics import cells
 from flask_signal_metrics.metrics.cells import RequestStats
+from flask_signal_metrics.metrics.names import Observation
 
 #: (duration, request size, response size, sampled span ids) recorded in order;
 #: values on bucket bounds, unknown sizes (None) and two exemplars in one bucket.
@@ -31,7 +32,7 @@ def test_folded_buckets_are_exact(monkeypatch: pytest.MonkeyPatch, fold_at: int)
     )
     key = ("GET", "/item/<int:item_id>", "200", "http", "")
     for duration, request_size, response_size, exemplar in _OBSERVATIONS * 50:
-        stats.record(key, None, duration, request_size, response_size, exemplar)
+        stats.record(key, None, Observation(duration, request_size, response_size, exemplar))
     families = {family.name: family for family in stats.collect()}
 
     def buckets(name: str) -> list[tuple[str, float]]:

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from flask_signal_metrics import SignalMetrics
+from flask_signal_metrics.metrics.names import Observation
 from flask_signal_metrics.metrics.render import render
 from flask_signal_metrics.metrics.text import MAX_FORMATS
 
@@ -113,8 +114,8 @@ def test_render_writes_what_the_clients_encoder_writes(
     for paths in (first, ["/page", *(rule.replace("<x>", "1") for rule in _ODD_ROUTES)]):
         _traffic(app, paths)
         # Exemplars in two buckets, one with the time of a whole second.
-        requests.record(key, None, 0.003, 5, 7, exemplar=(2**127 + 5, 2**63 + 9))
-        requests.record(key, None, 7.0, None, None, exemplar=(1, 2))
+        requests.record(key, None, Observation(0.003, 5, 7, exemplar=(2**127 + 5, 2**63 + 9)))
+        requests.record(key, None, Observation(7.0, None, None, exemplar=(1, 2)))
         kept = requests._cells[key].pending[-1][3]
         requests._cells[key].pending[-1] = (7.0, None, None, kept._replace(when=1_700_000_000.0))
         for accepted in _FORMATS:
