@@ -15,6 +15,7 @@ import os
 import re
 import typing as t
 
+from . import grouping
 from . import labels
 
 #: The semantic conventions' advice for ``http.server.request.duration``
@@ -57,6 +58,7 @@ SANITIZE_ENV = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
 NAMING_SCHEMES = ("otel", "classic")
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 #: Label names the extension's own metrics use; a static label may not reuse one.
 RESERVED_LABELS = frozenset(
@@ -110,6 +112,11 @@ class Settings:
     capture_response_headers: tuple[str, ...] = ()
     sanitize_headers: tuple[str, ...] = ()
     lock_timeout: float = LOCK_TIMEOUT
+    group_by: grouping.Grouping = grouping.ROUTE
+    prefix: str = "flask"
+    latency: str = "histogram"
+    export_defaults: bool = True
+    exclude_view_metrics: bool = True
 
 
 #: A parser gets the key's name for its messages.
@@ -147,6 +154,23 @@ def _naming(key: str, value: object) -> str:
             f"{key} must be 'otel' (semantic-convention names, the default) or"
             f" 'classic' (prometheus-flask-exporter names); got {value!r}."
         )
+    return str(value)
+
+
+def _prefix(key: str, value: object) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not _METRIC_NAME.match(value):
+        raise ValueError(
+            f"{key} must be the start of a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*) such as"
+            f" 'flask', or '' for none; got {value!r}."
+        )
+    return value
+
+
+def _latency(key: str, value: object) -> str:
+    if value not in ("histogram", "summary"):
+        raise ValueError(f"{key} must be 'histogram' or 'summary'; got {value!r}.")
     return str(value)
 
 
@@ -252,8 +276,16 @@ def _labels(key: str, value: object) -> tuple[tuple[str, str], ...]:
                 f"{key} has the label name {name!r}, which the extension's own"
                 " metrics use; choose another name."
             )
+        if callable(label_value):
+            raise TypeError(
+                f"{key}[{name!r}] is a function: static labels are fixed. A label taken"
+                " from each request belongs on a view metric (labels= of counter(),"
+                " histogram(), ...), applied to every view with register_default()."
+            )
+        if isinstance(label_value, (int, float)):  # as prometheus_client writes them
+            label_value = str(label_value)
         if not isinstance(label_value, str):
-            raise TypeError(f"{key}[{name!r}] must be a string; got {label_value!r}.")
+            raise TypeError(f"{key}[{name!r}] must be a string or a number; got {label_value!r}.")
         if labels.text(label_value) != label_value:
             raise ValueError(
                 f"{key}[{name!r}] holds a lone surrogate ({label_value!r}), which no"
@@ -470,6 +502,29 @@ KEYS: dict[str, Key] = {
         "Multiprocess mode: seconds (more than 0, at most 30) a scrape waits for the"
         " directory's lock before answering 503 with ``Retry-After: 1``.",
     ),
+    "SIGNAL_METRICS_EXPORT_DEFAULTS": Key(
+        "export_defaults",
+        _bool,
+        "``False``: the request metrics are not served until ``export_defaults()`` is called.",
+    ),
+    "SIGNAL_METRICS_EXCLUDE_VIEW_METRICS": Key(
+        "exclude_view_metrics",
+        _bool,
+        "An excluded path's requests skip the view metrics too; ``False`` records them.",
+    ),
+    # Naming "classic" only: prometheus-flask-exporter's options.
+    "SIGNAL_METRICS_GROUP_BY": Key(
+        "group_by",
+        grouping.parse,
+        'The route label: ``"route"`` (the rule\'s template), ``"endpoint"``, ``"path"``,'
+        ' ``"full_path"``, or a named function of the request; named as it (``path``).',
+    ),
+    "SIGNAL_METRICS_PREFIX": Key(
+        "prefix", _prefix, 'The start of the request metrics\' names; ``""`` for none.'
+    ),
+    "SIGNAL_METRICS_LATENCY": Key(
+        "latency", _latency, '``"summary"``: the duration as a summary (count and sum).'
+    ),
 }
 
 #: The standard environment variables read in ``init_app``.
@@ -540,6 +595,7 @@ def load(
             values[spec.field] = spec.parse(variable, environ[variable])
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_port_guard(settings)
+    _check_classic(settings)
     return settings
 
 
@@ -553,6 +609,19 @@ def load_arguments(function: str, arguments: cabc.Mapping[str, object]) -> Setti
         name: fields[name](f"{function}({name}=)", value) for name, value in arguments.items()
     }
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def _check_classic(settings: Settings) -> None:
+    """prometheus-flask-exporter's options name its metrics: naming ``classic`` only."""
+    if settings.naming == "classic":
+        return
+    for field in ("group_by", "prefix", "latency"):
+        if getattr(settings, field) != _DEFAULTS[field]:
+            raise ValueError(
+                f"SIGNAL_METRICS_{field.upper()} shapes the classic metrics"
+                " (prometheus-flask-exporter's names); set SIGNAL_METRICS_NAMING to"
+                " 'classic' too, or unset it: the otel names follow the conventions."
+            )
 
 
 def _check_port_guard(settings: Settings) -> None:

@@ -18,15 +18,20 @@ from . import exposition
 from . import labels
 from . import port_server
 from . import receivers
+from . import views
 from .metrics.catalogue import Metrics
+from .metrics.names import ClassicNames
 from .metrics.registry import default_registry
 from .metrics.registry import new_registry
+from .metrics.render import render as render_metrics
 from .metrics.store import SignalStore
 from .multiprocess.directory import check_directory
 from .multiprocess.directory import multiprocess
 from .multiprocess.directory import process_died
+from .state import ENDPOINT
 from .state import exclude
 from .state import EXTENSION_KEY
+from .state import get_state
 from .state import INSTANCES
 from .state import logger
 from .state import State
@@ -39,9 +44,6 @@ if t.TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
-
-#: The endpoint name of the metrics view.
-ENDPOINT = "signal_metrics.metrics"
 
 
 class SignalMetrics:
@@ -98,7 +100,12 @@ class SignalMetrics:
         self._tracer_provider = tracer_provider
         self._options = options
         # Options are validated here too: a bad one fails where it is written.
-        max_series = config.load({}, options, environ={}).max_series
+        given = config.load({}, options, environ={})
+        max_series = given.max_series
+        #: The static labels of the view metrics: those of the options.
+        self._static = given.labels
+        #: View metrics registered for every view of every app (register_default).
+        self._default_views: list[views.ViewMetric] = []
         #: Metrics of the app's own signals, for every app of this extension.
         self._store = _shared_registry_guard(
             SignalStore,
@@ -164,6 +171,8 @@ class SignalMetrics:
                 max_series=settings.max_series,
                 version=VERSION,
                 signals=receivers.SIGNAL_NAMES,
+                classic=_classic_names(settings),
+                summary=settings.latency == "summary",
             )
         except BaseException:
             if server is not None:
@@ -178,24 +187,179 @@ class SignalMetrics:
             declared=self._declared,
             tracing=_tracing(settings, self._tracer_provider),
             owned=owned,
+            shared_views=self._default_views,
         )
+        if settings.export_defaults:
+            _export(metrics, settings)
         INSTANCES.add(state)
         if not self._capped:
             self._capped = True
             self._store.cap(settings.max_series)
         if settings.path is not None:
-            view = exposition.metrics_view
-            if settings.decorator is not None:
-                # The user's own guard (login_required, an IP check, ...); the
-                # result stays excluded from the metrics whatever it copies.
-                view = exclude(settings.decorator(view))
-            app.add_url_rule(settings.path, endpoint=ENDPOINT, view_func=view, methods=["GET"])
+            _add_route(app, state, settings.path)
         receivers.connect(app)
         app.cli.add_command(cli.group)
         if metrics.workers is not None:
             metrics.workers.start()
         if server is not None:
             state.server = port_server.serve(server)
+
+    def counter(
+        self,
+        name: str,
+        documentation: str,
+        labels: t.Mapping[str, object] | None = None,
+        *,
+        initial: bool = True,
+    ) -> views.MetricDecorator:
+        """A counter of a view's requests: ``@signal_metrics.counter("orders", "Orders placed")``.
+
+        :param labels: label name -> a constant, a function of nothing (called
+            in the request: ``lambda: request.view_args["kind"]``) or a function
+            of the response (``lambda r: r.status_code``). The extension's static
+            labels follow. Capped at ``max_series`` label sets like every metric.
+        :param initial: with constant labels only, export the series at 0 now.
+        :returns: a decorator for views (or any function: outside a view it
+            counts the calls), also given to :meth:`register_default`.
+        """
+        return self._declare("counter", name, documentation, labels, initial, {})
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labels: t.Mapping[str, object] | None = None,
+        *,
+        initial: bool = True,
+        buckets: t.Sequence[float] | None = None,
+    ) -> views.MetricDecorator:
+        """A histogram of a view's request durations (seconds); as :meth:`counter`.
+
+        :param buckets: the bounds, strictly increasing (default: as the request metrics').
+        """
+        return self._declare(
+            "histogram", name, documentation, labels, initial, {"buckets": buckets}
+        )
+
+    def summary(
+        self,
+        name: str,
+        documentation: str,
+        labels: t.Mapping[str, object] | None = None,
+        *,
+        initial: bool = True,
+    ) -> views.MetricDecorator:
+        """A summary (count and sum) of a view's request durations; as :meth:`counter`."""
+        return self._declare("summary", name, documentation, labels, initial, {})
+
+    def gauge(
+        self,
+        name: str,
+        documentation: str,
+        labels: t.Mapping[str, object] | None = None,
+        *,
+        initial: bool = True,
+        multiprocess_mode: str | None = None,
+    ) -> views.MetricDecorator:
+        """The view's requests in progress; as :meth:`counter`.
+
+        Label functions of the response get None (there is none yet).
+
+        :param multiprocess_mode: prometheus_client's, for several worker
+            processes (default ``"livesum"``: the live workers' sum).
+        """
+        options = {"multiprocess_mode": multiprocess_mode}
+        return self._declare("gauge", name, documentation, labels, initial, options)
+
+    def info(
+        self, name: str, documentation: str, labels: t.Mapping[str, object] | None = None
+    ) -> t.Any:
+        """A gauge set to 1 with constant labels (a version, a build): the series, to ``set``."""
+        pairs = [(str(k), views.label_text(v)) for k, v in (labels or {}).items()]
+        return self._store.info(name, documentation, pairs)
+
+    def register_default(
+        self, *decorators: views.MetricDecorator, app: Flask | None = None
+    ) -> None:
+        """Record view metrics for every view: of ``app``, or of every app of the extension.
+
+        Views added later, blueprints' and async ones are included; the
+        metrics view is not. A view both decorated and registered records once.
+        """
+        for decorator in decorators:
+            if not isinstance(decorator, views.MetricDecorator):
+                raise TypeError(
+                    "register_default() takes what counter(), histogram(), summary() and"
+                    f" gauge() return; got {decorator!r}."
+                )
+        metrics = [d.metric for d in decorators]
+        if app is None:
+            self._default_views.extend(metrics)
+            return
+        state = get_state(app)
+        state.default_views.extend(metrics)
+        state.forget_routes()
+
+    def export_defaults(self, app: Flask, **options: t.Any) -> None:
+        """Serve the request metrics of an app set up with ``export_defaults=False``.
+
+        :param options: ``group_by``, ``prefix``, ``latency``, ``buckets``:
+            as the config keys; what was recorded before starts afresh if
+            they change the metrics' shape.
+        :raises RuntimeError: the request metrics are served already.
+        """
+        unknown = sorted(set(options) - {"group_by", "prefix", "latency", "buckets"})
+        if unknown:
+            raise TypeError(
+                f"export_defaults() got unknown option(s) {', '.join(unknown)}; it takes"
+                " group_by, prefix, latency and buckets."
+            )
+        state = get_state(app)
+        if state.metrics is None:
+            return  # disabled: nothing to serve
+        settings = config.load(app.config, {**self._options, **options})
+        _export(state.metrics, settings)
+        state.settings = settings
+        state.forget_routes()
+
+    def register_endpoint(self, path: str, app: Flask) -> None:
+        """Serve the metrics on ``path`` too (or only, with ``SIGNAL_METRICS_PATH=None``)."""
+        state = get_state(app)
+        checked = config.load_arguments("register_endpoint", {"path": path}).path
+        if checked is None:
+            raise ValueError("register_endpoint(path=) must be a path such as '/metrics'.")
+        _check_route_free(app, checked)
+        _add_route(app, state, checked)
+
+    def generate_metrics(
+        self, app: Flask, accept: str | None = None, names: t.Sequence[str] | None = None
+    ) -> tuple[str, str]:
+        """What ``/metrics`` would answer: the text and its content type.
+
+        :param accept: an ``Accept`` header (default: the Prometheus text format).
+        :param names: only these metric families (``name[]`` on ``/metrics``).
+        """
+        state = get_state(app)
+        accepted = [] if not accept else [a.split(";")[0].strip() for a in accept.split(",")]
+        body, content_type = render_metrics(
+            state.collectors, accepted, list(names or ()), state.settings.lock_timeout
+        )
+        return body.decode(), content_type
+
+    def _declare(
+        self,
+        kind: str,
+        name: str,
+        documentation: str,
+        labels: t.Mapping[str, object] | None,
+        initial: bool,
+        options: dict[str, t.Any],
+    ) -> views.MetricDecorator:
+        given = {k: v for k, v in options.items() if v is not None}
+        metric = views.declare(
+            self._store, kind, name, documentation, labels, self._static, initial, given
+        )
+        return views.MetricDecorator(metric, self._store)
 
     def count(
         self,
@@ -288,6 +452,7 @@ def start_metrics_server(
     basic_auth: tuple[str, str] | None = None,
     bearer_token: str | None = None,
     lock_timeout: float = config.LOCK_TIMEOUT,
+    app: Flask | None = None,
 ) -> port_server.PortServer:
     """Serve metrics on ``addr:port`` from this process, for a whole process group.
 
@@ -309,6 +474,8 @@ def start_metrics_server(
         connect to ``addr:port`` reads the metrics.
     :param lock_timeout: how long a scrape waits for the multiprocess
         directory's lock before answering 503 (as ``SIGNAL_METRICS_LOCK_TIMEOUT``).
+    :param app: serve what this app's ``/metrics`` serves (one process, no
+        ``SIGNAL_METRICS_PORT``); by default the process's registry, as for workers.
     :returns: the server, serving from daemon threads (``shutdown()`` then
         ``server_close()`` stops it); the docs' security page gives its bounds
         on slow clients.
@@ -326,7 +493,9 @@ def start_metrics_server(
     settings = config.load_arguments("start_metrics_server", arguments)
     if multiprocess():
         check_directory()
-    collectors = (default_registry(),)
+    collectors: tuple[t.Any, ...] = (default_registry(),)
+    if app is not None:
+        collectors = get_state(app).collectors
     server = port_server.bind_server(
         settings.addr, port, collectors, settings, key="start_metrics_server", for_workers=True
     )
@@ -347,6 +516,29 @@ def worker_exited(pid: int) -> None:
 
 
 T = t.TypeVar("T")
+
+
+def _classic_names(settings: config.Settings) -> ClassicNames:
+    return ClassicNames.make(settings.prefix, settings.group_by.label)
+
+
+def _export(metrics: Metrics, settings: config.Settings) -> None:
+    metrics.export_defaults(
+        _classic_names(settings), settings.latency == "summary", settings.buckets
+    )
+
+
+def _add_route(app: Flask, state: State, path: str) -> None:
+    """Route ``path`` to the metrics view (one view function per app, for every path)."""
+    view = app.view_functions.get(ENDPOINT)
+    if view is None:
+        view = exposition.metrics_view
+        if state.settings.decorator is not None:
+            # The user's own guard (login_required, an IP check, ...); the
+            # result stays excluded from the metrics whatever it copies.
+            view = exclude(state.settings.decorator(view))
+    app.add_url_rule(path, endpoint=ENDPOINT, view_func=view, methods=["GET"])
+    state.metrics_paths.add(path)
 
 
 def _shared_registry_guard(make: t.Callable[..., T], *args: t.Any, **kwargs: t.Any) -> T:

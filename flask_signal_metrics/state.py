@@ -27,6 +27,8 @@ if t.TYPE_CHECKING:
     from prometheus_client.registry import Collector
     from werkzeug.routing import Rule
 
+    from .views import ViewMetric
+
 EXTENSION_KEY = "signal_metrics"
 
 #: The WSGI environ key of a request's start, written by the
@@ -35,8 +37,23 @@ EXTENSION_KEY = "signal_metrics"
 #: skip excluded requests.
 START_KEY = "flask_signal_metrics.start"
 
+#: The WSGI environ key of a request's view metrics (a ``views.Viewed``),
+#: written by the ``request_started`` receiver when its view has any.
+VIEWS_KEY = "flask_signal_metrics.views"
+
 #: Set to True on a view function by :func:`flask_signal_metrics.exclude`.
 EXCLUDE_ATTR = "_signal_metrics_exclude"
+
+#: The attribute of a view function listing the metrics declared on it
+#: (``views.MetricDecorator``), innermost first; ``functools.wraps``
+#: carries it to outer decorators.
+VIEWS_ATTR = "_signal_metrics_views"
+
+#: Set to True on a view by ``exclude_all``: no metric records its requests.
+EXCLUDE_ALL_ATTR = "_signal_metrics_exclude_all"
+
+#: The endpoint name of the metrics view.
+ENDPOINT = "signal_metrics.metrics"
 
 logger = logging.getLogger("flask_signal_metrics")
 
@@ -50,6 +67,21 @@ class Lane:
         self.method = method
         self.scheme = scheme
         self.group = group
+
+
+class RuleInfo(t.NamedTuple):
+    """What every request of one URL rule shares, worked out at its first request."""
+
+    #: The route label (the rule's template, or its grouping's per-rule value),
+    #: without the application root.
+    route: str
+    #: The view is excluded from the request metrics and spans (``exclude``).
+    excluded: bool
+    #: The view metrics of its requests: declared on the view, then those
+    #: registered for every view.
+    views: tuple[ViewMetric, ...]
+    #: No metric records its requests, its view metrics included (``exclude_all``).
+    excluded_all: bool
 
 
 class Route:
@@ -102,11 +134,13 @@ class State:
     #: id(url rule) -> (route template, view excluded?). Filled on first sight
     #: of each rule, which lets views be decorated after ``init_app``; rules
     #: live as long as the app, so their ids are stable.
-    rules: dict[int, tuple[str, bool]] = dataclasses.field(default_factory=dict)
+    rules: dict[int, RuleInfo] = dataclasses.field(default_factory=dict)
     #: (signal, exception type, file, line) of failures already logged.
     logged_failures: set[tuple[str, str, str, int]] = dataclasses.field(default_factory=set)
     #: Names of the app's own signals declared on the extension (shared list).
     declared: list[str] = dataclasses.field(default_factory=list)
+    #: The paths the metrics are served on (SIGNAL_METRICS_PATH, ``register_endpoint``).
+    metrics_paths: set[str] = dataclasses.field(default_factory=set)
     #: The separate-port metrics server (SIGNAL_METRICS_PORT), if started.
     server: t.Any = None
     #: The app's spans; None when SIGNAL_METRICS_TRACING is false.
@@ -128,17 +162,41 @@ class State:
     #: series is its own (the family's cap bounds them; the overflow series
     #: is looked up each time, which counts the overflow).
     renders: dict[str | None, t.Callable[[float], None]] = dataclasses.field(default_factory=dict)
+    #: View metrics registered for every view of this app (``register_default(app=)``).
+    default_views: list[ViewMetric] = dataclasses.field(default_factory=list)
+    #: View metrics registered for every view of every app of the extension (shared list).
+    shared_views: list[ViewMetric] = dataclasses.field(default_factory=list)
 
-    def rule_info(self, app: Flask, rule: Rule) -> tuple[str, bool]:
+    def forget_routes(self) -> None:
+        """Drop what was worked out per rule and route: the view metrics or the
+        request metrics changed (``register_default``, ``export_defaults``)."""
+        self.rules.clear()
+        self.routes.clear()
+        self.lanes.clear()
+
+    def rule_info(self, app: Flask, rule: Rule) -> RuleInfo:
         """The route template of ``rule`` and whether its view is excluded.
 
         This is half of the one exclusion rule: a request is not measured when
         its view is marked with :func:`exclude` (the ``/metrics`` view is), or
         when its path (``request.path``: no script root, no query string)
         fully matches a SIGNAL_METRICS_EXCLUDE pattern (:attr:`exclude_path`).
+        The metrics declared on an excluded view still record (they were asked
+        for by name), unless it is marked with ``exclude_all``.
         """
         view = app.view_functions.get(rule.endpoint)
-        info = (rule.rule, bool(getattr(view, EXCLUDE_ATTR, False)))
+        grouping = self.settings.group_by
+        views: tuple[ViewMetric, ...] = ()
+        if rule.endpoint != ENDPOINT:
+            found = getattr(view, VIEWS_ATTR, ())
+            views = (*(found if type(found) is tuple else ()), *self.shared_views)
+            views += tuple(self.default_views)
+        info = RuleInfo(
+            grouping.of_rule(rule) if grouping.per_rule else rule.rule,
+            bool(getattr(view, EXCLUDE_ATTR, False)),
+            tuple(dict.fromkeys(views)),  # a metric both declared and registered: once
+            bool(getattr(view, EXCLUDE_ALL_ATTR, False)),
+        )
         self.rules[id(rule)] = info
         return info
 
@@ -153,13 +211,25 @@ class State:
             self.lanes[(method, scheme)] = lane
         return lane
 
-    def route(self, rule: Rule | None, request: Request, lane: Lane, route: str) -> Route:
-        """The :class:`Route` of a request that starts in flight; kept when it can be."""
+    def route(
+        self, rule: Rule | None, request: Request, lane: Lane, route: str, kept: bool = True
+    ) -> Route:
+        """The :class:`Route` of a request that starts in flight; kept when it can be.
+
+        :param kept: whether the route may be kept: not when its label is the
+            request's own (a per-request grouping), or its view has metrics
+            (the whole way sees to them).
+        """
         key = (id(rule), request.method, request.scheme, request.root_path)
         found = self.routes.get(key)
         if found is not None:
             return found
-        if rule is not None and self.lanes.get(key[1:3]) is lane and len(self.routes) < MAX_ROUTES:
+        if (
+            kept
+            and rule is not None
+            and self.lanes.get(key[1:3]) is lane
+            and len(self.routes) < MAX_ROUTES
+        ):
             found = self.routes[key] = Route(lane, route, lane.group, {})
             return found
         return Route(lane, route, lane.group, NO_RECORDERS)

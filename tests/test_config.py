@@ -45,6 +45,7 @@ def test_options_override_config() -> None:
         ("SIGNAL_METRICS_BUCKETS", [0.1, 1, float("inf")], (0.1, 1.0)),
         ("SIGNAL_METRICS_EXCLUDE", "/static/.*", ("/static/.*",)),
         ("SIGNAL_METRICS_LABELS", {"service": "shop"}, (("service", "shop"),)),
+        ("SIGNAL_METRICS_LABELS", {"api_version": 1}, (("api_version", "1"),)),
         ("SIGNAL_METRICS_MAX_SERIES", 10, 10),
     ],
 )
@@ -78,7 +79,8 @@ def test_good_values(key: str, given: object, expected: object) -> None:
         ("SIGNAL_METRICS_LABELS", {"1x": "a"}, ValueError, "letters, digits"),
         ("SIGNAL_METRICS_LABELS", {"__x": "a"}, ValueError, "'__'"),
         ("SIGNAL_METRICS_LABELS", {"http_route": "a"}, ValueError, "choose another"),
-        ("SIGNAL_METRICS_LABELS", {"env": 1}, TypeError, "string"),
+        ("SIGNAL_METRICS_LABELS", {"env": None}, TypeError, "a string or a number"),
+        ("SIGNAL_METRICS_LABELS", {"env": lambda: "x"}, TypeError, "view metric"),
         ("SIGNAL_METRICS_LABELS", {"env": "pr\udcff"}, ValueError, "decode the bytes"),
         ("SIGNAL_METRICS_MAX_SERIES", "100", TypeError, "whole number"),
         ("SIGNAL_METRICS_MAX_SERIES", 0, ValueError, "at least 1"),

@@ -20,7 +20,7 @@ from ..multiprocess.workers import WorkerStats
 from .cells import RequestStats
 from .family import Family
 from .family import M
-from .names import CLASSIC_DURATION
+from .names import ClassicNames
 from .names import DURATION
 from .names import HistogramSpec
 from .names import RECEIVER_ERRORS
@@ -43,6 +43,8 @@ class Metrics:
         max_series: int,
         version: str,
         signals: cabc.Iterable[str],
+        classic: ClassicNames | None = None,
+        summary: bool = False,
     ) -> None:
         self.registry = registry
         self._static_names = tuple(name for name, _ in static_labels)
@@ -69,35 +71,21 @@ class Metrics:
         if multiprocess():  # the only mode with a lock a scrape can be refused for
             refused_counter()
 
-        request_families = [REQUEST_SIZE, RESPONSE_SIZE]
-        request_families.append(CLASSIC_DURATION if naming == "classic" else DURATION)
-        overflowed = [self._overflow.labels(n, *self._static) for n in request_families]
-        request_options: dict[str, t.Any] = {
-            "naming": naming,
-            "buckets": buckets,
-            "size_buckets": size_buckets,
-            "static_labels": static_labels,
-            "max_series": max_series,
-            "overflowed": overflowed,
-        }
-        self.requests: RequestStats | FileRequestStats
+        self._naming = naming
+        self._size_buckets = size_buckets
+        self._static_labels = static_labels
+        self._version = version
         self.workers: WorkerStats | None = None
         if multiprocess():
-            # Worker processes share numbers only through prometheus_client's
-            # files: each writes its own (FileRequestStats).
             self.workers = WorkerStats(registry)
-            self.requests = FileRequestStats(**request_options)
-        else:
-            self.requests = RequestStats(**request_options)
-        registry.register(self.requests)
+        #: The request metrics; exposed once :meth:`export_defaults` ran
+        #: (recorded before, never served).
+        self._shape = (classic or ClassicNames(), summary, tuple(buckets))
+        self.requests: RequestStats | FileRequestStats = self._request_stats(*self._shape)
+        #: Whether the request metrics are served.
+        self.exported = False
         #: prometheus-flask-exporter's exception counter (classic naming only).
         self.escaped: Family[Counter] | None = None
-        if naming == "classic":
-            self.escaped = self._counter(
-                "flask_http_request_exceptions",
-                "Total number of HTTP requests which resulted in an exception",
-                ("method", "status"),
-            )
         self.exceptions = self._counter(
             "flask_request_exceptions",
             "Unhandled exceptions raised while handling a request (got_request_exception).",
@@ -119,14 +107,6 @@ class Metrics:
             ("http_request_method", "http_route", "http_response_status_code"),
             buckets,
         )
-        info = Gauge(
-            "flask_exporter_info" if naming == "classic" else "flask_signal_metrics_info",
-            "Version of flask-signal-metrics.",
-            ("version", *self._static_names),
-            registry=registry,
-            multiprocess_mode="max",
-        )
-        info.labels(version, *self._static).set(1)
         self.otlp_dropped = self._counter(
             "flask_signal_metrics_otlp_dropped",
             "Spans and metric points the OTLP export of this process dropped (collector"
@@ -139,6 +119,61 @@ class Metrics:
             for reason in ("export_failed", "queue_full"):
                 self.otlp_dropped.child((signal, reason))  # 0 for series known in advance
         self.otlp_dropped.child(("metrics", "collect_failed"))  # a reading that failed
+
+    def export_defaults(
+        self, classic: ClassicNames, summary: bool, buckets: cabc.Sequence[float]
+    ) -> None:
+        """Serve the request metrics, their version info and (classic) exception counter.
+
+        :param classic: the classic names (prefix, grouping label); unused in
+            naming ``otel``.
+        :param summary: the duration as a summary (count and sum).
+        :raises RuntimeError: they are served already.
+        """
+        if self.exported:
+            raise RuntimeError("The default metrics are exported already; export them once.")
+        if (classic, summary, tuple(buckets)) != self._shape:
+            # What was recorded so far had other names or buckets: start afresh.
+            self.requests = self._request_stats(classic, summary, buckets)
+        classic_naming = self._naming == "classic"
+        info_labels = ("version",) if classic_naming else ("version", *self._static_names)
+        info = Gauge(
+            classic.info if classic_naming else "flask_signal_metrics_info",
+            "Version of flask-signal-metrics.",
+            info_labels,
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        static = () if classic_naming else self._static
+        info.labels(self._version, *static).set(1)
+        if classic_naming:
+            self.escaped = self._counter(
+                classic.exceptions,
+                "Total number of HTTP requests which resulted in an exception",
+                ("method", "status"),
+            )
+        self.registry.register(self.requests)
+        self.exported = True
+
+    def _request_stats(
+        self, classic: ClassicNames, summary: bool, buckets: cabc.Sequence[float]
+    ) -> RequestStats | FileRequestStats:
+        request_families = [REQUEST_SIZE, RESPONSE_SIZE]
+        request_families.append(classic.duration if self._naming == "classic" else DURATION)
+        overflowed = [self._overflow.labels(n, *self._static) for n in request_families]
+        options: dict[str, t.Any] = {
+            "naming": self._naming,
+            "classic": classic,
+            "summary": summary,
+            "buckets": buckets,
+            "size_buckets": self._size_buckets,
+            "static_labels": self._static_labels,
+            "max_series": self._cap,
+            "overflowed": overflowed,
+        }
+        # Worker processes share numbers only through prometheus_client's
+        # files: each writes its own (FileRequestStats).
+        return FileRequestStats(**options) if multiprocess() else RequestStats(**options)
 
     def _histogram(
         self, name: str, doc: str, labelnames: tuple[str, ...], buckets: cabc.Sequence[float]

@@ -98,5 +98,33 @@ HELP = {
     " (lock_error).",
 }
 
+
+class ClassicNames(t.NamedTuple):
+    """prometheus-flask-exporter's names of the request metrics (naming ``classic``).
+
+    Under a prefix (``flask`` by default, none with ``""``), with the
+    duration's route label named as its grouping (``path`` by default).
+    """
+
+    duration: str = CLASSIC_DURATION
+    #: The request counter (``_total`` is added on exposition).
+    requests: str = CLASSIC_COUNT
+    exceptions: str = "flask_http_request_exceptions"
+    info: str = "flask_exporter_info"
+    #: The duration's labels: method, the grouping's label, status.
+    labels: tuple[str, str, str] = CLASSIC_LABELS
+
+    @classmethod
+    def make(cls, prefix: str, group_label: str) -> ClassicNames:
+        start = prefix + "_" if prefix else ""
+        return cls(
+            start + "http_request_duration_seconds",
+            start + "http_request",
+            start + "http_request_exceptions",
+            start + "exporter_info",
+            ("method", group_label, "status"),
+        )
+
+
 #: The series that label sets past the cap are recorded in.
 OVERFLOW_KEY = RequestKey(*(labels.OVERFLOW,) * 5)

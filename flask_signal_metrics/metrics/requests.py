@@ -11,6 +11,7 @@ from prometheus_client.metrics_core import CounterMetricFamily
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import SummaryMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -20,7 +21,7 @@ from .names import ACTIVE_LABELS
 from .names import CLASSIC_COUNT
 from .names import CLASSIC_COUNT_LABELS
 from .names import CLASSIC_DURATION
-from .names import CLASSIC_LABELS
+from .names import ClassicNames
 from .names import DURATION
 from .names import HELP
 from .names import HTTP_LABELS
@@ -54,6 +55,8 @@ class RequestMetrics(Collector):
         self,
         *,
         naming: str,
+        classic: ClassicNames | None = None,
+        summary: bool = False,
         buckets: cabc.Sequence[float],
         size_buckets: cabc.Sequence[float],
         static_labels: cabc.Sequence[tuple[str, str]],
@@ -61,6 +64,10 @@ class RequestMetrics(Collector):
         overflowed: cabc.Sequence[Counter],
     ) -> None:
         self._classic = naming == "classic"
+        #: The classic names (prefix, grouping label), in classic naming.
+        self.names = classic if classic is not None else ClassicNames()
+        #: The duration is a summary (count and sum), not a histogram.
+        self._summary = summary
         self.bounds = [*buckets, float("inf")]
         self.size_bounds = [*size_buckets, float("inf")]
         # The client's own formatting of ``le`` ("0.005", "1.0", "+Inf"), once.
@@ -113,8 +120,8 @@ class RequestMetrics(Collector):
 
     def _shape(self, family: Metric) -> tuple[list[str], list[str]]:
         """A request histogram's label names and ``le`` values (as :meth:`_families`)."""
-        if family.name == CLASSIC_DURATION:
-            return [*CLASSIC_LABELS, *self._static_names], self._les
+        if self._classic and family.name == self.names.duration:
+            return [*self.names.labels, *self._static_names], self._les
         les = self._les if family.name == DURATION else self._size_les
         return [*HTTP_LABELS, *self._static_names], les
 
@@ -125,17 +132,19 @@ class RequestMetrics(Collector):
             HistogramMetricFamily(name, HELP[name], labels=[*HTTP_LABELS, *static], unit="bytes")
             for name in (REQUEST_SIZE, RESPONSE_SIZE)
         ]
-        duration_name = CLASSIC_DURATION if self._classic else DURATION
-        duration_labels = CLASSIC_LABELS if self._classic else HTTP_LABELS
-        duration = HistogramMetricFamily(
+        names = self.names
+        duration_name = names.duration if self._classic else DURATION
+        duration_labels = names.labels if self._classic else HTTP_LABELS
+        kind = SummaryMetricFamily if self._summary else HistogramMetricFamily
+        duration = kind(
             duration_name,
-            HELP[duration_name],
+            HELP[CLASSIC_DURATION if self._classic else DURATION],
             labels=[*duration_labels, *static],
             unit="seconds",
         )
         count = None
         if self._classic:
             count = CounterMetricFamily(
-                CLASSIC_COUNT, HELP[CLASSIC_COUNT], labels=[*CLASSIC_COUNT_LABELS, *static]
+                names.requests, HELP[CLASSIC_COUNT], labels=[*CLASSIC_COUNT_LABELS, *static]
             )
         return RequestFamilies(active, duration, count, *sizes)

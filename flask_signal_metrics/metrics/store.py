@@ -7,6 +7,8 @@ import typing as t
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
+from prometheus_client import Gauge
+from prometheus_client import Summary
 
 from ..multiprocess.files import histogram
 from .family import Family
@@ -52,6 +54,42 @@ class SignalStore:
     ) -> Family[t.Any]:
         metric = Counter(name, documentation, tuple(labelnames), registry=self.registry)
         return self._family(metric, name + "_total")
+
+    def summary(
+        self, name: str, documentation: str, labelnames: cabc.Sequence[str]
+    ) -> Family[t.Any]:
+        metric = Summary(name, documentation, tuple(labelnames), registry=self.registry)
+        return self._family(metric, name)
+
+    def gauge(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: cabc.Sequence[str],
+        multiprocess_mode: str | None = None,
+    ) -> Family[t.Any]:
+        """A gauge; in multiprocess mode the live workers' values are summed by default."""
+        metric = Gauge(
+            name,
+            documentation,
+            tuple(labelnames),
+            registry=self.registry,
+            multiprocess_mode=multiprocess_mode or "livesum",  # type: ignore[arg-type]
+        )
+        return self._family(metric, name)
+
+    def info(self, name: str, documentation: str, labels: cabc.Sequence[tuple[str, str]]) -> t.Any:
+        """A gauge set to 1, labelled with ``labels`` (a process's constant facts)."""
+        gauge = Gauge(
+            name,
+            documentation,
+            tuple(n for n, _ in labels),
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        series = gauge.labels(*(v for _, v in labels)) if labels else gauge
+        series.set(1)
+        return series
 
     def histogram(self, spec: HistogramSpec) -> Family[t.Any]:
         return self._family(histogram(spec, self.registry), spec.name)

@@ -17,6 +17,7 @@ import typing as t
 
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import SummaryMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.samples import Sample
@@ -131,9 +132,15 @@ def add_histogram(
     total: float,
     kept: list[Kept | None] | None = None,
 ) -> None:
-    """Add one series (per-bucket counts) to a histogram family, or to its :class:`Rows`."""
+    """Add one series (per-bucket counts) to a histogram family, or to its :class:`Rows`.
+
+    A summary family (the classic duration as a summary) gets the count and sum.
+    """
     if isinstance(family, Rows):
         family.rows.append(Row(tuple(values), counts, total, kept))
+        return
+    if family.type == "summary":
+        t.cast(SummaryMetricFamily, family).add_metric(values, sum(counts), total)
         return
     cumulative = 0
     buckets: list[t.Any] = []

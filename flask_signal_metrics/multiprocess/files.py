@@ -24,7 +24,6 @@ from ..metrics.names import ACTIVE_LABELS
 from ..metrics.names import CLASSIC_COUNT
 from ..metrics.names import CLASSIC_COUNT_LABELS
 from ..metrics.names import CLASSIC_DURATION
-from ..metrics.names import CLASSIC_LABELS
 from ..metrics.names import DURATION
 from ..metrics.names import HELP
 from ..metrics.names import HistogramSpec
@@ -191,12 +190,12 @@ class FileRequestStats(RequestMetrics):
         count = None
         if self._classic:
             duration = histogram_keys(
-                CLASSIC_DURATION, (*CLASSIC_LABELS, *self._static_names),
+                self.names.duration, (*self.names.labels, *self._static_names),
                 (key.method, key.route, key.status, *self._static), self._les,
                 HELP[CLASSIC_DURATION],
             )  # fmt: skip
             count = mmap_key(
-                CLASSIC_COUNT, CLASSIC_COUNT + "_total",
+                self.names.requests, self.names.requests + "_total",
                 [*CLASSIC_COUNT_LABELS, *self._static_names],
                 [key.method, key.status, *self._static], HELP[CLASSIC_COUNT],
             )  # fmt: skip

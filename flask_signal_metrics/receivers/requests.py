@@ -6,10 +6,12 @@ import typing as t
 
 from flask import signals
 
+from .. import labels
 from ..state import EXTENSION_KEY
 from ..state import NO_RECORDERS
 from ..state import Route
 from ..state import START_KEY
+from ..state import VIEWS_KEY
 from .environ import body_size
 from .environ import current_context
 from .environ import DONE
@@ -30,14 +32,19 @@ from .failures import failed
 from .recording import record
 from .streams import defer_to_close
 from .templates import end_renders
+from .views import begin_views
+from .views import end_views
 
 if t.TYPE_CHECKING:
     from flask import Flask
+    from flask import Request
     from flask import Response
     from flask.ctx import RequestContext
 
+    from ..grouping import Grouping
     from ..state import State
     from ..tracing.spans import Traced
+    from ..views import ViewMetric
 
 
 def _begin(
@@ -52,28 +59,38 @@ def _begin(
     request = ctx.request
     environ = request.environ
     rule = request.url_rule
+    if began is None:
+        began = perf_counter()
+    settings = state.settings
     if rule is None:
-        if request.path == state.settings.path:
+        if request.path in state.metrics_paths:
             # The metrics route, with a method it does not take (a 405).
             environ[START_KEY] = None
             return None
-        route = ""
+        views: tuple[ViewMetric, ...] = ()
+        route, excluded = "", False
     else:
-        info = state.rules.get(id(rule))
-        route, excluded = info if info is not None else state.rule_info(app, rule)
-        if excluded:
+        info = state.rules.get(id(rule)) or state.rule_info(app, rule)
+        route, views, excluded = info.route, info.views, info.excluded
+        if info.excluded_all:
+            if views and in_flight:
+                begin_views(app, ctx, views, False, began)  # their wrappers stay out
             environ[START_KEY] = None
             return None
-        if request.root_path:
+        if request.root_path and settings.group_by.name == "route":
             route = request.root_path + route
-    if state.exclude_path is not None and state.exclude_path.fullmatch(request.path):
+    path_excluded = state.exclude_path is not None and state.exclude_path.fullmatch(request.path)
+    if views and in_flight:
+        recorded = not (path_excluded and settings.exclude_view_metrics)
+        begin_views(app, ctx, views, recorded, began)
+    if excluded or path_excluded:
         environ[START_KEY] = None
         return None
+    if not settings.group_by.per_rule:
+        route = _group(app, request, settings.group_by)
     lane = state.lanes.get((request.method, request.scheme)) or state.lane(
         request.method, request.scheme
     )
-    if began is None:
-        began = perf_counter()
     traced: Traced = None
     found: Route
     if in_flight:
@@ -81,7 +98,8 @@ def _begin(
             # Before the in-flight count: a sampler or provider that raises here
             # must not leave a request counted in flight that nothing ends.
             traced = state.tracing.start(app, request, lane.method, route)
-        found = state.route(rule, request, lane, route)
+        kept = settings.group_by.per_rule and not views
+        found = state.route(rule, request, lane, route, kept)
         next(lane.group.started)
     else:
         # A late start is not counted in flight.
@@ -89,6 +107,15 @@ def _begin(
     start = make_start(began, found, traced, ctx)
     environ[START_KEY] = start
     return start
+
+
+def _group(app: Flask, request: Request, grouping: Grouping) -> str:
+    """The route label of a per-request grouping; ``_OTHER`` if the user's function raises."""
+    try:
+        return labels.text(grouping.of_request(request))
+    except Exception as e:
+        failed(app, signals.request_started.name, e)
+        return labels.OTHER
 
 
 def _started(app: Flask, ctx: RequestContext) -> Start | None:
@@ -225,6 +252,8 @@ def tear_down(
     """The teardown, the whole way."""
     if exc is not None and type(exc) is GeneratorExit:
         exc = None  # Flask 3.0: the server closed a stream unread; not the app's error
+    if VIEWS_KEY in environ:
+        end_views(app, ctx, environ)
     start = environ.get(START_KEY, MISSING)
     if start is MISSING:
         if RESPONSE_KEY not in environ:

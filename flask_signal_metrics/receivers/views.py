@@ -1,0 +1,70 @@
+"""The view metrics of a request: gauges up at its start, every metric at its teardown.
+
+Each metric's recording is on its own: a label function of the user's that
+raises costs that metric this request, counted as a receiver failure of the
+signal it ran in, never the request or the other metrics.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from flask import signals
+
+from ..state import VIEWS_KEY
+from ..views import Viewed
+from .environ import perf_counter
+from .environ import RESPONSE_KEY
+from .failures import failed
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask.ctx import RequestContext
+
+    from ..views import ViewMetric
+
+
+def begin_views(
+    app: Flask, ctx: RequestContext, views: tuple[ViewMetric, ...], recorded: bool, began: float
+) -> None:
+    """Note the request's view metrics; count its gauges up (when they record)."""
+    viewed = Viewed(began, views, recorded, ctx)
+    ctx.request.environ[VIEWS_KEY] = viewed
+    if not recorded:
+        return
+    for metric in views:
+        if metric.kind == "gauge":
+            try:
+                viewed.gauges.append((metric, metric.enter()))
+            except Exception as e:
+                failed(app, signals.request_started.name, e)
+
+
+def end_views(app: Flask, ctx: RequestContext, environ: dict[str, t.Any]) -> None:
+    """At the request's (first) teardown: record its view metrics, once.
+
+    The duration is the request's, from ``request_started`` to its teardown
+    (for a streamed body: until its response object, as the view's return).
+    Label functions that take the response get the one sent, or a bare 500
+    when the exception propagated and none was made.
+    """
+    viewed = environ.get(VIEWS_KEY)
+    if type(viewed) is not Viewed or viewed.ctx is not ctx or not viewed.recorded:
+        return
+    viewed.recorded = False  # a second teardown (a stream's) records nothing
+    duration = max(perf_counter() - viewed.began, 0.0)
+    response = environ.get(RESPONSE_KEY)
+    if response is None:
+        response = app.response_class(status=500)
+    name = signals.request_tearing_down.name
+    for _metric, gauge in viewed.gauges:
+        try:
+            gauge.dec()
+        except Exception as e:
+            failed(app, name, e)
+    for metric in viewed.metrics:
+        if metric.kind != "gauge":
+            try:
+                metric.observe(duration, response)
+            except Exception as e:
+                failed(app, name, e)

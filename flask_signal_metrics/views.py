@@ -1,0 +1,338 @@
+"""Metrics declared on views: counters, histograms, summaries and gauges.
+
+``counter()``, ``histogram()``, ``summary()`` and ``gauge()`` of the extension
+return a :class:`MetricDecorator`. On a view it records nothing itself: it
+marks the view (:data:`VIEWS_ATTR`), and the request receivers record the
+metric for each of the view's requests, as they record the request metrics
+(:mod:`.receivers.views`). On any other function (a helper a view calls), or
+when the function is called outside a request, the wrapper records the call
+itself.
+
+A label value is a constant, a function without parameters (called in the
+request, so ``flask.request`` works) or a function of one parameter, the
+response (``lambda r: r.status_code``). A function that raises costs that
+request its recording of the metric, never the request: it is counted in
+``flask_signal_metrics_receiver_errors_total``.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import functools
+import inspect
+import re
+import time
+import typing as t
+
+from . import _compat
+from . import labels as label_values
+from .config import DURATION_BUCKETS
+from .config import parse_buckets
+from .metrics.names import HistogramSpec
+from .state import EXCLUDE_ALL_ATTR
+from .state import logger
+from .state import VIEWS_ATTR
+from .state import VIEWS_KEY
+
+if t.TYPE_CHECKING:
+    from flask.ctx import RequestContext
+
+    from .metrics.family import Family
+    from .metrics.store import SignalStore
+
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
+
+KINDS = ("counter", "histogram", "summary", "gauge")
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+perf_counter = time.perf_counter
+
+
+class Label(t.NamedTuple):
+    """One label of a view metric: a constant, or a function and what it takes."""
+
+    name: str
+    #: The constant's text, or the function.
+    value: str | t.Callable[..., object]
+    #: The function takes the response.
+    takes_response: bool = False
+
+
+class ViewMetric:
+    """One metric declared on views, and how a request records it."""
+
+    __slots__ = ("family", "kind", "labels", "name")
+
+    def __init__(
+        self, kind: str, name: str, family: Family[t.Any], labels: tuple[Label, ...]
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.family = family
+        self.labels = labels
+
+    def values(self, response: object) -> tuple[str, ...]:
+        """The label values of one request (or call) and its response."""
+        found = []
+        for label in self.labels:
+            value = label.value
+            if isinstance(value, str):
+                found.append(value)
+            elif label.takes_response:
+                found.append(str(value(response)))
+            else:
+                found.append(str(value()))
+        return tuple(found)
+
+    def observe(self, duration: float, response: object) -> None:
+        """Record one finished request or call (a gauge's is :meth:`leave`)."""
+        child = self.family.child(self.values(response))
+        if self.kind == "counter":
+            child.inc()
+        else:
+            child.observe(duration)
+
+    def enter(self) -> t.Any:
+        """A gauge's request or call begins: its series, counted up (no response yet)."""
+        child = self.family.child(self.values(None))
+        child.inc()
+        return child
+
+
+class Viewed:
+    """The view metrics of one request, kept in its environ at ``VIEWS_KEY``.
+
+    ``metrics``: every metric declared on the request's view, recorded or
+    not (the decorators' wrappers then stay out of the way); ``recorded``:
+    whether the receivers record them; ``gauges``: the series of the
+    gauges counted up at the start, to count down at the end.
+    """
+
+    __slots__ = ("began", "ctx", "gauges", "metrics", "recorded")
+
+    def __init__(
+        self,
+        began: float,
+        metrics: tuple[ViewMetric, ...],
+        recorded: bool,
+        ctx: RequestContext,
+    ) -> None:
+        self.began = began
+        self.metrics = metrics
+        self.recorded = recorded
+        self.ctx = ctx
+        self.gauges: list[tuple[ViewMetric, t.Any]] = []
+
+
+def view_metrics(view: object) -> tuple[ViewMetric, ...]:
+    """The metrics declared on a view function (none when it has none)."""
+    found = getattr(view, VIEWS_ATTR, ())
+    return found if type(found) is tuple else ()
+
+
+def exclude_all(view: F) -> F:
+    """Mark a view so that no metric records its requests, its own included.
+
+    :func:`flask_signal_metrics.exclude` leaves the metrics declared on the
+    view; this drops them too (and the span).
+    """
+    setattr(view, EXCLUDE_ALL_ATTR, True)
+    return view
+
+
+class MetricDecorator:
+    """A view metric's decorator (what ``counter()`` and the others return).
+
+    Several views may share it; ``register_default`` applies its metric to
+    every view of an app.
+    """
+
+    __slots__ = ("metric", "store")
+
+    def __init__(self, metric: ViewMetric, store: SignalStore) -> None:
+        self.metric = metric
+        self.store = store
+
+    def __call__(self, function: F) -> F:
+        metric, store = self.metric, self.store
+        wrapper: t.Callable[..., t.Any]
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+                if _recorded_by_receivers(metric):
+                    return await function(*args, **kwargs)
+                began, gauge = perf_counter(), _enter(metric, store)
+                result = None
+                try:
+                    result = await function(*args, **kwargs)
+                    return result
+                finally:
+                    _leave(metric, store, began, gauge, result)
+
+        else:
+
+            @functools.wraps(function)
+            def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+                if _recorded_by_receivers(metric):
+                    return function(*args, **kwargs)
+                began, gauge = perf_counter(), _enter(metric, store)
+                result = None
+                try:
+                    result = function(*args, **kwargs)
+                    return result
+                finally:
+                    _leave(metric, store, began, gauge, result)
+
+        setattr(wrapper, VIEWS_ATTR, (*view_metrics(function), metric))
+        return t.cast(F, wrapper)
+
+
+def _recorded_by_receivers(metric: ViewMetric) -> bool:
+    """Whether the current request's receivers see to ``metric`` (it is on the view)."""
+    ctx = _compat.current_context.get(None)
+    if ctx is None:
+        return False
+    viewed = ctx.request.environ.get(VIEWS_KEY)
+    return type(viewed) is Viewed and metric in viewed.metrics
+
+
+def _enter(metric: ViewMetric, store: SignalStore) -> t.Any:
+    if metric.kind != "gauge":
+        return None
+    try:
+        return metric.enter()
+    except Exception as e:
+        failed_call(store, metric, e)
+        return None
+
+
+def _leave(
+    metric: ViewMetric, store: SignalStore, began: float, gauge: t.Any, result: object
+) -> None:
+    """A call not recorded by the receivers ends: record it (labels see its result)."""
+    try:
+        if metric.kind == "gauge":
+            if gauge is not None:
+                gauge.dec()
+        else:
+            metric.observe(max(perf_counter() - began, 0.0), result)
+    except Exception as e:
+        failed_call(store, metric, e)
+
+
+def failed_call(store: SignalStore, metric: ViewMetric, error: Exception) -> None:
+    """A view metric's recording of a plain call failed: counted, logged once per metric."""
+    try:
+        store.errors.labels("view_metric:" + metric.name).inc()
+        logger.warning(
+            "flask-signal-metrics: recording the view metric %s failed (%s: %s); the call"
+            " is unaffected.",
+            metric.name,
+            type(error).__qualname__,
+            error,
+        )
+    except Exception:
+        pass  # nothing may escape into the call
+
+
+def declare(
+    store: SignalStore,
+    kind: str,
+    name: str,
+    documentation: str,
+    labels: cabc.Mapping[str, object] | None,
+    static: cabc.Sequence[tuple[str, str]],
+    initial: bool,
+    options: cabc.Mapping[str, t.Any],
+) -> ViewMetric:
+    """Validate a view metric's declaration and create its family.
+
+    :param static: the extension's static labels, added after the metric's own.
+    :param initial: with constant labels only, export the series (at 0) now.
+    :param options: ``buckets`` (histogram), ``multiprocess_mode`` (gauge).
+    :raises TypeError, ValueError: naming the argument and the fix.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"{kind}(): the name must be a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*);"
+            f" got {name!r}."
+        )
+    if not isinstance(documentation, str):
+        raise TypeError(f"{kind}({name!r}): the description must be a string.")
+    allowed = {"histogram": {"buckets"}, "gauge": {"multiprocess_mode"}}.get(kind, set())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(
+            f"{kind}({name!r}) got unknown option(s) {', '.join(unknown)}; it takes"
+            f" {', '.join(sorted(allowed)) or 'none'}."
+        )
+    declared = _labels(kind, name, labels)
+    declared += tuple(Label(n, v) for n, v in static if n not in {d.name for d in declared})
+    labelnames = tuple(label.name for label in declared)
+    family: Family[t.Any]
+    if kind == "counter":
+        family = store.counter(name, documentation, labelnames)
+    elif kind == "histogram":
+        buckets = options.get("buckets")
+        bounds = (
+            DURATION_BUCKETS
+            if buckets is None
+            else parse_buckets(f"histogram({name!r}, buckets=)", buckets)
+        )
+        family = store.histogram(HistogramSpec(name, documentation, labelnames, bounds))
+    elif kind == "summary":
+        family = store.summary(name, documentation, labelnames)
+    else:
+        family = store.gauge(name, documentation, labelnames, options.get("multiprocess_mode"))
+    metric = ViewMetric(kind, name, family, declared)
+    if initial and declared and all(isinstance(label.value, str) for label in declared):
+        family.child(tuple(t.cast(str, label.value) for label in declared))
+    return metric
+
+
+def label_text(value: object) -> str:
+    """A constant label value of any type, as prometheus_client writes it."""
+    return label_values.text(value)
+
+
+def _labels(kind: str, name: str, labels: object) -> tuple[Label, ...]:
+    if labels is None:
+        return ()
+    if not isinstance(labels, cabc.Mapping):
+        raise TypeError(
+            f"{kind}({name!r}): labels must be a dict of label name to a value, or to a"
+            " function of the response or of nothing, e.g. {'status': lambda r:"
+            f" r.status_code}}; got {labels!r}."
+        )
+    found = []
+    for label, value in labels.items():
+        if (
+            not isinstance(label, str)
+            or not _LABEL.match(label)
+            or label.startswith("__")
+            or label in ("le", "quantile")
+        ):
+            raise ValueError(
+                f"{kind}({name!r}) has the label name {label!r}; use letters, digits and"
+                " underscores, not starting with a digit or '__', and not 'le' or 'quantile'."
+            )
+        if callable(value):
+            found.append(Label(label, value, _takes_response(value)))
+        else:
+            found.append(Label(label, label_values.text(value)))
+    return tuple(found)
+
+
+def _takes_response(function: t.Callable[..., object]) -> bool:
+    """Whether a label function is given the response (it has a positional parameter)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False  # a builtin without a signature: called without arguments
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(
+        p.kind in positional or p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+    )
