@@ -47,10 +47,14 @@ class Bench(t.NamedTuple):
     #: (variant, variant, label): more overhead ratios to print.
     ratios: tuple[tuple[str, str, str], ...]
     path: str = "/item/42"
+    #: The ``bench_*.py`` module of the variants (default: the bench's name).
+    module: str | None = None
 
 
 BENCHES: dict[str, Bench] = {
     "requests": Bench(("bare", "floor", "least", "ours", "lean", "pfe"), "pfe", ()),
+    # Two decorator metrics on the view (a counter by status, a histogram), and the defaults.
+    "views": Bench(("bare", "ours_views", "pfe_views"), "pfe_views", (), module="requests"),
     "tracing": Bench(
         (
             *("bare", "metrics", "nosdk", "unsampled", "full", "second"),
@@ -73,7 +77,7 @@ BENCHES: dict[str, Bench] = {
 def instructions(bench: str, variant: str, requests: int) -> int:
     code = RUN_ONE.format(
         here=str(HERE),
-        bench=bench,
+        bench=BENCHES[bench].module or bench,
         variant=variant,
         requests=requests,
         path=BENCHES[bench].path,
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", choices=list(BENCHES), default="requests")
     parser.add_argument("--only", nargs="*", help="count these variants only (with bare)")
     args = parser.parse_args(argv)
-    variants, peer, ratios, path = BENCHES[args.bench]
+    variants, peer, ratios, path, _ = BENCHES[args.bench]
     if args.only:
         variants = tuple(v for v in variants if v in {"bare", peer, *args.only})
         ratios = tuple(r for r in ratios if r[0] in variants and r[1] in variants)

@@ -177,6 +177,37 @@ def pfe() -> tuple[Flask, CollectorRegistry | None]:
     return app, registry
 
 
+def _decorated(metrics: t.Any, *, status: t.Callable[..., t.Any]) -> Flask:
+    """The bench's view with two decorator metrics: a counter by status, a histogram."""
+    app = Flask("bench")
+
+    @app.get("/item/<int:item_id>")
+    @metrics.counter("items_by_status", "Items by status.", labels={"status": status})
+    @metrics.histogram("item_seconds", "Item latency.")
+    def item(item_id: int) -> str:
+        return f"item {item_id}"
+
+    return app
+
+
+def ours_views() -> tuple[Flask, CollectorRegistry | None]:
+    registry = CollectorRegistry()
+    ext = SignalMetrics(registry=registry, serve_default_registry=False)
+    app = _decorated(ext, status=lambda r: r.status_code)
+    ext.init_app(app)
+    return app, registry
+
+
+def pfe_views() -> tuple[Flask, CollectorRegistry | None]:
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics.for_app_factory(registry=registry)
+    app = _decorated(metrics, status=lambda r: r.status_code)
+    metrics.init_app(app)
+    return app, registry
+
+
 VARIANTS: dict[str, t.Callable[[], tuple[Flask, CollectorRegistry | None]]] = {
     "bare": bare,
     "floor": floor,
@@ -184,6 +215,8 @@ VARIANTS: dict[str, t.Callable[[], tuple[Flask, CollectorRegistry | None]]] = {
     "lean": lean,
     "least": least,
     "pfe": pfe,
+    "ours_views": ours_views,
+    "pfe_views": pfe_views,
 }
 
 

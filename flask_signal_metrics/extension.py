@@ -27,7 +27,8 @@ from .metrics.render import render as render_metrics
 from .metrics.store import SignalStore
 from .multiprocess.directory import check_directory
 from .multiprocess.directory import multiprocess
-from .multiprocess.directory import process_died
+from .port_server import start_metrics_server as start_metrics_server
+from .port_server import worker_exited as worker_exited
 from .state import ENDPOINT
 from .state import exclude
 from .state import EXTENSION_KEY
@@ -332,18 +333,23 @@ class SignalMetrics:
         _add_route(app, state, checked)
 
     def generate_metrics(
-        self, app: Flask, accept: str | None = None, names: t.Sequence[str] | None = None
+        self, app: Flask | None, accept: str | None = None, names: t.Sequence[str] | None = None
     ) -> tuple[str, str]:
         """What ``/metrics`` would answer: the text and its content type.
 
+        :param app: whose ``/metrics``; None for the extension's own registry
+            and the process's (what a worker-less server serves).
         :param accept: an ``Accept`` header (default: the Prometheus text format).
         :param names: only these metric families (``name[]`` on ``/metrics``).
         """
-        state = get_state(app)
+        if app is not None:
+            state = get_state(app)
+            collectors, timeout = state.collectors, state.settings.lock_timeout
+        else:
+            collectors = tuple(dict.fromkeys((self._store.registry, default_registry())))
+            timeout = config.LOCK_TIMEOUT
         accepted = [] if not accept else [a.split(";")[0].strip() for a in accept.split(",")]
-        body, content_type = render_metrics(
-            state.collectors, accepted, list(names or ()), state.settings.lock_timeout
-        )
+        body, content_type = render_metrics(collectors, accepted, list(names or ()), timeout)
         return body.decode(), content_type
 
     def _declare(
@@ -443,76 +449,6 @@ class SignalMetrics:
         receivers.connect_declared(start, timed.on_start, sender)
         receivers.connect_declared(end, timed.on_end, sender)
         self._declared += [timed.start_name, timed.end_name]
-
-
-def start_metrics_server(
-    port: int,
-    addr: str = "127.0.0.1",
-    *,
-    basic_auth: tuple[str, str] | None = None,
-    bearer_token: str | None = None,
-    lock_timeout: float = config.LOCK_TIMEOUT,
-    app: Flask | None = None,
-) -> port_server.PortServer:
-    """Serve metrics on ``addr:port`` from this process, for a whole process group.
-
-    For gunicorn with several workers: call it in the ``when_ready`` hook, in
-    the master. In multiprocess mode every scrape sums the files of every
-    worker, so the master needs no app. (With one process, set
-    ``SIGNAL_METRICS_PORT`` instead.)
-
-    .. code-block:: python
-
-        def when_ready(server):
-            from flask_signal_metrics import start_metrics_server
-            start_metrics_server(9100, bearer_token=os.environ["METRICS_BEARER_TOKEN"])
-
-    :param basic_auth: a ``(username, password)`` pair a scrape must give
-        (as ``SIGNAL_METRICS_BASIC_AUTH``); read it from the environment.
-    :param bearer_token: a token a scrape must give (as
-        ``SIGNAL_METRICS_BEARER_TOKEN``). Without either, anyone who can
-        connect to ``addr:port`` reads the metrics.
-    :param lock_timeout: how long a scrape waits for the multiprocess
-        directory's lock before answering 503 (as ``SIGNAL_METRICS_LOCK_TIMEOUT``).
-    :param app: serve what this app's ``/metrics`` serves (one process, no
-        ``SIGNAL_METRICS_PORT``); by default the process's registry, as for workers.
-    :returns: the server, serving from daemon threads (``shutdown()`` then
-        ``server_close()`` stops it); the docs' security page gives its bounds
-        on slow clients.
-    :raises TypeError, ValueError: a bad argument, or a multiprocess directory
-        another user can write (see :func:`check_directory`), before
-        anything listens.
-    """
-    arguments = {
-        "port": port,
-        "addr": addr,
-        "basic_auth": basic_auth,
-        "bearer_token": bearer_token,
-        "lock_timeout": lock_timeout,
-    }
-    settings = config.load_arguments("start_metrics_server", arguments)
-    if multiprocess():
-        check_directory()
-    collectors: tuple[t.Any, ...] = (default_registry(),)
-    if app is not None:
-        collectors = get_state(app).collectors
-    server = port_server.bind_server(
-        settings.addr, port, collectors, settings, key="start_metrics_server", for_workers=True
-    )
-    return port_server.serve(server)
-
-
-def worker_exited(pid: int) -> None:
-    """For a server's worker-exit hook (gunicorn's ``child_exit``), in multiprocess mode.
-
-    Marks the worker dead, so that its in-flight gauge stops counting, and
-    folds its files into the directory's compacted ones, so that scrapes stay
-    as fast after a thousand worker restarts as before the first. Never
-    waits for the directory's lock more than a moment and never raises (the
-    master replaces the worker only once it returns): while the lock is held
-    elsewhere, the files are folded at a later call.
-    """
-    process_died(pid)
 
 
 T = t.TypeVar("T")

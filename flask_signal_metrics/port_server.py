@@ -27,9 +27,16 @@ from wsgiref.simple_server import WSGIServer
 from werkzeug.wrappers import Request
 from werkzeug.wrappers import Response
 
+from . import config
 from .exposition import respond
+from .metrics.registry import default_registry
+from .multiprocess.directory import check_directory
+from .multiprocess.directory import multiprocess
+from .multiprocess.directory import process_died
+from .state import get_state
 
 if t.TYPE_CHECKING:
+    from flask import Flask
     from prometheus_client.registry import Collector
 
     from .config import Settings
@@ -450,3 +457,73 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def start_metrics_server(
+    port: int,
+    addr: str = "127.0.0.1",
+    *,
+    basic_auth: tuple[str, str] | None = None,
+    bearer_token: str | None = None,
+    lock_timeout: float = config.LOCK_TIMEOUT,
+    app: Flask | None = None,
+) -> PortServer:
+    """Serve metrics on ``addr:port`` from this process, for a whole process group.
+
+    For gunicorn with several workers: call it in the ``when_ready`` hook, in
+    the master. In multiprocess mode every scrape sums the files of every
+    worker, so the master needs no app. (With one process, set
+    ``SIGNAL_METRICS_PORT`` instead.)
+
+    .. code-block:: python
+
+        def when_ready(server):
+            from flask_signal_metrics import start_metrics_server
+            start_metrics_server(9100, bearer_token=os.environ["METRICS_BEARER_TOKEN"])
+
+    :param basic_auth: a ``(username, password)`` pair a scrape must give
+        (as ``SIGNAL_METRICS_BASIC_AUTH``); read it from the environment.
+    :param bearer_token: a token a scrape must give (as
+        ``SIGNAL_METRICS_BEARER_TOKEN``). Without either, anyone who can
+        connect to ``addr:port`` reads the metrics.
+    :param lock_timeout: how long a scrape waits for the multiprocess
+        directory's lock before answering 503 (as ``SIGNAL_METRICS_LOCK_TIMEOUT``).
+    :param app: serve what this app's ``/metrics`` serves (one process, no
+        ``SIGNAL_METRICS_PORT``); by default the process's registry, as for workers.
+    :returns: the server, serving from daemon threads (``shutdown()`` then
+        ``server_close()`` stops it); the docs' security page gives its bounds
+        on slow clients.
+    :raises TypeError, ValueError: a bad argument, or a multiprocess directory
+        another user can write (see :func:`check_directory`), before
+        anything listens.
+    """
+    arguments = {
+        "port": port,
+        "addr": addr,
+        "basic_auth": basic_auth,
+        "bearer_token": bearer_token,
+        "lock_timeout": lock_timeout,
+    }
+    settings = config.load_arguments("start_metrics_server", arguments)
+    if multiprocess():
+        check_directory()
+    collectors: tuple[t.Any, ...] = (default_registry(),)
+    if app is not None:
+        collectors = get_state(app).collectors
+    server = bind_server(
+        settings.addr, port, collectors, settings, key="start_metrics_server", for_workers=True
+    )
+    return serve(server)
+
+
+def worker_exited(pid: int) -> None:
+    """For a server's worker-exit hook (gunicorn's ``child_exit``), in multiprocess mode.
+
+    Marks the worker dead, so that its in-flight gauge stops counting, and
+    folds its files into the directory's compacted ones, so that scrapes stay
+    as fast after a thousand worker restarts as before the first. Never
+    waits for the directory's lock more than a moment and never raises (the
+    master replaces the worker only once it returns): while the lock is held
+    elsewhere, the files are folded at a later call.
+    """
+    process_died(pid)

@@ -106,11 +106,14 @@ class Viewed:
 
     ``metrics``: every metric declared on the request's view, recorded or
     not (the decorators' wrappers then stay out of the way); ``recorded``:
-    whether the receivers record them; ``gauges``: the series of the
-    gauges counted up at the start, to count down at the end.
+    whether they are still to be recorded (not for an excluded request, nor
+    after its teardown); ``gauges``: the series of the gauges counted up at
+    the start, to count down at the end; ``calls``: the metrics of decorated
+    functions the request called (not its view), with each call's duration,
+    recorded at its end with its response.
     """
 
-    __slots__ = ("began", "ctx", "gauges", "metrics", "recorded")
+    __slots__ = ("began", "calls", "ctx", "gauges", "metrics", "recorded")
 
     def __init__(
         self,
@@ -124,6 +127,7 @@ class Viewed:
         self.recorded = recorded
         self.ctx = ctx
         self.gauges: list[tuple[ViewMetric, t.Any]] = []
+        self.calls: list[tuple[ViewMetric, float]] = []
 
 
 def view_metrics(view: object) -> tuple[ViewMetric, ...]:
@@ -162,65 +166,85 @@ class MetricDecorator:
 
             @functools.wraps(function)
             async def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-                if _recorded_by_receivers(metric):
+                call = _Call.begin(metric, store)
+                if call is None:
                     return await function(*args, **kwargs)
-                began, gauge = perf_counter(), _enter(metric, store)
                 result = None
                 try:
                     result = await function(*args, **kwargs)
                     return result
                 finally:
-                    _leave(metric, store, began, gauge, result)
+                    call.end(result)
 
         else:
 
             @functools.wraps(function)
             def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-                if _recorded_by_receivers(metric):
+                call = _Call.begin(metric, store)
+                if call is None:
                     return function(*args, **kwargs)
-                began, gauge = perf_counter(), _enter(metric, store)
                 result = None
                 try:
                     result = function(*args, **kwargs)
                     return result
                 finally:
-                    _leave(metric, store, began, gauge, result)
+                    call.end(result)
 
         setattr(wrapper, VIEWS_ATTR, (*view_metrics(function), metric))
         return t.cast(F, wrapper)
 
 
-def _recorded_by_receivers(metric: ViewMetric) -> bool:
-    """Whether the current request's receivers see to ``metric`` (it is on the view)."""
-    ctx = _compat.current_context.get(None)
-    if ctx is None:
-        return False
-    viewed = ctx.request.environ.get(VIEWS_KEY)
-    return type(viewed) is Viewed and metric in viewed.metrics
+class _Call:
+    """A call of a decorated function that the receivers do not record as a view.
 
+    Inside a request (a helper the view calls, a class-based view's method)
+    its duration is noted and recorded at the request's end, with the
+    request's response; outside any request it is recorded when it returns,
+    label functions of the response given its result.
+    """
 
-def _enter(metric: ViewMetric, store: SignalStore) -> t.Any:
-    if metric.kind != "gauge":
-        return None
-    try:
-        return metric.enter()
-    except Exception as e:
-        failed_call(store, metric, e)
-        return None
+    __slots__ = ("began", "ctx", "gauge", "metric", "store")
 
-
-def _leave(
-    metric: ViewMetric, store: SignalStore, began: float, gauge: t.Any, result: object
-) -> None:
-    """A call not recorded by the receivers ends: record it (labels see its result)."""
-    try:
+    def __init__(self, metric: ViewMetric, store: SignalStore, ctx: RequestContext | None) -> None:
+        self.metric = metric
+        self.store = store
+        self.ctx = ctx
+        self.gauge: t.Any = None
         if metric.kind == "gauge":
-            if gauge is not None:
-                gauge.dec()
-        else:
-            metric.observe(max(perf_counter() - began, 0.0), result)
-    except Exception as e:
-        failed_call(store, metric, e)
+            try:
+                self.gauge = metric.enter()
+            except Exception as e:
+                failed_call(store, metric, e)
+        self.began = perf_counter()
+
+    @classmethod
+    def begin(cls, metric: ViewMetric, store: SignalStore) -> _Call | None:
+        """The call's recording; None when the receivers see to it, or nothing may record it."""
+        ctx = _compat.current_context.get(None)
+        if ctx is not None:
+            viewed = ctx.request.environ.get(VIEWS_KEY)
+            if type(viewed) is Viewed and (metric in viewed.metrics or not viewed.recorded):
+                return None  # the view's own metric, or an excluded (or ended) request
+        return cls(metric, store, ctx)
+
+    def end(self, result: object) -> None:
+        metric = self.metric
+        try:
+            if metric.kind == "gauge":
+                if self.gauge is not None:
+                    self.gauge.dec()
+                return
+            duration = max(perf_counter() - self.began, 0.0)
+            if self.ctx is None:
+                metric.observe(duration, result)
+                return
+            environ = self.ctx.request.environ
+            viewed = environ.get(VIEWS_KEY)
+            if type(viewed) is not Viewed:
+                viewed = environ[VIEWS_KEY] = Viewed(self.began, (), True, self.ctx)
+            viewed.calls.append((metric, duration))
+        except Exception as e:
+            failed_call(self.store, metric, e)
 
 
 def failed_call(store: SignalStore, metric: ViewMetric, error: Exception) -> None:

@@ -223,7 +223,8 @@ def on_request_tearing_down(
         # recorded in full before (its recorder). Everything else: tear_down.
         if type(start) is Start and start.ctx is ctx and start.traced is None and exc is None:
             response = environ.get(RESPONSE_KEY)
-            if response is not None and ERROR_KEY not in environ:
+            # A helper's view metric noted VIEWS_KEY: recorded the whole way.
+            if response is not None and ERROR_KEY not in environ and VIEWS_KEY not in environ:
                 body = response.response
                 if type(body) is list:
                     recorder = start.route.recorders.get(status_code(response))

@@ -43,8 +43,9 @@ def begin_views(
 def end_views(app: Flask, ctx: RequestContext, environ: dict[str, t.Any]) -> None:
     """At the request's (first) teardown: record its view metrics, once.
 
-    The duration is the request's, from ``request_started`` to its teardown
-    (for a streamed body: until its response object, as the view's return).
+    A view metric's duration is the request's, from ``request_started`` to
+    its teardown (for a streamed body: until its response object, as the
+    view's return); a decorated function's, its call's.
     Label functions that take the response get the one sent, or a bare 500
     when the exception propagated and none was made.
     """
@@ -62,9 +63,9 @@ def end_views(app: Flask, ctx: RequestContext, environ: dict[str, t.Any]) -> Non
             gauge.dec()
         except Exception as e:
             failed(app, name, e)
-    for metric in viewed.metrics:
-        if metric.kind != "gauge":
-            try:
-                metric.observe(duration, response)
-            except Exception as e:
-                failed(app, name, e)
+    observed = [(m, duration) for m in viewed.metrics if m.kind != "gauge"]
+    for metric, took in observed + viewed.calls:
+        try:
+            metric.observe(took, response)
+        except Exception as e:
+            failed(app, name, e)
