@@ -13,28 +13,28 @@ import os
 import typing as t
 
 from . import grouping
-from .parsers import _addr
-from .parsers import _basic_auth
-from .parsers import _bearer_token
-from .parsers import _bool
-from .parsers import _buckets
-from .parsers import _decorator
-from .parsers import _exclude
-from .parsers import _header_patterns
-from .parsers import _known_methods
-from .parsers import _labels
-from .parsers import _latency
-from .parsers import _lock_timeout
-from .parsers import _max_series
-from .parsers import _naming
-from .parsers import _path
-from .parsers import _port
-from .parsers import _prefix
 from .parsers import alternation as alternation
 from .parsers import AnyOf as AnyOf
 from .parsers import Matcher as Matcher
 from .parsers import MAX_LOCK_TIMEOUT as MAX_LOCK_TIMEOUT
 from .parsers import NAMING_SCHEMES as NAMING_SCHEMES
+from .parsers import parse_addr
+from .parsers import parse_basic_auth
+from .parsers import parse_bearer_token
+from .parsers import parse_bool
+from .parsers import parse_buckets as parse_buckets
+from .parsers import parse_decorator
+from .parsers import parse_exclude
+from .parsers import parse_header_patterns
+from .parsers import parse_known_methods
+from .parsers import parse_labels
+from .parsers import parse_latency
+from .parsers import parse_lock_timeout
+from .parsers import parse_max_series
+from .parsers import parse_naming
+from .parsers import parse_path
+from .parsers import parse_port
+from .parsers import parse_prefix
 from .parsers import Parser as Parser
 from .parsers import RESERVED_LABELS as RESERVED_LABELS
 
@@ -122,105 +122,103 @@ class Key(t.NamedTuple):
     description: str
 
 
-#: Public name of the bucket bounds' parser (``SIGNAL_METRICS_BUCKETS``'s rules),
-#: for other places that take bucket bounds.
-parse_buckets = _buckets
-
 #: Every ``SIGNAL_METRICS_*`` config key, in the order the docs list them.
 KEYS: dict[str, Key] = {
     "SIGNAL_METRICS_ENABLED": Key(
-        "enabled", _bool, "``False`` connects no receiver and registers no route."
+        "enabled", parse_bool, "``False`` connects no receiver and registers no route."
     ),
     "SIGNAL_METRICS_PATH": Key(
         "path",
-        _path,
+        parse_path,
         'Where metrics are served (GET, HEAD, OPTIONS). ``None``/``False``/``""``: no'
         " route (serve them yourself). A path the app already routes is an error.",
     ),
     "SIGNAL_METRICS_NAMING": Key(
         "naming",
-        _naming,
+        parse_naming,
         '``"otel"``: OpenTelemetry HTTP semantic-convention names. ``"classic"``:'
         " prometheus-flask-exporter's names. See the metric catalogue.",
     ),
     "SIGNAL_METRICS_BUCKETS": Key(
         "buckets",
-        _buckets,
+        parse_buckets,
         "Duration buckets in seconds, strictly increasing; ``+Inf`` is added."
         " Also used for template renders.",
     ),
     "SIGNAL_METRICS_SIZE_BUCKETS": Key(
-        "size_buckets", _buckets, "Body-size buckets in bytes (powers of 4 from 64 B to 16 MiB)."
+        "size_buckets",
+        parse_buckets,
+        "Body-size buckets in bytes (powers of 4 from 64 B to 16 MiB).",
     ),
     "SIGNAL_METRICS_EXCLUDE": Key(
         "exclude",
-        _exclude,
+        parse_exclude,
         "Regular expressions; a request whose path fully matches one is not measured.",
     ),
     "SIGNAL_METRICS_LABELS": Key(
         "labels",
-        _labels,
+        parse_labels,
         'Static labels added to every metric of the extension, e.g. ``{"service": "shop"}``.'
         " Names may not reuse the extension's own label names.",
     ),
     "SIGNAL_METRICS_MAX_SERIES": Key(
         "max_series",
-        _max_series,
+        parse_max_series,
         "Per-metric cap on label sets; past it, new label sets go to the overflow series.",
     ),
     "SIGNAL_METRICS_SERVE_DEFAULT_REGISTRY": Key(
         "serve_default_registry",
-        _bool,
+        parse_bool,
         "``/metrics`` also serves prometheus_client's default registry (process, platform"
         " and GC metrics, your own module-level metrics). ``False`` serves the extension's"
         " families only, in multiprocess mode too.",
     ),
     "SIGNAL_METRICS_BASIC_AUTH": Key(
         "basic_auth",
-        _basic_auth,
+        parse_basic_auth,
         "``(username, password)``: ``/metrics`` asks for HTTP basic auth (401 with"
         " ``WWW-Authenticate``, constant-time comparison).",
     ),
     "SIGNAL_METRICS_BEARER_TOKEN": Key(
         "bearer_token",
-        _bearer_token,
+        parse_bearer_token,
         "A token of 16+ characters: ``/metrics`` also accepts ``Authorization: Bearer <token>``"
         " (Prometheus's ``authorization`` / ``bearer_token`` scrape settings).",
     ),
     "SIGNAL_METRICS_DECORATOR": Key(
         "decorator",
-        _decorator,
+        parse_decorator,
         "Your own view decorator for ``/metrics`` (``login_required``, an IP check); it"
         " guards the app's route only, so with a port set, set basic or bearer auth too.",
     ),
     "SIGNAL_METRICS_PORT": Key(
         "port",
-        _port,
+        parse_port,
         "Also serve the metrics on this port, from a small threaded server in a daemon"
         " thread of this process (one process only: for several workers use"
         " ``start_metrics_server``).",
     ),
-    "SIGNAL_METRICS_ADDR": Key("addr", _addr, "The address that port's server listens on."),
+    "SIGNAL_METRICS_ADDR": Key("addr", parse_addr, "The address that port's server listens on."),
     "SIGNAL_METRICS_TRACING": Key(
         "tracing",
-        _bool,
+        parse_bool,
         "Make OpenTelemetry spans with the configured tracer provider; nothing happens"
         " while no SDK is configured.",
     ),
     "SIGNAL_METRICS_LOCK_TIMEOUT": Key(
         "lock_timeout",
-        _lock_timeout,
+        parse_lock_timeout,
         "Multiprocess mode: seconds (more than 0, at most 30) a scrape waits for the"
         " directory's lock before answering 503 with ``Retry-After: 1``.",
     ),
     "SIGNAL_METRICS_EXPORT_DEFAULTS": Key(
         "export_defaults",
-        _bool,
+        parse_bool,
         "``False``: the request metrics are not served until ``export_defaults()`` is called.",
     ),
     "SIGNAL_METRICS_EXCLUDE_VIEW_METRICS": Key(
         "exclude_view_metrics",
-        _bool,
+        parse_bool,
         "An excluded path's requests skip the view metrics too; ``False`` records them.",
     ),
     # Naming "classic" only: prometheus-flask-exporter's options.
@@ -231,10 +229,10 @@ KEYS: dict[str, Key] = {
         ' ``"full_path"``, or a named function of the request; named as it (``path``).',
     ),
     "SIGNAL_METRICS_PREFIX": Key(
-        "prefix", _prefix, 'The start of the request metrics\' names; ``""`` for none.'
+        "prefix", parse_prefix, 'The start of the request metrics\' names; ``""`` for none.'
     ),
     "SIGNAL_METRICS_LATENCY": Key(
-        "latency", _latency, '``"summary"``: the duration as a summary (count and sum).'
+        "latency", parse_latency, '``"summary"``: the duration as a summary (count and sum).'
     ),
 }
 
@@ -242,23 +240,23 @@ KEYS: dict[str, Key] = {
 ENVIRON: dict[str, Key] = {
     KNOWN_METHODS_ENV: Key(
         "known_methods",
-        _known_methods,
+        parse_known_methods,
         "A comma-separated, case-sensitive list that replaces the known HTTP methods.",
     ),
     CAPTURE_REQUEST_ENV: Key(
         "capture_request_headers",
-        _header_patterns,
+        parse_header_patterns,
         "Request headers recorded as ``http.request.header.<name>`` span attributes"
         " (comma-separated names or regular expressions, case-insensitive).",
     ),
     CAPTURE_RESPONSE_ENV: Key(
         "capture_response_headers",
-        _header_patterns,
+        parse_header_patterns,
         "Response headers recorded as ``http.response.header.<name>`` span attributes.",
     ),
     SANITIZE_ENV: Key(
         "sanitize_headers",
-        _header_patterns,
+        parse_header_patterns,
         "Captured headers whose name contains a match have their values recorded as"
         " ``[REDACTED]``.",
     ),

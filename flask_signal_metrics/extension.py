@@ -148,6 +148,12 @@ class SignalMetrics:
                 " flask_signal_metrics.start_metrics_server(port) in gunicorn's when_ready"
                 " hook (see examples/gunicorn.conf.py), and unset SIGNAL_METRICS_PORT."
             )
+        if multiprocess() and settings.latency == "summary":
+            raise ValueError(
+                "SIGNAL_METRICS_LATENCY is 'summary', but several worker processes share"
+                " their request durations as histograms: keep 'histogram' (its _count and"
+                " _sum series are the summary's, under the same names)."
+            )
         if multiprocess():
             check_directory()  # once: a scrape or a compaction never checks
         registry = self._registry if self._registry is not None else new_registry()

@@ -47,13 +47,13 @@ RESERVED_LABELS = frozenset(
 Parser = t.Callable[[str, object], object]
 
 
-def _bool(key: str, value: object) -> bool:
+def parse_bool(key: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
     raise TypeError(f"{key} must be True or False, got {value!r}.")
 
 
-def _path(key: str, value: object) -> str | None:
+def parse_path(key: str, value: object) -> str | None:
     if value is None or value is False or value == "":
         return None
     if not isinstance(value, str):
@@ -72,7 +72,7 @@ def _path(key: str, value: object) -> str | None:
     return value
 
 
-def _naming(key: str, value: object) -> str:
+def parse_naming(key: str, value: object) -> str:
     if value not in NAMING_SCHEMES:
         raise ValueError(
             f"{key} must be 'otel' (semantic-convention names, the default) or"
@@ -81,7 +81,7 @@ def _naming(key: str, value: object) -> str:
     return str(value)
 
 
-def _prefix(key: str, value: object) -> str:
+def parse_prefix(key: str, value: object) -> str:
     if value is None or value == "":
         return ""
     if not isinstance(value, str) or not _METRIC_NAME.match(value):
@@ -92,13 +92,13 @@ def _prefix(key: str, value: object) -> str:
     return value
 
 
-def _latency(key: str, value: object) -> str:
+def parse_latency(key: str, value: object) -> str:
     if value not in ("histogram", "summary"):
         raise ValueError(f"{key} must be 'histogram' or 'summary'; got {value!r}.")
     return str(value)
 
 
-def _buckets(key: str, value: object) -> tuple[float, ...]:
+def parse_buckets(key: str, value: object) -> tuple[float, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, cabc.Iterable):
         raise TypeError(f"{key} must be a list of numbers, e.g. [0.1, 0.5, 1.0].")
     bounds: list[float] = []
@@ -124,7 +124,7 @@ def _buckets(key: str, value: object) -> tuple[float, ...]:
     return tuple(bounds)
 
 
-def _exclude(key: str, value: object) -> tuple[str, ...]:
+def parse_exclude(key: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, cabc.Iterable):
@@ -185,7 +185,7 @@ def alternation(patterns: cabc.Sequence[str], flags: int = 0) -> Matcher | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns), flags)
 
 
-def _labels(key: str, value: object) -> tuple[tuple[str, str], ...]:
+def parse_labels(key: str, value: object) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, cabc.Mapping):
         raise TypeError(f"{key} must be a dict of label name to value, e.g. {{'service': 'shop'}}.")
     pairs: list[tuple[str, str]] = []
@@ -219,7 +219,7 @@ def _labels(key: str, value: object) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _max_series(key: str, value: object) -> int:
+def parse_max_series(key: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{key} must be a whole number such as 2000; got {value!r}.")
     if value < 1:
@@ -227,7 +227,7 @@ def _max_series(key: str, value: object) -> int:
     return value
 
 
-def _known_methods(key: str, value: object) -> frozenset[str]:
+def parse_known_methods(key: str, value: object) -> frozenset[str]:
     if not isinstance(value, str):
         raise TypeError(f"{key} must be a comma-separated string of methods.")
     methods = frozenset(m.strip() for m in value.split(",") if m.strip())
@@ -236,7 +236,7 @@ def _known_methods(key: str, value: object) -> frozenset[str]:
     return methods
 
 
-def _basic_auth(key: str, value: object) -> tuple[str, str] | None:
+def parse_basic_auth(key: str, value: object) -> tuple[str, str] | None:
     if value is None:
         return None
     if (
@@ -251,7 +251,7 @@ def _basic_auth(key: str, value: object) -> tuple[str, str] | None:
     return (value[0], value[1])
 
 
-def _bearer_token(key: str, value: object) -> str | None:
+def parse_bearer_token(key: str, value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) < 16:
@@ -262,13 +262,13 @@ def _bearer_token(key: str, value: object) -> str | None:
     return value
 
 
-def _decorator(key: str, value: object) -> t.Callable[..., t.Any] | None:
+def parse_decorator(key: str, value: object) -> t.Callable[..., t.Any] | None:
     if value is not None and not callable(value):
         raise TypeError(f"{key} must be a view decorator (a callable), or None; got {value!r}.")
     return t.cast("t.Callable[..., t.Any] | None", value)
 
 
-def _port(key: str, value: object) -> int | None:
+def parse_port(key: str, value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
@@ -278,7 +278,7 @@ def _port(key: str, value: object) -> int | None:
     return value
 
 
-def _addr(key: str, value: object) -> str:
+def parse_addr(key: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError(
             f"{key} must be an address to listen on, such as '127.0.0.1'; got {value!r}."
@@ -290,7 +290,7 @@ def _addr(key: str, value: object) -> str:
 MAX_LOCK_TIMEOUT = 30.0
 
 
-def _lock_timeout(key: str, value: object) -> float:
+def parse_lock_timeout(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{key} must be a number of seconds such as 1.0; got {value!r}.")
     if not 0 < value <= MAX_LOCK_TIMEOUT:
@@ -302,7 +302,7 @@ def _lock_timeout(key: str, value: object) -> float:
     return float(value)
 
 
-def _header_patterns(key: str, value: object) -> tuple[str, ...]:
+def parse_header_patterns(key: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, str):
         raise TypeError(f"{key} must be a comma-separated string of header names.")
     patterns = tuple(p.strip() for p in value.split(",") if p.strip())

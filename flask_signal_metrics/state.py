@@ -94,16 +94,23 @@ class Route:
     Read on every request: slots, whose reads cost what a tuple's index does.
     """
 
-    __slots__ = ("group", "method", "recorders", "route", "scheme")
+    __slots__ = ("group", "method", "recorders", "route", "scheme", "views")
 
     def __init__(
-        self, lane: Lane, route: str, group: t.Any, recorders: cabc.Mapping[int, t.Any]
+        self,
+        lane: Lane,
+        route: str,
+        group: t.Any,
+        recorders: cabc.Mapping[int, t.Any],
+        views: tuple[ViewMetric, ...] = (),
     ) -> None:
         self.method = lane.method
         self.scheme = lane.scheme
         self.route = route
         self.group = group
         self.recorders = recorders
+        #: The view metrics its requests record (:mod:`.receivers.views`).
+        self.views = views
 
 
 #: The recorders of a route not kept in :attr:`State.routes`: none, ever.
@@ -212,13 +219,19 @@ class State:
         return lane
 
     def route(
-        self, rule: Rule | None, request: Request, lane: Lane, route: str, kept: bool = True
+        self,
+        rule: Rule | None,
+        request: Request,
+        lane: Lane,
+        route: str,
+        kept: bool = True,
+        views: tuple[ViewMetric, ...] = (),
     ) -> Route:
         """The :class:`Route` of a request that starts in flight; kept when it can be.
 
         :param kept: whether the route may be kept: not when its label is the
-            request's own (a per-request grouping), or its view has metrics
-            (the whole way sees to them).
+            request's own (a per-request grouping).
+        :param views: the view metrics of its requests.
         """
         key = (id(rule), request.method, request.scheme, request.root_path)
         found = self.routes.get(key)
@@ -230,9 +243,9 @@ class State:
             and self.lanes.get(key[1:3]) is lane
             and len(self.routes) < MAX_ROUTES
         ):
-            found = self.routes[key] = Route(lane, route, lane.group, {})
+            found = self.routes[key] = Route(lane, route, lane.group, {}, views)
             return found
-        return Route(lane, route, lane.group, NO_RECORDERS)
+        return Route(lane, route, lane.group, NO_RECORDERS, views)
 
     def render_observer(self, name: str | None) -> t.Callable[[float], None]:
         """What records a render of template ``name``; kept in :attr:`renders` when it can be."""

@@ -125,7 +125,8 @@ class Viewed:
         self.began = began
         self.metrics = metrics
         self.recorded = recorded
-        self.ctx = ctx
+        #: The request's context until its end (then None).
+        self.ctx: RequestContext | None = ctx
         self.gauges: list[tuple[ViewMetric, t.Any]] = []
         self.calls: list[tuple[ViewMetric, float]] = []
 

@@ -78,6 +78,17 @@ def test_options() -> None:
     assert "flask_http_request_duration_seconds_bucket" in text and 'le="0.5"' in text
 
 
+def test_views() -> None:
+    sample = fresh("docs.samples.views")
+    app = sample.create_app()
+    client = app.test_client()
+    assert client.post("/orders?kind=book").status_code == 201
+    text = client.get("/metrics").text
+    found = samples(text)
+    assert found[("orders_total", (("kind", "book"), ("status", "201")))] == 1.0
+    assert found[("view_seconds_count", (("view", "place_order"),))] == 1.0
+
+
 def test_logging_filter(caplog: pytest.LogCaptureFixture) -> None:
     sample = fresh("docs.samples.logging_filter")
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)

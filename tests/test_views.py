@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import typing as t
+import weakref
 
 import pytest
 from flask import Blueprint
@@ -269,3 +271,25 @@ def test_gauges_come_down_when_requests_overlap(registry: CollectorRegistry) -> 
     for thread in threads:
         thread.join(10)
     assert value(registry, "slow_now") == 0.0
+
+
+def test_a_request_with_view_metrics_leaves_no_cycle(registry: CollectorRegistry) -> None:
+    """Its record is let go at the end: the request is freed without the garbage collector."""
+    app, ext = make(registry)
+    seen: list[weakref.ref[t.Any]] = []
+
+    @app.get("/")
+    @ext.counter("plain", "Counted.")
+    def index() -> str:
+        seen.append(weakref.ref(request._get_current_object()))  # type: ignore[attr-defined]
+        return "ok"
+
+    client = app.test_client()
+    gc.disable()
+    try:
+        for _ in range(3):  # the first requests go the whole way, the last one step
+            client.get("/")
+        assert [ref() for ref in seen] == [None, None, None]
+    finally:
+        gc.enable()
+    assert value(registry, "plain_total") == 3.0

@@ -53,11 +53,48 @@ def _grouping(group_by: object) -> object:
     return read
 
 
+def _deprecated_group_by(group_by: object, kwargs: dict[str, t.Any]) -> object:
+    """``group_by``, or ``"endpoint"`` for the deprecated ``group_by_endpoint=True``."""
+    if kwargs.get("group_by_endpoint") is True:
+        warnings.warn(
+            "group_by_endpoint= is deprecated (prometheus-flask-exporter 0.4.0):"
+            " use group_by='endpoint'.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return "endpoint"
+    return group_by or "path"
+
+
 def _anchored(patterns: str | cabc.Iterable[str]) -> list[str]:
     """``excluded_paths`` are ``re.match``-ed (a prefix); ours fully match."""
     if isinstance(patterns, str):
         patterns = [patterns]
     return [f"(?:{pattern})(?s:.*)" for pattern in patterns]
+
+
+Declaring = t.Callable[..., "MetricDecorator"]
+
+
+def _declaring(kind: str) -> Declaring:
+    """PFE's ``counter``/``histogram``/``summary``/``gauge``: the extension's, by its names."""
+
+    def declare(
+        self: PrometheusMetrics,
+        name: str,
+        description: str,
+        labels: dict[str, object] | None = None,
+        initial_value_when_only_static_labels: bool = True,
+        **kwargs: t.Any,
+    ) -> MetricDecorator:
+        method: Declaring = getattr(self._ext, kind)
+        return method(
+            name, description, labels, initial=initial_value_when_only_static_labels, **kwargs
+        )
+
+    declare.__name__ = declare.__qualname__ = kind
+    declare.__doc__ = f"A {kind} of the view's requests: ``SignalMetrics.{kind}``."
+    return declare
 
 
 class PrometheusMetrics:
@@ -106,15 +143,7 @@ class PrometheusMetrics:
             )
             for key, value in kwargs["static_labels"].items():
                 self._default_labels.setdefault(key, value)
-        if kwargs.get("group_by_endpoint") is True:
-            warnings.warn(
-                "group_by_endpoint= is deprecated (prometheus-flask-exporter 0.4.0):"
-                " use group_by='endpoint'.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            group_by = "endpoint"
-        self.group_by = group_by or "path"
+        self.group_by = _deprecated_group_by(group_by, kwargs)
         self.excluded_paths = (
             None
             if not excluded_paths
@@ -204,16 +233,8 @@ class PrometheusMetrics:
         **kwargs: t.Any,
     ) -> None:
         """Serve the default metrics of an instance made with ``export_defaults=False``."""
-        if kwargs.get("group_by_endpoint") is True:
-            warnings.warn(
-                "group_by_endpoint= is deprecated (prometheus-flask-exporter 0.4.0):"
-                " use group_by='endpoint'.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            group_by = "endpoint"
         options: dict[str, t.Any] = {
-            "group_by": _grouping(group_by or "path"),
+            "group_by": _grouping(_deprecated_group_by(group_by, kwargs)),
             "prefix": self._prefix(prefix or self._defaults_prefix),
             "latency": "histogram" if latency_as_histogram else "summary",
         }
@@ -227,53 +248,10 @@ class PrometheusMetrics:
         """Record these metrics for every view of the app (later views too)."""
         self._ext.register_default(*metric_wrappers, app=self._the_app(kwargs.get("app")))
 
-    def histogram(
-        self,
-        name: str,
-        description: str,
-        labels: dict[str, object] | None = None,
-        initial_value_when_only_static_labels: bool = True,
-        **kwargs: t.Any,
-    ) -> MetricDecorator:
-        return self._ext.histogram(
-            name, description, labels, initial=initial_value_when_only_static_labels, **kwargs
-        )
-
-    def summary(
-        self,
-        name: str,
-        description: str,
-        labels: dict[str, object] | None = None,
-        initial_value_when_only_static_labels: bool = True,
-        **kwargs: t.Any,
-    ) -> MetricDecorator:
-        return self._ext.summary(
-            name, description, labels, initial=initial_value_when_only_static_labels, **kwargs
-        )
-
-    def gauge(
-        self,
-        name: str,
-        description: str,
-        labels: dict[str, object] | None = None,
-        initial_value_when_only_static_labels: bool = True,
-        **kwargs: t.Any,
-    ) -> MetricDecorator:
-        return self._ext.gauge(
-            name, description, labels, initial=initial_value_when_only_static_labels, **kwargs
-        )
-
-    def counter(
-        self,
-        name: str,
-        description: str,
-        labels: dict[str, object] | None = None,
-        initial_value_when_only_static_labels: bool = True,
-        **kwargs: t.Any,
-    ) -> MetricDecorator:
-        return self._ext.counter(
-            name, description, labels, initial=initial_value_when_only_static_labels, **kwargs
-        )
+    histogram = _declaring("histogram")
+    summary = _declaring("summary")
+    gauge = _declaring("gauge")
+    counter = _declaring("counter")
 
     @staticmethod
     def do_not_track() -> t.Callable[[F], F]:

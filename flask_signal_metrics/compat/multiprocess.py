@@ -62,8 +62,8 @@ class MultiprocessPrometheusMetrics(PrometheusMetrics):
         raise NotImplementedError
 
 
-class MultiprocessInternalPrometheusMetrics(MultiprocessPrometheusMetrics):
-    """Several worker processes, the metrics served on the app's own ``path``."""
+class _ServedByTheApp(MultiprocessPrometheusMetrics):
+    """The metrics of every worker served on the app's own ``path``: no separate server."""
 
     def __init__(self, app: Flask | None = None, path: str = "/metrics", **kwargs: t.Any) -> None:
         super().__init__(app=app, **kwargs)
@@ -83,10 +83,14 @@ class MultiprocessInternalPrometheusMetrics(MultiprocessPrometheusMetrics):
     def start_http_server_when_ready(cls, port: int, host: str = "0.0.0.0") -> None:
         warnings.warn(
             f"{cls.__name__} serves the metrics on the app: start_http_server_when_ready"
-            " starts nothing.",
+            " starts nothing (GunicornPrometheusMetrics starts a server).",
             UserWarning,
             stacklevel=2,
         )
+
+
+class MultiprocessInternalPrometheusMetrics(_ServedByTheApp):
+    """Several worker processes, the metrics served on the app's own ``path``."""
 
 
 class UWsgiPrometheusMetrics(MultiprocessPrometheusMetrics):
@@ -125,28 +129,5 @@ class GunicornPrometheusMetrics(MultiprocessPrometheusMetrics):
         worker_exited(pid)
 
 
-class GunicornInternalPrometheusMetrics(GunicornPrometheusMetrics):
+class GunicornInternalPrometheusMetrics(_ServedByTheApp, GunicornPrometheusMetrics):
     """gunicorn, the metrics served on the app's own ``path`` (every worker's)."""
-
-    def __init__(self, app: Flask | None = None, path: str = "/metrics", **kwargs: t.Any) -> None:
-        super().__init__(app=app, **kwargs)
-        self.path = path
-        if app is not None:
-            self.register_endpoint(path, app)
-
-    def init_app(self, app: Flask) -> None:
-        super().init_app(app)
-        if self.path:
-            self.register_endpoint(self.path, app)
-
-    def should_start_http_server(self) -> bool:
-        return False
-
-    @classmethod
-    def start_http_server_when_ready(cls, port: int, host: str = "0.0.0.0") -> None:
-        warnings.warn(
-            f"{cls.__name__} serves the metrics on the app: start_http_server_when_ready"
-            " starts nothing (GunicornPrometheusMetrics starts a server).",
-            UserWarning,
-            stacklevel=2,
-        )

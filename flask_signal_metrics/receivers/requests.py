@@ -98,8 +98,7 @@ def _begin(
             # Before the in-flight count: a sampler or provider that raises here
             # must not leave a request counted in flight that nothing ends.
             traced = state.tracing.start(app, request, lane.method, route)
-        kept = settings.group_by.per_rule and not views
-        found = state.route(rule, request, lane, route, kept)
+        found = state.route(rule, request, lane, route, settings.group_by.per_rule, views)
         next(lane.group.started)
     else:
         # A late start is not counted in flight.
@@ -157,6 +156,8 @@ def on_request_started(sender: Flask, **extra: object) -> None:
             _begin(sender, ctx, True, began)
             return
         next(found.group.started)
+        if found.views:
+            begin_views(sender, ctx, found.views, True, began)
         # make_start, inline: no call on the common path.
         start = Start()
         start.began = began
@@ -223,8 +224,7 @@ def on_request_tearing_down(
         # recorded in full before (its recorder). Everything else: tear_down.
         if type(start) is Start and start.ctx is ctx and start.traced is None and exc is None:
             response = environ.get(RESPONSE_KEY)
-            # A helper's view metric noted VIEWS_KEY: recorded the whole way.
-            if response is not None and ERROR_KEY not in environ and VIEWS_KEY not in environ:
+            if response is not None and ERROR_KEY not in environ:
                 body = response.response
                 if type(body) is list:
                     recorder = start.route.recorders.get(status_code(response))
@@ -241,6 +241,8 @@ def on_request_tearing_down(
                             request_size = request_body_size(environ)
                         size = len(body[0]) if len(body) == 1 else sum(map(len, body))
                         recorder.add(duration, request_size, size)
+                        if VIEWS_KEY in environ:
+                            end_views(sender, ctx, environ)
                         return
         tear_down(sender, ctx, environ, exc)
     except Exception as e:

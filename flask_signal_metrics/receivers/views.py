@@ -50,9 +50,14 @@ def end_views(app: Flask, ctx: RequestContext, environ: dict[str, t.Any]) -> Non
     when the exception propagated and none was made.
     """
     viewed = environ.get(VIEWS_KEY)
-    if type(viewed) is not Viewed or viewed.ctx is not ctx or not viewed.recorded:
+    if type(viewed) is not Viewed or viewed.ctx is not ctx:
         return
-    viewed.recorded = False  # a second teardown (a stream's) records nothing
+    # The request is over: no cycle through its environ keeps it for the
+    # garbage collector, and a second teardown (a stream's) records nothing.
+    viewed.ctx = None
+    if not viewed.recorded:
+        return
+    viewed.recorded = False
     duration = max(perf_counter() - viewed.began, 0.0)
     response = environ.get(RESPONSE_KEY)
     if response is None:
