@@ -183,10 +183,11 @@ class MetricsBridge:
         """
         now = time.time_ns()
         metrics: dict[str, _Series] = {}
+        names, skipped = _names()
         for reading in readings(_registries()):
-            if reading.family in _SKIPPED:
+            if reading.family in skipped:
                 continue
-            name, unit = NAMES.get(reading.family, (reading.family, ""))
+            name, unit = names.get(reading.family, (reading.family, ""))
             series = metrics.setdefault(
                 name, _Series(reading.kind, unit, reading.documentation, {})
             ).points
@@ -279,6 +280,17 @@ class MetricsBridge:
             self.export()
         finally:
             self._exporter.shutdown()
+
+
+def _names() -> tuple[dict[str, tuple[str, str]], frozenset[str]]:
+    """:data:`NAMES` and :data:`_SKIPPED`, with each classic app's own names (its prefix)."""
+    names, skipped = dict(NAMES), set(_SKIPPED)
+    for state in list(INSTANCES):
+        if state.metrics is not None and state.settings.naming == "classic":
+            classic = state.metrics.requests.names
+            names[classic.duration] = NAMES[CLASSIC_DURATION]
+            skipped.add(classic.requests)
+    return names, frozenset(skipped)
 
 
 def _registries() -> list[CollectorRegistry]:

@@ -179,3 +179,20 @@ def test_values_of_the_process_each_app_repeats_are_sent_once() -> None:
 
     assert sent("flask_signal_metrics.otlp.dropped", lost) == [1]
     assert sent("flask_signal_metrics_info", ours) == [1]
+
+
+ROUTE = "/item/<int:item_id>"
+
+
+def test_prefixed_classic_metrics_keep_their_otlp_names() -> None:
+    """``SIGNAL_METRICS_PREFIX`` renames the Prometheus families, not the OTLP metrics."""
+    app = make_app("prefixed")
+    SignalMetrics(app, naming="classic", prefix="shop", serve_default_registry=False)
+    app.test_client().get("/item/1")
+    sink = Sink()
+    assert bridge(sink).export() is True
+    points = exported(sink, "http.server.request.duration")
+    routes = {attributes(p).get("http.route") for p in points}
+    assert ROUTE in routes, routes
+    assert exported(sink, "shop_http_request_duration_seconds") == []
+    assert exported(sink, "shop_http_request") == []  # the count repeats the histogram's
