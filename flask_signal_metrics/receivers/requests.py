@@ -210,7 +210,7 @@ def on_request_tearing_down(
     buffered body whose status already has a bound recorder for the route
     (:func:`.recording.record` binds one after recording such a request the
     whole way). Then it records exactly what :func:`tear_down` would: the
-    same series, duration, request size and body size.
+    same series, duration, request size and body size, and the view metrics.
     tests/receivers/test_recording.py::test_repeated_requests_are_recorded_as_the_first
     proves it over every shape of request, counting which way each went.
     Everything else goes the whole way, :func:`tear_down`.

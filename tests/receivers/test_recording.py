@@ -47,6 +47,7 @@ _SHAPES: list[tuple[str, str, bytes | None, dict[str, str], bool]] = [
 ]
 
 
+@pytest.mark.parametrize("views", [False, True], ids=["defaults", "view-metrics"])
 @pytest.mark.parametrize(("method", "path", "body", "headers", "fast"), _SHAPES)
 def test_repeated_requests_are_recorded_as_the_first(
     registry: CollectorRegistry,
@@ -56,10 +57,21 @@ def test_repeated_requests_are_recorded_as_the_first(
     body: bytes | None,
     headers: dict[str, str],
     fast: bool,
+    views: bool,
 ) -> None:
-    """The one-call path of a route's later requests records what the whole way did."""
+    """The one-call path of a route's later requests records what the whole way did.
+
+    With view metrics on every view too: those are recorded alike both ways.
+    """
     app = make_app()
-    SignalMetrics(app, registry=registry, serve_default_registry=False)
+    ext = SignalMetrics(registry=registry, serve_default_registry=False)
+    if views:
+        ext.register_default(
+            ext.counter("by_status", "By status.", {"status": lambda r: r.status_code}),
+            ext.histogram("view_seconds", "Durations."),
+            ext.gauge("view_now", "In progress."),
+        )
+    ext.init_app(app)
     client = app.test_client()
     whole_way: list[int] = []
     tear_down = request_receivers.tear_down
@@ -76,7 +88,10 @@ def test_repeated_requests_are_recorded_as_the_first(
             (s.name, tuple(sorted(s.labels.items()))): s.value
             for metric in registry.collect()
             for s in metric.samples
-            if not (s.name.startswith("http_server_request_duration") and "count" not in s.name)
+            if not (
+                s.name.startswith(("http_server_request_duration", "view_seconds"))
+                and "count" not in s.name
+            )
             and not s.name.startswith(("flask_template_render_duration", "flask_response_ready"))
             and not s.name.endswith("_created")
         }
@@ -94,6 +109,10 @@ def test_repeated_requests_are_recorded_as_the_first(
         for key, count in first.items()
     }
     assert in_flight(registry) == 0
+    if views:  # a view's requests only: not a 404's or a 405's (no view)
+        has_view = path != "/nope" and method != "BREW"
+        assert sum(v for (name, _), v in first.items() if name == "by_status_total") == has_view
+        assert value(registry, "view_now") == 0
     if fast:
         assert len(whole_way) == 1
     else:  # a stream_with_context body is torn down twice on Flask 3.1
