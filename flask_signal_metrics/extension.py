@@ -302,6 +302,9 @@ class SignalMetrics:
         metrics = [d.metric for d in decorators]
         if app is None:
             self._default_views.extend(metrics)
+            for state in list(INSTANCES):  # this extension's apps forget their rules
+                if state.shared_views is self._default_views:
+                    state.forget_routes()
             return
         state = get_state(app)
         state.default_views.extend(metrics)

@@ -293,3 +293,16 @@ def test_a_request_with_view_metrics_leaves_no_cycle(registry: CollectorRegistry
     finally:
         gc.enable()
     assert value(registry, "plain_total") == 3.0
+
+
+def test_register_default_for_every_app_applies_to_apps_already_serving() -> None:
+    ext = SignalMetrics(serve_default_registry=False)
+    app = Flask("serving")
+    app.add_url_rule("/", "index", lambda: "ok")
+    ext.init_app(app)
+    client = app.test_client()
+    client.get("/")  # its rule's view metrics are worked out: none
+    ext.register_default(ext.counter("late_views", "Registered late."))
+    client.get("/")
+    text, _ = ext.generate_metrics(None, names=["late_views_total"])
+    assert "\nlate_views_total 1.0\n" in text

@@ -81,7 +81,9 @@ class Metrics:
         #: The request metrics; exposed once :meth:`export_defaults` ran
         #: (recorded before, never served).
         self._shape = (classic or ClassicNames(), summary, tuple(buckets))
-        self.requests: RequestStats | FileRequestStats = self._request_stats(*self._shape)
+        # In-process until exported: unexported request metrics written to the
+        # multiprocess files would be served by every scrape of the directory.
+        self.requests: RequestStats | FileRequestStats = self._request_stats(*self._shape, False)
         #: Whether the request metrics are served.
         self.exported = False
         #: prometheus-flask-exporter's exception counter (classic naming only).
@@ -132,9 +134,10 @@ class Metrics:
         """
         if self.exported:
             raise RuntimeError("The default metrics are exported already; export them once.")
-        if (classic, summary, tuple(buckets)) != self._shape:
-            # What was recorded so far had other names or buckets: start afresh.
-            self.requests = self._request_stats(classic, summary, buckets)
+        if multiprocess() or (classic, summary, tuple(buckets)) != self._shape:
+            # What was recorded so far had other names or buckets, or was this
+            # process's alone: start afresh.
+            self.requests = self._request_stats(classic, summary, buckets, multiprocess())
         classic_naming = self._naming == "classic"
         info_labels = ("version",) if classic_naming else ("version", *self._static_names)
         info = Gauge(
@@ -156,7 +159,7 @@ class Metrics:
         self.exported = True
 
     def _request_stats(
-        self, classic: ClassicNames, summary: bool, buckets: cabc.Sequence[float]
+        self, classic: ClassicNames, summary: bool, buckets: cabc.Sequence[float], files: bool
     ) -> RequestStats | FileRequestStats:
         request_families = [REQUEST_SIZE, RESPONSE_SIZE]
         request_families.append(classic.duration if self._naming == "classic" else DURATION)
@@ -173,7 +176,7 @@ class Metrics:
         }
         # Worker processes share numbers only through prometheus_client's
         # files: each writes its own (FileRequestStats).
-        return FileRequestStats(**options) if multiprocess() else RequestStats(**options)
+        return FileRequestStats(**options) if files else RequestStats(**options)
 
     def _histogram(
         self, name: str, doc: str, labelnames: tuple[str, ...], buckets: cabc.Sequence[float]

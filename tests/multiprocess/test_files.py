@@ -166,3 +166,24 @@ def test_declared_histograms_in_a_worker_are_written_to_its_files(tmp_path: Path
     out = in_a_worker(_DECLARED_RUN, tmp_path, str(tmp_path)).splitlines()
     files = ["counter", "gauge_liveall", "gauge_max", "histogram_requests"]
     assert out == ["3.0", "3.0", str(files)]
+
+
+_LATE_EXPORT_RUN = """
+import sys
+from tests.conftest import make_app
+from flask_signal_metrics import SignalMetrics
+app = make_app()
+ext = SignalMetrics(app, naming="classic", export_defaults=False)
+client = app.test_client()
+client.get("/item/1")
+before = client.get("/metrics").get_data(as_text=True)
+ext.export_defaults(app)
+client.get("/item/1")
+after = client.get("/metrics").get_data(as_text=True)
+print(before.count("flask_http_request_total{"), after.count('flask_http_request_total{method="GET",status="200"} 1.0'))
+"""
+
+
+def test_request_metrics_not_exported_are_not_in_the_files(tmp_path: Path) -> None:
+    # Every scrape sums the directory's files: unexported metrics must not be written there.
+    assert in_a_worker(_LATE_EXPORT_RUN, tmp_path).split() == ["0", "1"]
