@@ -180,7 +180,8 @@ before = client.get("/metrics").get_data(as_text=True)
 ext.export_defaults(app)
 client.get("/item/1")
 after = client.get("/metrics").get_data(as_text=True)
-print(before.count("flask_http_request_total{"), after.count('flask_http_request_total{method="GET",status="200"} 1.0'))
+counted = 'flask_http_request_total{method="GET",status="200"} 1.0'
+print(before.count("flask_http_request_total{"), after.count(counted))
 """
 
 
