@@ -47,6 +47,10 @@ if t.TYPE_CHECKING:
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 
+class AlreadyExported(RuntimeError):
+    """``export_defaults`` on an app whose request metrics are served already."""
+
+
 class SignalMetrics:
     """Prometheus metrics for a Flask app, recorded by receivers of Flask's signals.
 
@@ -119,6 +123,12 @@ class SignalMetrics:
         if app is not None:
             self.init_app(app)
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """Where the metrics declared on the extension are (views', the app's own
+        signals'): ``registry=`` if given, else a registry of the extension's own."""
+        return self._store.registry
+
     def init_app(self, app: Flask) -> None:
         """Validate the app's config, create its metrics, connect the receivers
         and register the metrics route.
@@ -148,12 +158,7 @@ class SignalMetrics:
                 " flask_signal_metrics.start_metrics_server(port) in gunicorn's when_ready"
                 " hook (see examples/gunicorn.conf.py), and unset SIGNAL_METRICS_PORT."
             )
-        if multiprocess() and settings.latency == "summary":
-            raise ValueError(
-                "SIGNAL_METRICS_LATENCY is 'summary', but several worker processes share"
-                " their request durations as histograms: keep 'histogram' (its _count and"
-                " _sum series are the summary's, under the same names)."
-            )
+        _check_latency(settings)
         if multiprocess():
             check_directory()  # once: a scrape or a compaction never checks
         registry = self._registry if self._registry is not None else new_registry()
@@ -316,7 +321,7 @@ class SignalMetrics:
         :param options: ``group_by``, ``prefix``, ``latency``, ``buckets``:
             as the config keys; what was recorded before starts afresh if
             they change the metrics' shape.
-        :raises RuntimeError: the request metrics are served already.
+        :raises AlreadyExported: the request metrics are served already.
         """
         unknown = sorted(set(options) - {"group_by", "prefix", "latency", "buckets"})
         if unknown:
@@ -327,7 +332,12 @@ class SignalMetrics:
         state = get_state(app)
         if state.metrics is None:
             return  # disabled: nothing to serve
+        if state.metrics.exported:
+            raise AlreadyExported(
+                f"The request metrics of app {app.name!r} are served already; export them once."
+            )
         settings = config.load(app.config, {**self._options, **options})
+        _check_latency(settings)
         _export(state.metrics, settings)
         state.settings = settings
         state.forget_routes()
@@ -461,6 +471,15 @@ class SignalMetrics:
 
 
 T = t.TypeVar("T")
+
+
+def _check_latency(settings: config.Settings) -> None:
+    if multiprocess() and settings.latency == "summary":
+        raise ValueError(
+            "SIGNAL_METRICS_LATENCY is 'summary', but several worker processes share"
+            " their request durations as histograms: keep 'histogram' (its _count and"
+            " _sum series are the summary's, under the same names)."
+        )
 
 
 def _classic_names(settings: config.Settings) -> ClassicNames:

@@ -174,9 +174,13 @@ class State:
     #: View metrics registered for every view of every app of the extension (shared list).
     shared_views: list[ViewMetric] = dataclasses.field(default_factory=list)
 
+    #: Counts :meth:`forget_routes`: what a request worked out before one is not kept.
+    generation: int = 0
+
     def forget_routes(self) -> None:
         """Drop what was worked out per rule and route: the view metrics or the
         request metrics changed (``register_default``, ``export_defaults``)."""
+        self.generation += 1
         self.rules.clear()
         self.routes.clear()
         self.lanes.clear()
@@ -191,6 +195,7 @@ class State:
         The metrics declared on an excluded view still record (they were asked
         for by name), unless it is marked with ``exclude_all``.
         """
+        generation = self.generation
         view = app.view_functions.get(rule.endpoint)
         grouping = self.settings.group_by
         views: tuple[ViewMetric, ...] = ()
@@ -204,7 +209,8 @@ class State:
             tuple(dict.fromkeys(views)),  # a metric both declared and registered: once
             bool(getattr(view, EXCLUDE_ALL_ATTR, False)),
         )
-        self.rules[id(rule)] = info
+        if generation == self.generation:  # else it may be stale: worked out again next time
+            self.rules[id(rule)] = info
         return info
 
     def lane(self, method: str, scheme: str) -> Lane:
@@ -212,9 +218,10 @@ class State:
         method_label = self.methods.get(method, labels.OTHER)
         scheme_label = labels.SCHEMES.get(scheme, labels.OTHER)
         assert self.metrics is not None  # no receivers are connected without it
+        generation = self.generation
         group = self.metrics.requests.group(method_label, scheme_label)
         lane = Lane(method_label, scheme_label, group)
-        if method_label == method and scheme_label == scheme:
+        if method_label == method and scheme_label == scheme and generation == self.generation:
             self.lanes[(method, scheme)] = lane
         return lane
 

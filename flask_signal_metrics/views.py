@@ -31,6 +31,7 @@ from .config import parse_buckets
 from .metrics.names import HistogramSpec
 from .state import EXCLUDE_ALL_ATTR
 from .state import logger
+from .state import START_KEY
 from .state import VIEWS_ATTR
 from .state import VIEWS_KEY
 
@@ -48,6 +49,8 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 perf_counter = time.perf_counter
+
+_NOT_STARTED = object()
 
 
 class Label(t.NamedTuple):
@@ -115,12 +118,16 @@ class Viewed:
 
     __slots__ = ("began", "calls", "ctx", "gauges", "metrics", "recorded")
 
+    #: The mark of an excluded request (``exclude_all``, an excluded path): no
+    #: metric records it, a decorated function's neither. Holds no context.
+    EXCLUDED: t.ClassVar[Viewed]
+
     def __init__(
         self,
         began: float,
         metrics: tuple[ViewMetric, ...],
         recorded: bool,
-        ctx: RequestContext,
+        ctx: RequestContext | None,
     ) -> None:
         self.began = began
         self.metrics = metrics
@@ -129,6 +136,9 @@ class Viewed:
         self.ctx: RequestContext | None = ctx
         self.gauges: list[tuple[ViewMetric, t.Any]] = []
         self.calls: list[tuple[ViewMetric, float]] = []
+
+
+Viewed.EXCLUDED = Viewed(0.0, (), False, None)
 
 
 def view_metrics(view: object) -> tuple[ViewMetric, ...]:
@@ -223,9 +233,20 @@ class _Call:
         """The call's recording; None when the receivers see to it, or nothing may record it."""
         ctx = _compat.current_context.get(None)
         if ctx is not None:
-            viewed = ctx.request.environ.get(VIEWS_KEY)
-            if type(viewed) is Viewed and (metric in viewed.metrics or not viewed.recorded):
-                return None  # the view's own metric, or an excluded (or ended) request
+            environ = ctx.request.environ
+            viewed = environ.get(VIEWS_KEY)
+            if type(viewed) is Viewed:
+                if metric in viewed.metrics or not viewed.recorded:
+                    return None  # the view's own metric, or an excluded (or ended) request
+                ctx = viewed.ctx  # the request's own context (a copy's calls are its too)
+            else:
+                start = environ.get(START_KEY, _NOT_STARTED)
+                if start is not None:  # None: excluded from the request metrics only
+                    # The request's start record holds its own context. Without one
+                    # no receiver of ours records this request (no extension, one
+                    # disabled, a start missed, a body sent after the teardown):
+                    # the call is recorded when it returns.
+                    ctx = getattr(start, "ctx", None)
         return cls(metric, store, ctx)
 
     def end(self, result: object) -> None:
@@ -295,7 +316,12 @@ def declare(
             f" {', '.join(sorted(allowed)) or 'none'}."
         )
     declared = _labels(kind, name, labels)
-    declared += tuple(Label(n, v) for n, v in static if n not in {d.name for d in declared})
+    # The extension's static labels win over the metric's own of the same
+    # name, in its place (prometheus-flask-exporter's default_labels do).
+    fixed = dict(static)
+    names = {label.name for label in declared}
+    declared = tuple(Label(d.name, fixed[d.name]) if d.name in fixed else d for d in declared)
+    declared += tuple(Label(n, v) for n, v in static if n not in names)
     labelnames = tuple(label.name for label in declared)
     family: Family[t.Any]
     if kind == "counter":

@@ -178,3 +178,14 @@ def test_a_summary_is_refused_with_several_workers(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(extension, "multiprocess", lambda: True)
     with pytest.raises(ValueError, match="keep 'histogram'"):
         SignalMetrics(Flask(__name__), naming="classic", latency="summary")
+
+
+def test_a_summary_exported_late_is_refused_with_several_workers(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, ext = classic(registry, export_defaults=False)
+    from flask_signal_metrics import extension
+
+    monkeypatch.setattr(extension, "multiprocess", lambda: True)
+    with pytest.raises(ValueError, match="keep 'histogram'"):
+        ext.export_defaults(app, latency="summary")

@@ -10,6 +10,7 @@ import weakref
 import pytest
 from flask import Blueprint
 from flask import Flask
+from flask import copy_current_request_context
 from flask import request
 from flask.views import MethodView
 from prometheus_client import CollectorRegistry
@@ -306,3 +307,57 @@ def test_register_default_for_every_app_applies_to_apps_already_serving() -> Non
     client.get("/")
     text, _ = ext.generate_metrics(None, names=["late_views_total"])
     assert "\nlate_views_total 1.0\n" in text
+
+
+def test_a_helper_records_nothing_in_an_excluded_request(registry: CollectorRegistry) -> None:
+    app, ext = make(registry, exclude=["/skipped"])
+    helper = ext.counter("helper_calls", "Calls.")(lambda: "x")
+    app.add_url_rule("/silent", "silent", exclude_all(lambda: helper()))
+    app.add_url_rule("/skipped", "skipped", lambda: helper())
+    app.add_url_rule("/counted", "counted", lambda: helper())
+    client = app.test_client()
+    for path in ("/silent", "/skipped", "/counted"):
+        assert client.get(path).text == "x"
+    assert value(registry, "helper_calls_total") == 1.0
+
+
+def test_a_helper_in_a_copied_context_is_the_requests(registry: CollectorRegistry) -> None:
+    """Recorded at the request's end with its response, not at the copy's with a 500."""
+    app, ext = make(registry)
+    helper = ext.counter("copied_calls", "Calls.", {"code": lambda r: r.status_code})(lambda: None)
+
+    @app.get("/thread")
+    def in_a_thread() -> tuple[str, int]:
+        worker = threading.Thread(target=copy_current_request_context(helper))
+        worker.start()
+        worker.join(10)
+        return "made", 201
+
+    assert app.test_client().get("/thread").status_code == 201
+    assert value(registry, "copied_calls_total", code="201") == 1.0
+    assert value(registry, "copied_calls_total", code="500") == 0.0
+
+
+@pytest.mark.parametrize("enabled", [False, None], ids=["disabled", "no-extension"])
+def test_a_helper_without_our_receivers_records_at_once_and_leaves_no_cycle(
+    registry: CollectorRegistry, enabled: bool | None
+) -> None:
+    ext = SignalMetrics(registry=registry, serve_default_registry=False, enabled=False)
+    app = Flask(__name__)
+    if enabled is not None:
+        ext.init_app(app)
+    helper = ext.counter("lonely_calls", "Calls.")(lambda: "ok")
+    seen: list[weakref.ref[t.Any]] = []
+
+    @app.get("/")
+    def index() -> str:
+        seen.append(weakref.ref(request._get_current_object()))  # type: ignore[attr-defined]
+        return t.cast(str, helper())
+
+    gc.disable()
+    try:
+        app.test_client().get("/")
+        assert [ref() for ref in seen] == [None]
+    finally:
+        gc.enable()
+    assert value(registry, "lonely_calls_total") == 1.0

@@ -21,9 +21,9 @@ import weakref
 
 import flask
 
+from ..extension import AlreadyExported
 from ..extension import SignalMetrics
 from ..extension import start_metrics_server
-from ..metrics.registry import new_registry
 from ..state import exclude
 from ..version import VERSION
 from ..views import exclude_all
@@ -70,7 +70,18 @@ def _anchored(patterns: str | cabc.Iterable[str]) -> list[str]:
     """``excluded_paths`` are ``re.match``-ed (a prefix); ours fully match."""
     if isinstance(patterns, str):
         patterns = [patterns]
-    return [f"(?:{pattern})(?s:.*)" for pattern in patterns]
+    return [_scoped(pattern) + "(?s:.*)" for pattern in patterns]
+
+
+_GLOBAL_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+
+
+def _scoped(pattern: str) -> str:
+    """``(?i)/health`` → ``(?i:/health)``: flags at the start scoped to the pattern."""
+    flags = _GLOBAL_FLAGS.match(pattern)
+    if flags is None:
+        return f"(?:{pattern})"
+    return f"(?{flags.group(1)}:{pattern[flags.end() :]})"
 
 
 Declaring = t.Callable[..., "MetricDecorator"]
@@ -133,7 +144,7 @@ class PrometheusMetrics:
         self._metrics_decorator = metrics_decorator
         self.buckets = buckets
         self.version = VERSION
-        self.registry = registry if registry is not None else new_registry()
+        given = registry
         if kwargs.get("static_labels"):
             warnings.warn(
                 "static_labels= is deprecated (prometheus-flask-exporter 0.15.0):"
@@ -168,7 +179,10 @@ class PrometheusMetrics:
             options["buckets"] = buckets
         if metrics_decorator is not None:
             options["decorator"] = metrics_decorator
-        self._ext = SignalMetrics(registry=self.registry, **options)
+        # Without registry=, each app gets one of its own (several apps, or one
+        # instance per test, never clash); the decorators' metrics are in .registry.
+        self._ext = SignalMetrics(registry=given, **options)
+        self.registry = given if given is not None else self._ext.registry
         self._app: weakref.ref[Flask] | None = None
         if app is not None:
             self.init_app(app)
@@ -241,7 +255,7 @@ class PrometheusMetrics:
         if buckets is not None:
             options["buckets"] = buckets
         # Exported already: as with prometheus-flask-exporter, nothing happens.
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(AlreadyExported):
             self._ext.export_defaults(self._the_app(app), **options)
 
     def register_default(self, *metric_wrappers: MetricDecorator, **kwargs: t.Any) -> None:

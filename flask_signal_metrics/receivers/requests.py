@@ -12,6 +12,7 @@ from ..state import NO_RECORDERS
 from ..state import Route
 from ..state import START_KEY
 from ..state import VIEWS_KEY
+from ..views import Viewed
 from .environ import body_size
 from .environ import current_context
 from .environ import DONE
@@ -73,16 +74,16 @@ def _begin(
         info = state.rules.get(id(rule)) or state.rule_info(app, rule)
         route, views, excluded = info.route, info.views, info.excluded
         if info.excluded_all:
-            if views and in_flight:
-                begin_views(app, ctx, views, False, began)  # their wrappers stay out
+            environ[VIEWS_KEY] = Viewed.EXCLUDED  # decorated functions record nothing either
             environ[START_KEY] = None
             return None
         if request.root_path and settings.group_by.name == "route":
             route = request.root_path + route
     path_excluded = state.exclude_path is not None and state.exclude_path.fullmatch(request.path)
-    if views and in_flight:
-        recorded = not (path_excluded and settings.exclude_view_metrics)
-        begin_views(app, ctx, views, recorded, began)
+    if path_excluded and settings.exclude_view_metrics:
+        environ[VIEWS_KEY] = Viewed.EXCLUDED
+    elif views and in_flight:
+        begin_views(app, ctx, views, True, began)
     if excluded or path_excluded:
         environ[START_KEY] = None
         return None

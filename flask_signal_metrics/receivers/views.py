@@ -27,11 +27,9 @@ if t.TYPE_CHECKING:
 def begin_views(
     app: Flask, ctx: RequestContext, views: tuple[ViewMetric, ...], recorded: bool, began: float
 ) -> None:
-    """Note the request's view metrics; count its gauges up (when they record)."""
+    """Note the request's view metrics and count its gauges up."""
     viewed = Viewed(began, views, recorded, ctx)
     ctx.request.environ[VIEWS_KEY] = viewed
-    if not recorded:
-        return
     for metric in views:
         if metric.kind == "gauge":
             try:

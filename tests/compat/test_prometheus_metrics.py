@@ -45,13 +45,48 @@ def test_the_app_is_held_weakly() -> None:
     assert metrics.app is None
 
 
-def test_each_instance_has_its_own_registry() -> None:
+def _count(app: Flask) -> float:
+    text = app.test_client().get("/metrics?name[]=flask_http_request_total").text
+    found = [line for line in text.splitlines() if line.startswith("flask_http_request_total{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in found)
+
+
+def test_without_a_registry_each_app_has_its_own() -> None:
+    """One instance, an app factory, two apps: no "Duplicated timeseries", no shared counts."""
+    metrics = PrometheusMetrics.for_app_factory()
     one, two = make_app(), make_app()
-    first, second = PrometheusMetrics(one), PrometheusMetrics(two)  # no Duplicated timeseries
-    assert first.registry is not second.registry
+    metrics.init_app(one)
+    metrics.init_app(two)
     one.test_client().get("/kept")
-    assert value(first.registry, "flask_http_request_total", method="GET", status="200") == 1.0
-    assert value(second.registry, "flask_http_request_total", method="GET", status="200") == 0.0
+    assert (_count(one), _count(two)) == (1.0, 0.0)
+    PrometheusMetrics(make_app())  # and a second instance beside it
+
+
+def test_the_default_labels_win_over_a_metrics_own(registry: CollectorRegistry) -> None:
+    app = make_app()
+    metrics = PrometheusMetrics(app, registry=registry, default_labels={"app": "shop"})
+    view = app.view_functions["/kept"]
+    app.view_functions["/kept"] = metrics.counter("mine", "Own.", labels={"app": "mine"})(view)
+    app.test_client().get("/kept")
+    assert value(registry, "mine_total", app="shop") == 1.0
+
+
+def test_excluded_paths_keep_their_leading_flags(registry: CollectorRegistry) -> None:
+    app = make_app()
+    PrometheusMetrics(app, registry=registry, excluded_paths=["(?i)/KEPT"])
+    app.test_client().get("/kept")
+    assert value(registry, "flask_http_request_total", method="GET", status="200") == 0.0
+
+
+def test_export_defaults_on_an_app_never_set_up_says_so(registry: CollectorRegistry) -> None:
+    app = make_app()
+    metrics = PrometheusMetrics(app, registry=registry, export_defaults=False)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        metrics.export_defaults(app=Flask("other"))
+    metrics.export_defaults()
+    metrics.export_defaults()  # a second time: nothing, as with prometheus-flask-exporter
+    app.test_client().get("/kept")
+    assert value(registry, "flask_http_request_total", method="GET", status="200") == 1.0
 
 
 def test_group_by_any_request_attribute_names_the_label() -> None:
