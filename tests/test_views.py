@@ -9,8 +9,8 @@ import weakref
 
 import pytest
 from flask import Blueprint
-from flask import Flask
 from flask import copy_current_request_context
+from flask import Flask
 from flask import request
 from flask.views import MethodView
 from prometheus_client import CollectorRegistry
@@ -311,7 +311,11 @@ def test_register_default_for_every_app_applies_to_apps_already_serving() -> Non
 
 def test_a_helper_records_nothing_in_an_excluded_request(registry: CollectorRegistry) -> None:
     app, ext = make(registry, exclude=["/skipped"])
-    helper = ext.counter("helper_calls", "Calls.")(lambda: "x")
+
+    def x() -> str:
+        return "x"
+
+    helper = ext.counter("helper_calls", "Calls.")(x)
     app.add_url_rule("/silent", "silent", exclude_all(lambda: helper()))
     app.add_url_rule("/skipped", "skipped", lambda: helper())
     app.add_url_rule("/counted", "counted", lambda: helper())
@@ -346,13 +350,17 @@ def test_a_helper_without_our_receivers_records_at_once_and_leaves_no_cycle(
     app = Flask(__name__)
     if enabled is not None:
         ext.init_app(app)
-    helper = ext.counter("lonely_calls", "Calls.")(lambda: "ok")
+
+    def ok() -> str:
+        return "ok"
+
+    helper = ext.counter("lonely_calls", "Calls.")(ok)
     seen: list[weakref.ref[t.Any]] = []
 
     @app.get("/")
     def index() -> str:
         seen.append(weakref.ref(request._get_current_object()))  # type: ignore[attr-defined]
-        return t.cast(str, helper())
+        return helper()
 
     gc.disable()
     try:
