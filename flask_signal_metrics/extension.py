@@ -19,6 +19,8 @@ from . import labels
 from . import port_server
 from . import receivers
 from . import views
+from .labels import text as label_text
+from .metrics.catalogue import AlreadyExported as AlreadyExported
 from .metrics.catalogue import Metrics
 from .metrics.names import ClassicNames
 from .metrics.registry import default_registry
@@ -45,10 +47,6 @@ if t.TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
-
-
-class AlreadyExported(RuntimeError):
-    """``export_defaults`` on an app whose request metrics are served already."""
 
 
 class SignalMetrics:
@@ -287,7 +285,7 @@ class SignalMetrics:
         self, name: str, documentation: str, labels: t.Mapping[str, object] | None = None
     ) -> t.Any:
         """A gauge set to 1 with constant labels (a version, a build): the series, to ``set``."""
-        pairs = [(str(k), views.label_text(v)) for k, v in (labels or {}).items()]
+        pairs = [(str(k), label_text(v)) for k, v in (labels or {}).items()]
         return self._store.info(name, documentation, pairs)
 
     def register_default(
@@ -332,10 +330,6 @@ class SignalMetrics:
         state = get_state(app)
         if state.metrics is None:
             return  # disabled: nothing to serve
-        if state.metrics.exported:
-            raise AlreadyExported(
-                f"The request metrics of app {app.name!r} are served already; export them once."
-            )
         settings = config.load(app.config, {**self._options, **options})
         _check_latency(settings)
         _export(state.metrics, settings)

@@ -69,6 +69,34 @@ class Lane:
         self.group = group
 
 
+class ViewSet(t.NamedTuple):
+    """A rule's view metrics, split once: its gauges count up at the start, the rest
+    record at the end (``metrics`` is all of them, for the decorators' wrappers)."""
+
+    metrics: tuple[ViewMetric, ...]
+    gauges: tuple[ViewMetric, ...]
+    timed: tuple[ViewMetric, ...]
+
+    @classmethod
+    def of(cls, metrics: cabc.Iterable[ViewMetric]) -> ViewSet | None:
+        """The set of ``metrics``, each once; None for none."""
+        found = tuple(dict.fromkeys(metrics))  # a metric both declared and registered: once
+        if not found:
+            return None
+        gauges = tuple(m for m in found if m.kind == "gauge")
+        return cls(found, gauges, tuple(m for m in found if m.kind != "gauge"))
+
+
+#: The view metrics of a request without any (a decorated helper's calls only).
+NO_VIEWS = ViewSet((), (), ())
+
+
+def view_metrics(view: object) -> tuple[ViewMetric, ...]:
+    """The metrics declared on a view function (none when it has none)."""
+    found = getattr(view, VIEWS_ATTR, ())
+    return found if type(found) is tuple else ()
+
+
 class RuleInfo(t.NamedTuple):
     """What every request of one URL rule shares, worked out at its first request."""
 
@@ -78,8 +106,8 @@ class RuleInfo(t.NamedTuple):
     #: The view is excluded from the request metrics and spans (``exclude``).
     excluded: bool
     #: The view metrics of its requests: declared on the view, then those
-    #: registered for every view.
-    views: tuple[ViewMetric, ...]
+    #: registered for every view; None for none.
+    views: ViewSet | None
     #: No metric records its requests, its view metrics included (``exclude_all``).
     excluded_all: bool
 
@@ -102,7 +130,7 @@ class Route:
         route: str,
         group: t.Any,
         recorders: cabc.Mapping[int, t.Any],
-        views: tuple[ViewMetric, ...] = (),
+        views: ViewSet | None = None,
     ) -> None:
         self.method = lane.method
         self.scheme = lane.scheme
@@ -198,15 +226,13 @@ class State:
         generation = self.generation
         view = app.view_functions.get(rule.endpoint)
         grouping = self.settings.group_by
-        views: tuple[ViewMetric, ...] = ()
+        views = None
         if rule.endpoint != ENDPOINT:
-            found = getattr(view, VIEWS_ATTR, ())
-            views = (*(found if type(found) is tuple else ()), *self.shared_views)
-            views += tuple(self.default_views)
+            views = ViewSet.of((*view_metrics(view), *self.shared_views, *self.default_views))
         info = RuleInfo(
             grouping.of_rule(rule) if grouping.per_rule else rule.rule,
             bool(getattr(view, EXCLUDE_ATTR, False)),
-            tuple(dict.fromkeys(views)),  # a metric both declared and registered: once
+            views,
             bool(getattr(view, EXCLUDE_ALL_ATTR, False)),
         )
         if generation == self.generation:  # else it may be stale: worked out again next time
@@ -232,7 +258,7 @@ class State:
         lane: Lane,
         route: str,
         kept: bool = True,
-        views: tuple[ViewMetric, ...] = (),
+        views: ViewSet | None = None,
     ) -> Route:
         """The :class:`Route` of a request that starts in flight; kept when it can be.
 

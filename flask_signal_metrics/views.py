@@ -31,7 +31,9 @@ from .config import parse_buckets
 from .metrics.names import HistogramSpec
 from .state import EXCLUDE_ALL_ATTR
 from .state import logger
+from .state import NO_VIEWS
 from .state import START_KEY
+from .state import view_metrics
 from .state import VIEWS_ATTR
 from .state import VIEWS_KEY
 
@@ -40,6 +42,7 @@ if t.TYPE_CHECKING:
 
     from .metrics.family import Family
     from .metrics.store import SignalStore
+    from .state import ViewSet
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
@@ -90,7 +93,7 @@ class ViewMetric:
         return tuple(found)
 
     def observe(self, duration: float, response: object) -> None:
-        """Record one finished request or call (a gauge's is :meth:`leave`)."""
+        """Record one finished request or call (not a gauge's: it counts down its series)."""
         child = self.family.child(self.values(response))
         if self.kind == "counter":
             child.inc()
@@ -104,11 +107,18 @@ class ViewMetric:
         return child
 
 
+class Call(t.NamedTuple):
+    """A decorated function's call during a request, recorded at the request's end."""
+
+    metric: ViewMetric
+    duration: float
+
+
 class Viewed:
     """The view metrics of one request, kept in its environ at ``VIEWS_KEY``.
 
-    ``metrics``: every metric declared on the request's view, recorded or
-    not (the decorators' wrappers then stay out of the way); ``recorded``:
+    ``views``: the metrics of the request's view (the decorators' wrappers
+    stay out of the way of those, ``views.metrics``); ``recorded``:
     whether they are still to be recorded (not for an excluded request, nor
     after its teardown); ``gauges``: the series of the gauges counted up at
     the start, to count down at the end; ``calls``: the metrics of decorated
@@ -116,7 +126,7 @@ class Viewed:
     recorded at its end with its response.
     """
 
-    __slots__ = ("began", "calls", "ctx", "gauges", "metrics", "recorded")
+    __slots__ = ("began", "calls", "ctx", "gauges", "recorded", "views")
 
     #: The mark of an excluded request (``exclude_all``, an excluded path): no
     #: metric records it, a decorated function's neither. Holds no context.
@@ -125,26 +135,20 @@ class Viewed:
     def __init__(
         self,
         began: float,
-        metrics: tuple[ViewMetric, ...],
+        views: ViewSet,
         recorded: bool,
         ctx: RequestContext | None,
     ) -> None:
         self.began = began
-        self.metrics = metrics
+        self.views = views
         self.recorded = recorded
         #: The request's context until its end (then None).
         self.ctx: RequestContext | None = ctx
-        self.gauges: list[tuple[ViewMetric, t.Any]] = []
-        self.calls: list[tuple[ViewMetric, float]] = []
+        self.gauges: list[t.Any] = []
+        self.calls: list[Call] = []
 
 
-Viewed.EXCLUDED = Viewed(0.0, (), False, None)
-
-
-def view_metrics(view: object) -> tuple[ViewMetric, ...]:
-    """The metrics declared on a view function (none when it has none)."""
-    found = getattr(view, VIEWS_ATTR, ())
-    return found if type(found) is tuple else ()
+Viewed.EXCLUDED = Viewed(0.0, NO_VIEWS, False, None)
 
 
 def exclude_all(view: F) -> F:
@@ -236,7 +240,7 @@ class _Call:
             environ = ctx.request.environ
             viewed = environ.get(VIEWS_KEY)
             if type(viewed) is Viewed:
-                if metric in viewed.metrics or not viewed.recorded:
+                if metric in viewed.views.metrics or not viewed.recorded:
                     return None  # the view's own metric, or an excluded (or ended) request
                 ctx = viewed.ctx  # the request's own context (a copy's calls are its too)
             else:
@@ -263,8 +267,8 @@ class _Call:
             environ = self.ctx.request.environ
             viewed = environ.get(VIEWS_KEY)
             if type(viewed) is not Viewed:
-                viewed = environ[VIEWS_KEY] = Viewed(self.began, (), True, self.ctx)
-            viewed.calls.append((metric, duration))
+                viewed = environ[VIEWS_KEY] = Viewed(self.began, NO_VIEWS, True, self.ctx)
+            viewed.calls.append(Call(metric, duration))
         except Exception as e:
             failed_call(self.store, metric, e)
 
@@ -342,11 +346,6 @@ def declare(
     if initial and declared and all(isinstance(label.value, str) for label in declared):
         family.child(tuple(t.cast(str, label.value) for label in declared))
     return metric
-
-
-def label_text(value: object) -> str:
-    """A constant label value of any type, as prometheus_client writes it."""
-    return label_values.text(value)
 
 
 def _labels(kind: str, name: str, labels: object) -> tuple[Label, ...]:

@@ -8,7 +8,6 @@ import typing as t
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
-from prometheus_client import Gauge
 from prometheus_client import Histogram
 
 from ..multiprocess.directory import multiprocess
@@ -27,6 +26,11 @@ from .names import RECEIVER_ERRORS
 from .names import REQUEST_SIZE
 from .names import RESPONSE_SIZE
 from .names import SERIES_OVERFLOW
+from .store import info_series
+
+
+class AlreadyExported(RuntimeError):
+    """``export_defaults`` on an app whose request metrics are served already."""
 
 
 class Metrics:
@@ -130,25 +134,22 @@ class Metrics:
         :param classic: the classic names (prefix, grouping label); unused in
             naming ``otel``.
         :param summary: the duration as a summary (count and sum).
-        :raises RuntimeError: they are served already.
+        :raises AlreadyExported: they are served already.
         """
         if self.exported:
-            raise RuntimeError("The default metrics are exported already; export them once.")
+            raise AlreadyExported("The request metrics are served already; export them once.")
         if multiprocess() or (classic, summary, tuple(buckets)) != self._shape:
             # What was recorded so far had other names or buckets, or was this
             # process's alone: start afresh.
             self.requests = self._request_stats(classic, summary, buckets, multiprocess())
         classic_naming = self._naming == "classic"
-        info_labels = ("version",) if classic_naming else ("version", *self._static_names)
-        info = Gauge(
+        static = () if classic_naming else tuple(self._static_labels)
+        info_series(
+            self.registry,
             classic.info if classic_naming else "flask_signal_metrics_info",
             "Version of flask-signal-metrics.",
-            info_labels,
-            registry=self.registry,
-            multiprocess_mode="max",
+            (("version", self._version), *static),
         )
-        static = () if classic_naming else self._static
-        info.labels(self._version, *static).set(1)
         if classic_naming:
             self.escaped = self._counter(
                 classic.exceptions,

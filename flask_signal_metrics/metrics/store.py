@@ -18,6 +18,28 @@ from .names import SIGNAL_ERRORS
 from .names import SIGNAL_OVERFLOW
 
 
+def info_series(
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    labels: cabc.Sequence[tuple[str, str]],
+) -> t.Any:
+    """A gauge set to 1, labelled with ``labels`` (a process's constant facts); its series.
+
+    The highest value of any worker in multiprocess mode: each process sets the same.
+    """
+    gauge = Gauge(
+        name,
+        documentation,
+        tuple(n for n, _ in labels),
+        registry=registry,
+        multiprocess_mode="max",
+    )
+    series = gauge.labels(*(v for _, v in labels)) if labels else gauge
+    series.set(1)
+    return series
+
+
 class SignalStore:
     """The metrics declared on an extension for the app's own signals.
 
@@ -79,17 +101,7 @@ class SignalStore:
         return self._family(metric, name)
 
     def info(self, name: str, documentation: str, labels: cabc.Sequence[tuple[str, str]]) -> t.Any:
-        """A gauge set to 1, labelled with ``labels`` (a process's constant facts)."""
-        gauge = Gauge(
-            name,
-            documentation,
-            tuple(n for n, _ in labels),
-            registry=self.registry,
-            multiprocess_mode="max",
-        )
-        series = gauge.labels(*(v for _, v in labels)) if labels else gauge
-        series.set(1)
-        return series
+        return info_series(self.registry, name, documentation, labels)
 
     def histogram(self, spec: HistogramSpec) -> Family[t.Any]:
         return self._family(histogram(spec, self.registry), spec.name)

@@ -44,8 +44,8 @@ if t.TYPE_CHECKING:
 
     from ..grouping import Grouping
     from ..state import State
+    from ..state import ViewSet
     from ..tracing.spans import Traced
-    from ..views import ViewMetric
 
 
 def _begin(
@@ -68,7 +68,7 @@ def _begin(
             # The metrics route, with a method it does not take (a 405).
             environ[START_KEY] = None
             return None
-        views: tuple[ViewMetric, ...] = ()
+        views: ViewSet | None = None
         route, excluded = "", False
     else:
         info = state.rules.get(id(rule)) or state.rule_info(app, rule)
@@ -82,8 +82,8 @@ def _begin(
     path_excluded = state.exclude_path is not None and state.exclude_path.fullmatch(request.path)
     if path_excluded and settings.exclude_view_metrics:
         environ[VIEWS_KEY] = Viewed.EXCLUDED
-    elif views and in_flight:
-        begin_views(app, ctx, views, True, began)
+    elif views is not None and in_flight:
+        begin_views(app, ctx, views, began)
     if excluded or path_excluded:
         environ[START_KEY] = None
         return None
@@ -157,8 +157,8 @@ def on_request_started(sender: Flask, **extra: object) -> None:
             _begin(sender, ctx, True, began)
             return
         next(found.group.started)
-        if found.views:
-            begin_views(sender, ctx, found.views, True, began)
+        if found.views is not None:
+            begin_views(sender, ctx, found.views, began)
         # make_start, inline: no call on the common path.
         start = Start()
         start.began = began

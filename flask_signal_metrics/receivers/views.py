@@ -21,21 +21,19 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from flask.ctx import RequestContext
 
+    from ..state import ViewSet
     from ..views import ViewMetric
 
 
-def begin_views(
-    app: Flask, ctx: RequestContext, views: tuple[ViewMetric, ...], recorded: bool, began: float
-) -> None:
+def begin_views(app: Flask, ctx: RequestContext, views: ViewSet, began: float) -> None:
     """Note the request's view metrics and count its gauges up."""
-    viewed = Viewed(began, views, recorded, ctx)
+    viewed = Viewed(began, views, True, ctx)
     ctx.request.environ[VIEWS_KEY] = viewed
-    for metric in views:
-        if metric.kind == "gauge":
-            try:
-                viewed.gauges.append((metric, metric.enter()))
-            except Exception as e:
-                failed(app, signals.request_started.name, e)
+    for metric in views.gauges:
+        try:
+            viewed.gauges.append(metric.enter())
+        except Exception as e:
+            failed(app, signals.request_started.name, e)
 
 
 def end_views(app: Flask, ctx: RequestContext, environ: dict[str, t.Any]) -> None:
@@ -61,14 +59,19 @@ def end_views(app: Flask, ctx: RequestContext, environ: dict[str, t.Any]) -> Non
     if response is None:
         response = app.response_class(status=500)
     name = signals.request_tearing_down.name
-    for _metric, gauge in viewed.gauges:
+    for gauge in viewed.gauges:
         try:
             gauge.dec()
         except Exception as e:
             failed(app, name, e)
-    observed = [(m, duration) for m in viewed.metrics if m.kind != "gauge"]
-    for metric, took in observed + viewed.calls:
-        try:
-            metric.observe(took, response)
-        except Exception as e:
-            failed(app, name, e)
+    for metric in viewed.views.timed:
+        _observe(app, name, metric, duration, response)
+    for call in viewed.calls:
+        _observe(app, name, call.metric, call.duration, response)
+
+
+def _observe(app: Flask, signal: str, metric: ViewMetric, took: float, response: object) -> None:
+    try:
+        metric.observe(took, response)
+    except Exception as e:
+        failed(app, signal, e)

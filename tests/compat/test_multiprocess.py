@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -63,4 +62,3 @@ def test_the_migrated_example_counts_exactly_across_workers(tmp_path: Path) -> N
                 name[0].startswith("flask_http") and ("endpoint", "healthz") in name[1]
                 for name in found
             )
-    assert os.path.isdir(directory)

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ..conftest import IN_CI
+
 ROOT = Path(__file__).resolve().parents[2]
 SDIST = ROOT / ".cache" / "sdists" / "prometheus_flask_exporter-0.23.2.tar.gz"
 SHIM = Path(__file__).parent / "pfe_shim"
@@ -77,7 +79,7 @@ def _outcomes(report: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     if not SDIST.is_file():
-        if os.environ.get("CI"):
+        if IN_CI:
             pytest.fail(f"{SDIST} is missing: .ci/setup fetches it")
         pytest.skip(f"{SDIST} is missing: run .ci/setup")
     where = tmp_path_factory.mktemp("pfe")
