@@ -25,7 +25,9 @@ from .parsers import parse_bool
 from .parsers import parse_buckets as parse_buckets
 from .parsers import parse_decorator
 from .parsers import parse_exclude
+from .parsers import parse_excluded_urls
 from .parsers import parse_header_patterns
+from .parsers import parse_hook
 from .parsers import parse_known_methods
 from .parsers import parse_labels
 from .parsers import parse_latency
@@ -109,6 +111,9 @@ class Settings:
     latency: str = "histogram"
     export_defaults: bool = True
     exclude_view_metrics: bool = True
+    excluded_urls: tuple[str, ...] = ()
+    request_hook: t.Callable[..., t.Any] | None = None
+    response_hook: t.Callable[..., t.Any] | None = None
 
 
 class Key(t.NamedTuple):
@@ -221,6 +226,26 @@ KEYS: dict[str, Key] = {
         parse_bool,
         "An excluded path's requests skip the view metrics too; ``False`` records them.",
     ),
+    # opentelemetry-instrumentation-flask's options, with its names and semantics.
+    "SIGNAL_METRICS_EXCLUDED_URLS": Key(
+        "excluded_urls",
+        parse_excluded_urls,
+        "Comma-separated regular expressions searched in the full URL (as"
+        " opentelemetry-util-http's ``ExcludeList``): such requests make no span and no"
+        " metric. Unset: ``OTEL_PYTHON_FLASK_EXCLUDED_URLS``, else ``OTEL_PYTHON_EXCLUDED_URLS``.",
+    ),
+    "SIGNAL_METRICS_REQUEST_HOOK": Key(
+        "request_hook",
+        parse_hook,
+        "``hook(span, environ)``, called when a request's server span has started; what it"
+        " raises is counted, never the request's.",
+    ),
+    "SIGNAL_METRICS_RESPONSE_HOOK": Key(
+        "response_hook",
+        parse_hook,
+        '``hook(span, status, response_headers)`` (``"200 OK"``, a copy of the header'
+        " list), called before the server span ends; what it raises is counted.",
+    ),
     # Naming "classic" only: prometheus-flask-exporter's options.
     "SIGNAL_METRICS_GROUP_BY": Key(
         "group_by",
@@ -260,6 +285,11 @@ ENVIRON: dict[str, Key] = {
         "Captured headers whose name contains a match have their values recorded as"
         " ``[REDACTED]``.",
     ),
+}
+
+#: Standard variables read only when their setting is not given, first found wins.
+FALLBACK_ENVIRON: dict[str, tuple[str, ...]] = {
+    "excluded_urls": ("OTEL_PYTHON_FLASK_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS"),
 }
 
 #: Keyword option name (as accepted by ``SignalMetrics``) -> config key.
@@ -302,6 +332,11 @@ def load(
     for variable, spec in ENVIRON.items():
         if environ.get(variable):  # empty is unset, as the OpenTelemetry spec says
             values[spec.field] = spec.parse(variable, environ[variable])
+    fields = {spec.field: spec for spec in KEYS.values()}
+    for field, variables in FALLBACK_ENVIRON.items():
+        found = next((v for v in variables if environ.get(v)), None)
+        if field not in values and found is not None:
+            values[field] = fields[field].parse(found, environ[found])
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_port_guard(settings)
     _check_classic(settings)

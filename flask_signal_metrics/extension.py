@@ -39,6 +39,7 @@ from .state import INSTANCES
 from .state import logger
 from .state import State
 from .tracing import spans as tracing
+from .tracing import urls
 from .version import VERSION
 
 if t.TYPE_CHECKING:
@@ -138,6 +139,15 @@ class SignalMetrics:
             the message names the key and the fix.
         :raises RuntimeError: the extension is already set up on this app.
         """
+        found = app.extensions.get(EXTENSION_KEY)
+        if found is not None and found.instrumented:
+            # The app's own set-up wins over the instrumentor's defaults.
+            logger.info(
+                "flask-signal-metrics: app %r sets SignalMetrics up itself; the"
+                " instrumentor's set-up is replaced by it.",
+                app.name,
+            )
+            self.remove_app(app)
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
                 f"SignalMetrics is already initialised on app {app.name!r}; call"
@@ -198,6 +208,7 @@ class SignalMetrics:
             tracing=_tracing(settings, self._tracer_provider),
             owned=owned,
             shared_views=self._default_views,
+            excluded_urls=urls.excluded_urls(settings.excluded_urls),
         )
         if settings.export_defaults:
             _export(metrics, settings)
@@ -213,6 +224,27 @@ class SignalMetrics:
             metrics.workers.start()
         if server is not None:
             state.server = port_server.serve(server)
+
+    def remove_app(self, app: Flask) -> None:
+        """Undo :meth:`init_app`: disconnect every receiver, remove the metrics
+        route and the ``signal-metrics`` commands, close the metrics port.
+
+        The app serves as if the extension had never been set up on it;
+        ``init_app`` may set it up again. What was recorded is dropped with it.
+
+        :raises RuntimeError: the extension is not set up on this app.
+        """
+        state = get_state(app)
+        receivers.disconnect(app)
+        del app.extensions[EXTENSION_KEY]
+        INSTANCES.discard(state)
+        if state.metrics_paths:
+            _remove_endpoint(app, ENDPOINT)
+        commands = app.cli.commands
+        for name in [name for name, command in commands.items() if command is cli.group]:
+            del commands[name]
+        if state.server is not None:
+            state.server.server_close()
 
     def counter(
         self,
@@ -497,6 +529,29 @@ def _add_route(app: Flask, state: State, path: str) -> None:
             view = exclude(state.settings.decorator(view))
     app.add_url_rule(path, endpoint=ENDPOINT, view_func=view, methods=["GET"])
     state.metrics_paths.add(path)
+
+
+def _remove_endpoint(app: Flask, endpoint: str) -> None:
+    """Remove ``endpoint``'s rules and view: a new map holding the others.
+
+    Werkzeug's ``Map`` has no way to remove a rule; a map built again from
+    unbound copies of the rest (``Rule.empty()``), with the same settings,
+    routes every other request as before.
+    """
+    old = app.url_map
+    new = app.url_map_class(
+        [rule.empty() for rule in old.iter_rules() if rule.endpoint != endpoint],
+        default_subdomain=old.default_subdomain,
+        strict_slashes=old.strict_slashes,
+        merge_slashes=old.merge_slashes,
+        redirect_defaults=old.redirect_defaults,
+        converters=old.converters,
+        sort_parameters=old.sort_parameters,
+        sort_key=old.sort_key,
+        host_matching=old.host_matching,
+    )
+    app.url_map = new
+    app.view_functions.pop(endpoint, None)
 
 
 def _shared_registry_guard(make: t.Callable[..., T], *args: t.Any, **kwargs: t.Any) -> T:

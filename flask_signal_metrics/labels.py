@@ -39,8 +39,18 @@ def error_type(status: int, exception: BaseException | None) -> str:
     4xx are the client's errors, not the server's, so they carry none.
     """
     if exception is not None:
-        return type(exception).__qualname__
+        return exception_name(exception)
     return str(status) if status >= 500 else ""
+
+
+def exception_name(exception: BaseException) -> str:
+    """The exception's fully qualified class name (``app.errors.Gone``), as the
+    conventions ask; a builtin's without ``builtins.``, as tracebacks print it."""
+    kind = type(exception)
+    module = kind.__module__
+    if module in ("builtins", "__main__") or not isinstance(module, str):
+        return kind.__qualname__
+    return f"{module}.{kind.__qualname__}"
 
 
 def template(name: str | None) -> str:

@@ -151,6 +151,48 @@ def parse_exclude(key: str, value: object) -> tuple[str, ...]:
     return tuple(patterns)
 
 
+def parse_excluded_urls(key: str, value: object) -> tuple[str, ...]:
+    """opentelemetry-util-http's form: comma-separated regexes (or a list), searched in the URL."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if not isinstance(value, cabc.Iterable):
+        raise TypeError(
+            f"{key} must be comma-separated regular expressions (or a list of them),"
+            f" searched in the request's full URL; got {value!r}."
+        )
+    patterns: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"{key} must hold regular expressions as strings; got {item!r}.")
+        if not item:
+            continue
+        try:
+            re.compile(item)
+        except re.error as e:
+            raise ValueError(
+                f"{key} holds {item!r}, which is not a valid regular expression ({e});"
+                " escape literal characters with re.escape(), and no commas inside one."
+            ) from None
+        patterns.append(item)
+    try:  # opentelemetry-util-http joins them into one expression, as they are
+        re.compile("|".join(patterns))
+    except re.error as e:
+        raise ValueError(
+            f"{key} cannot be joined into one expression ({e}); write global flags as"
+            " scoped groups, e.g. '(?i:healthz)' instead of '(?i)healthz'."
+        ) from None
+    return tuple(patterns)
+
+
+def parse_hook(key: str, value: object) -> t.Callable[..., t.Any] | None:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"{key} must be a function (called with the span and what"
+            f" opentelemetry-instrumentation-flask passes its hook), or None; got {value!r}."
+        )
+    return t.cast("t.Callable[..., t.Any] | None", value)
+
+
 class AnyOf:
     """Patterns matched one by one, for those that cannot be one expression."""
 

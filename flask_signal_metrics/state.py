@@ -27,6 +27,7 @@ if t.TYPE_CHECKING:
     from prometheus_client.registry import Collector
     from werkzeug.routing import Rule
 
+    from .tracing.urls import UrlFilter
     from .views import ViewMetric
 
 EXTENSION_KEY = "signal_metrics"
@@ -201,6 +202,13 @@ class State:
     default_views: list[ViewMetric] = dataclasses.field(default_factory=list)
     #: View metrics registered for every view of every app of the extension (shared list).
     shared_views: list[ViewMetric] = dataclasses.field(default_factory=list)
+
+    #: SIGNAL_METRICS_EXCLUDED_URLS (or its OTEL_PYTHON_* variables), or None.
+    excluded_urls: UrlFilter | None = None
+
+    #: Set up by ``SignalMetricsInstrumentor`` (auto-instrumentation): the
+    #: app's own ``init_app`` replaces it.
+    instrumented: bool = False
 
     #: Counts :meth:`forget_routes`: what a request worked out before one is not kept.
     generation: int = 0

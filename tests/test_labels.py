@@ -33,7 +33,7 @@ class Outer:
         (500, None, "500"),
         (503, None, "503"),
         (500, ValueError(), "ValueError"),
-        (503, Outer.Inner(), "Outer.Inner"),
+        (503, Outer.Inner(), "tests.test_labels.Outer.Inner"),
     ],
 )
 def test_error_type(status: int, exception: BaseException | None, expected: str) -> None:

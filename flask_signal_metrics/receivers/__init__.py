@@ -59,6 +59,12 @@ def connect(app: Flask) -> None:
         signal.connect(receiver, sender=app, weak=False)
 
 
+def disconnect(app: Flask) -> None:
+    """Disconnect every receiver :func:`connect` connected for ``app``."""
+    for signal, receiver in RECEIVERS:
+        signal.disconnect(receiver, sender=app)
+
+
 def connect_declared(signal: t.Any, receiver: t.Callable[..., None], sender: t.Any) -> None:
     """Connect a declaration (or the user's receiver it decorates) to the app's signal.
 

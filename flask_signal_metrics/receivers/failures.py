@@ -41,3 +41,11 @@ def failed(app: Flask, signal: str, error: Exception) -> None:
             )
     except Exception:
         pass  # nothing may escape into the request, not even from here
+
+
+def call_hook(app: Flask, signal: str, hook: t.Callable[..., object], *args: object) -> None:
+    """Call one of the user's hooks; what it raises is counted as ``signal``'s failure."""
+    try:
+        hook(*args)
+    except Exception as e:
+        failed(app, signal, e)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typing as t
 
+from flask import signals
+
 from .. import labels
 from ..metrics.names import Observation
 from ..state import EXTENSION_KEY
@@ -14,6 +16,7 @@ from .environ import ERROR_KEY
 from .environ import perf_counter
 from .environ import request_body_size
 from .environ import Start
+from .failures import call_hook
 from .templates import end_renders
 from .templates import release_renders
 
@@ -24,6 +27,8 @@ if t.TYPE_CHECKING:
     from ..metrics.catalogue import Metrics
     from ..state import State
     from ..tracing.spans import Traced
+
+TEARDOWN = signals.request_tearing_down.name
 
 #: A bound on the statuses of one route recorded in one call: a view may
 #: return any number.
@@ -92,11 +97,17 @@ def record(
             try:
                 end_context(traced, released)
             finally:
+                if isinstance(traced, ServerSpan) and response is not None:
+                    hook = state.settings.response_hook
+                    if hook is not None:
+                        # A copy of the headers: the response was sent already.
+                        headers = response.headers.to_wsgi_list()
+                        call_hook(app, TEARDOWN, hook, traced.made, response.status, headers)
                 if isinstance(traced, ServerSpan) and traced.span is not None:
                     # The span ends when the recorded duration does.
                     end_ns = traced.start_ns + int(duration * 1e9)
                     state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
-                        traced.span, status, error, exception, response, end_ns
+                        traced.span, status, error, exception, response, end_ns, traced.server
                     )
 
 

@@ -12,6 +12,8 @@ from ..state import NO_RECORDERS
 from ..state import Route
 from ..state import START_KEY
 from ..state import VIEWS_KEY
+from ..tracing.spans import ServerSpan
+from ..tracing.spans import Tracing
 from ..views import Viewed
 from .environ import body_size
 from .environ import current_context
@@ -29,6 +31,7 @@ from .environ import Start
 from .environ import status_code
 from .environ import STREAM_CONTEXT
 from .environ import STREAMING
+from .failures import call_hook
 from .failures import failed
 from .recording import record
 from .streams import defer_to_close
@@ -79,7 +82,9 @@ def _begin(
             return None
         if request.root_path and settings.group_by.name == "route":
             route = request.root_path + route
-    path_excluded = state.exclude_path is not None and state.exclude_path.fullmatch(request.path)
+    path_excluded = (
+        state.exclude_path is not None and state.exclude_path.fullmatch(request.path)
+    ) or (state.excluded_urls is not None and state.excluded_urls.url_disabled(request.url))
     if path_excluded and settings.exclude_view_metrics:
         environ[VIEWS_KEY] = Viewed.EXCLUDED
     elif views is not None and in_flight:
@@ -99,6 +104,10 @@ def _begin(
             # Before the in-flight count: a sampler or provider that raises here
             # must not leave a request counted in flight that nothing ends.
             traced = state.tracing.start(app, request, lane.method, route)
+            if settings.request_hook is not None and type(traced) is ServerSpan:
+                call_hook(
+                    app, signals.request_started.name, settings.request_hook, traced.made, environ
+                )
         found = state.route(rule, request, lane, route, settings.group_by.per_rule, views)
         next(lane.group.started)
     else:
@@ -153,6 +162,7 @@ def on_request_started(sender: Flask, **extra: object) -> None:
             found is None
             or (tracing is not None and began >= tracing.idle_until)
             or (exclude is not None and exclude.fullmatch(request.path))
+            or state.excluded_urls is not None
         ):
             _begin(sender, ctx, True, began)
             return
@@ -180,6 +190,9 @@ def on_request_finished(sender: Flask, response: Response, **extra: object) -> N
             # Maybe a stream, whose body may be produced before teardown
             # (Flask 3.0 with stream_with_context): note when it was ready.
             environ[READY_KEY] = perf_counter()
+        start = environ.get(START_KEY)
+        if type(start) is Start and type(start.traced) is ServerSpan:
+            Tracing.respond(start.traced.made, response)
     except Exception as e:
         failed(sender, signals.request_finished.name, e)
 
@@ -192,7 +205,7 @@ def on_got_request_exception(sender: Flask, exception: BaseException, **extra: o
             ctx.request.environ[ERROR_KEY] = exception
             state: State = sender.extensions[EXTENSION_KEY]
             assert state.metrics is not None
-            key = (start.route.method, start.route.route, type(exception).__qualname__)
+            key = (start.route.method, start.route.route, labels.exception_name(exception))
             state.metrics.exceptions.child(key).inc()
         # The exception left the view: a render still open is one it escaped
         # from. Ended now, the error page is not nested in it.

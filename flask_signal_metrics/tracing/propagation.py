@@ -102,3 +102,22 @@ def extract_parent(environ: dict[str, t.Any]) -> Context:
         return _ROOT
     remote = trace.SpanContext(int(trace_id, 16), int(span_id, 16), True, _FLAGS[int(flags, 16)])
     return trace.set_span_in_context(trace.NonRecordingSpan(remote), _ROOT)
+
+
+try:  # opentelemetry-instrumentation's, where the contrib instrumentations read it
+    from opentelemetry.instrumentation import propagators as _response
+except ImportError:  # not installed: nobody can have set one
+    _response = None  # type: ignore[assignment]
+
+
+def inject_response(span: trace.Span, headers: t.Any) -> None:
+    """Add the response propagator's headers (``traceresponse``) for ``span``, if one is set.
+
+    ``set_global_response_propagator`` is the user's request to change every
+    response: it is the one change the spans make to one.
+    """
+    if _response is None:
+        return
+    propagator = _response.get_global_response_propagator()  # type: ignore[no-untyped-call]
+    if propagator is not None:
+        propagator.inject(headers, trace.set_span_in_context(span), setter=_response.default_setter)

@@ -27,6 +27,7 @@ from opentelemetry import context
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import error_attributes
 from opentelemetry.semconv.attributes import http_attributes
+from opentelemetry.semconv.schemas import Schemas
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace import Status
 from opentelemetry.trace import StatusCode
@@ -37,6 +38,7 @@ from . import _compat
 from .attributes import Capture as Capture  # the type Tracing is built with
 from .attributes import StartAttributes
 from .propagation import extract_parent
+from .propagation import inject_response
 
 if t.TYPE_CHECKING:
     from contextvars import Token
@@ -60,6 +62,10 @@ _RECHECK = 1.0
 #: The instrumentation scope of every span made here.
 TRACER_NAME = "flask_signal_metrics"
 
+#: The conventions' version whose (stable) HTTP names the spans carry, as
+#: opentelemetry-instrumentation-flask says it in its ``http`` mode.
+SCHEMA_URL = Schemas.V1_21_0.value
+
 #: A span event per flashed message carries only this attribute: the category.
 FLASH_EVENT = "flask.message_flashed"
 FLASH_CATEGORY = "flask.flash.category"
@@ -69,16 +75,23 @@ TEMPLATE_NAME = "flask.template.name"
 class ServerSpan:
     """A request's SERVER span, made by :meth:`Tracing.start`.
 
-    ``span`` is None when it records nothing (not sampled); ``token`` resets
-    the context it made current; ``start_ns`` is when the span began.
+    ``span`` is None when it records nothing (not sampled); ``made`` is the
+    span as made, recording or not (what the user's hooks get); ``token``
+    resets the context it made current; ``start_ns`` is when the span began.
     """
 
-    __slots__ = ("span", "start_ns", "token")
+    __slots__ = ("made", "server", "span", "start_ns", "token")
 
-    def __init__(self, span: Span | None, token: object, start_ns: int) -> None:
+    def __init__(
+        self, span: Span | None, token: object, start_ns: int, made: Span, server: bool
+    ) -> None:
         self.span = span
         self.token = token
         self.start_ns = start_ns
+        self.made = made
+        #: SERVER, not INTERNAL under another library's server span: only a
+        #: SERVER span carries the captured headers.
+        self.server = server
 
 
 class External:
@@ -97,6 +110,9 @@ EXTERNAL: t.Final = External()
 
 #: What a request's start holds of its server span.
 Traced: t.TypeAlias = "ServerSpan | External | None"
+
+#: What an INTERNAL span captures: no header (they are its SERVER span's).
+_NO_CAPTURE = Capture()
 
 _STATUS_CODE = http_attributes.HTTP_RESPONSE_STATUS_CODE
 _ERROR_TYPE = error_attributes.ERROR_TYPE
@@ -151,7 +167,7 @@ class Tracing:
             # A new global provider (set after init_app): resolve once more.
             tracer: Tracer | None = None
             if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
-                tracer = provider.get_tracer(TRACER_NAME, self._version)
+                tracer = provider.get_tracer(TRACER_NAME, self._version, SCHEMA_URL)
                 if isinstance(tracer, trace.NoOpTracer):  # OTEL_SDK_DISABLED
                     tracer = None
             self._tracer = tracer
@@ -190,6 +206,7 @@ class Tracing:
         # agree, as the conventions ask.
         start_ns = _time_ns()
         kind = SpanKind.SERVER
+        capture = self._capture
         parent: Context | None
         current = context.get_current()
         # An empty current context (the usual case) holds no span: skip the lookup.
@@ -197,22 +214,22 @@ class Tracing:
             # A WSGI middleware around the app (opentelemetry-instrumentation-
             # wsgi, say) already made the server span: nest under it as
             # INTERNAL, as the contrib instrumentations do, not a second SERVER.
-            parent, kind = None, SpanKind.INTERNAL
+            parent, kind, capture = None, SpanKind.INTERNAL, _NO_CAPTURE
         else:
             parent = extract_parent(request.environ)
         span = tracer.start_span(
             _span_name(method, route),
             parent,
             kind,
-            StartAttributes(self._capture, request, method, route),
+            StartAttributes(capture, request, method, route),
             start_time=start_ns,
         )
         token = context.attach(trace.set_span_in_context(span, parent))
         if not span.is_recording():
             # Not sampled: its context must be current (what the view's spans
             # and outgoing calls inherit), but nothing is ended, set or linked.
-            return ServerSpan(None, token, 0)
-        return ServerSpan(span, token, start_ns)
+            return ServerSpan(None, token, 0, span, kind is SpanKind.SERVER)
+        return ServerSpan(span, token, start_ns, span, kind is SpanKind.SERVER)
 
     def finish(
         self,
@@ -222,8 +239,12 @@ class Tracing:
         exception: BaseException | None,
         response: Response | None,
         end_ns: int,
+        server: bool = True,
     ) -> None:
-        """End a recording server span: status code, error, captured response headers."""
+        """End a recording server span: status code, error, captured response headers.
+
+        :param server: a SERVER span (an INTERNAL one carries no headers).
+        """
         if not span.is_recording():
             return  # the view ended it already: adding to it would only warn
         span.set_attribute(_STATUS_CODE, status)
@@ -235,11 +256,16 @@ class Tracing:
         if exception is not None:
             span.record_exception(exception)
         capture = self._capture
-        if capture.response is not None and response is not None:
+        if server and capture.response is not None and response is not None:
             span.set_attributes(
                 capture.headers("http.response.header.", capture.response, response.headers.items())
             )
         span.end(end_ns)
+
+    @staticmethod
+    def respond(span: Span, response: Response) -> None:
+        """Before the response is sent: the global response propagator's headers."""
+        inject_response(span, response.headers)
 
     @staticmethod
     def detach(token: object) -> None:

@@ -595,3 +595,49 @@ def test_a_request_context_pushed_inside_a_render_leaves_it_alone(traced: Traced
     assert render.status.status_code is StatusCode.UNSET
     count = "flask_template_render_duration_seconds_count"
     assert value(traced.registry, count, template="__string__") == 1
+
+
+@pytest.mark.parametrize("outer", [True, False])
+def test_only_the_server_span_has_the_captured_headers(
+    make_traced: MakeTraced, monkeypatch: pytest.MonkeyPatch, outer: bool
+) -> None:
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "x-tenant")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "content-type")
+    traced = make_traced()
+    if outer:  # the middleware's span is the SERVER one; ours is INTERNAL
+        traced.app.wsgi_app = OpenTelemetryMiddleware(  # type: ignore[method-assign]
+            traced.app.wsgi_app, tracer_provider=traced.provider
+        )
+    traced.client.get("/item/1", headers={"X-Tenant": "acme"})
+    ours = [s for s in traced.spans(None) if s.name == "GET /item/<int:item_id>"]
+    (span,) = ours if not outer else [s for s in ours if s.kind is SpanKind.INTERNAL]
+    headers = {k: v for k, v in (span.attributes or {}).items() if ".header." in k}
+    if outer:
+        assert headers == {}
+        (server,) = traced.spans()
+        assert (server.attributes or {})["http.request.header.x_tenant"] == ("acme",)
+    else:
+        assert headers == {
+            "http.request.header.x-tenant": ("acme",),
+            "http.response.header.content-type": ("text/html; charset=utf-8",),
+        }
+
+
+class Gone(Exception):
+    """An exception of the app's own: its error.type is its fully qualified name."""
+
+
+def test_error_type_is_the_fully_qualified_class_name(traced: Traced) -> None:
+    @traced.app.get("/gone")
+    def gone() -> str:
+        raise Gone("away")
+
+    traced.app.testing = False
+    assert traced.client.get("/gone").status_code == 500
+    (span,) = traced.spans()
+    assert (span.attributes or {})["error.type"] == "tests.tracing.test_spans.Gone"
+    assert (
+        requests_counted(traced.registry, "/gone", 500, error="tests.tracing.test_spans.Gone") == 1
+    )
