@@ -40,10 +40,12 @@ from .state import logger
 from .state import State
 from .tracing import spans as tracing
 from .tracing import urls
+from .tracing.meters import ServerMeters
 from .version import VERSION
 
 if t.TYPE_CHECKING:
     from flask import Flask
+    from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
 
@@ -86,13 +88,15 @@ class SignalMetrics:
         *,
         registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
         **options: t.Any,
     ) -> None:
         unknown = sorted(set(options) - set(config.OPTIONS))
         if unknown:
             raise TypeError(
                 f"SignalMetrics got unknown option(s) {', '.join(unknown)}; the"
-                f" options are: registry, tracer_provider, {', '.join(sorted(config.OPTIONS))}."
+                " options are: registry, tracer_provider, meter_provider,"
+                f" {', '.join(sorted(config.OPTIONS))}."
             )
         if tracer_provider is not None and not hasattr(tracer_provider, "get_tracer"):
             raise TypeError(
@@ -100,8 +104,15 @@ class SignalMetrics:
                 f" opentelemetry.sdk.trace.TracerProvider()), or None for the global one;"
                 f" got {tracer_provider!r}."
             )
+        if meter_provider is not None and not hasattr(meter_provider, "get_meter"):
+            raise TypeError(
+                "meter_provider must be an OpenTelemetry MeterProvider (such as"
+                " opentelemetry.sdk.metrics.MeterProvider(...)), or None for Prometheus"
+                f" only; got {meter_provider!r}."
+            )
         self._registry = registry
         self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
         self._options = options
         # Options are validated here too: a bad one fails where it is written.
         given = config.load({}, options, environ={})
@@ -209,7 +220,9 @@ class SignalMetrics:
             owned=owned,
             shared_views=self._default_views,
             excluded_urls=urls.excluded_urls(settings.excluded_urls),
+            meters=_meters(settings, self._meter_provider),
         )
+        state.whole_way = state.excluded_urls is not None or state.meters is not None
         if settings.export_defaults:
             _export(metrics, settings)
         INSTANCES.add(state)
@@ -578,6 +591,10 @@ def _tracing(settings: config.Settings, provider: TracerProvider | None) -> trac
         sanitize=config.alternation(settings.sanitize_headers, re.IGNORECASE),
     )
     return tracing.Tracing(provider, VERSION, capture)
+
+
+def _meters(settings: config.Settings, provider: MeterProvider | None) -> ServerMeters | None:
+    return None if provider is None else ServerMeters(provider, VERSION, settings.buckets)
 
 
 def _serves_requests() -> bool:

@@ -27,6 +27,7 @@ if t.TYPE_CHECKING:
     from prometheus_client.registry import Collector
     from werkzeug.routing import Rule
 
+    from .tracing.meters import ServerMeters
     from .tracing.urls import UrlFilter
     from .views import ViewMetric
 
@@ -205,6 +206,11 @@ class State:
 
     #: SIGNAL_METRICS_EXCLUDED_URLS (or its OTEL_PYTHON_* variables), or None.
     excluded_urls: UrlFilter | None = None
+    #: The HTTP server metrics of ``meter_provider=``, or None.
+    meters: ServerMeters | None = None
+    #: Every request goes the whole way (excluded URLs to search, meters to
+    #: record): no route is kept for the one-step paths.
+    whole_way: bool = False
 
     #: Set up by ``SignalMetricsInstrumentor`` (auto-instrumentation): the
     #: app's own ``init_app`` replaces it.
@@ -280,6 +286,7 @@ class State:
             return found
         if (
             kept
+            and not self.whole_way
             and rule is not None
             and self.lanes.get(key[1:3]) is lane
             and len(self.routes) < MAX_ROUTES

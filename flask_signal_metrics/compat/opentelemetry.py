@@ -27,6 +27,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from ..extension import SignalMetrics
 from ..state import EXTENSION_KEY
+from ..tracing._compat import global_meter_provider
 
 logger = logging.getLogger("flask_signal_metrics")
 
@@ -51,12 +52,10 @@ def _options(function: str, arguments: cabc.Mapping[str, t.Any]) -> dict[str, t.
             " -psycopg, -dbapi), whose comments carry the trace context of the request's"
             " span."
         )
-    if options.pop("meter_provider", None) is not None:
-        raise ValueError(
-            f"{function}(meter_provider=): recording the HTTP server metrics through an"
-            " OpenTelemetry meter provider is not supported yet; the same metrics are on"
-            " /metrics, and flask_signal_metrics.configure_otlp() sends them over OTLP."
-        )
+    if options.get("meter_provider") is None:
+        # As FlaskInstrumentor: the global provider, once an SDK set one
+        # (opentelemetry-instrument configures it before instrumenting).
+        options["meter_provider"] = global_meter_provider()
     return options
 
 

@@ -9,6 +9,8 @@ from flask import signals
 from .. import labels
 from ..metrics.names import Observation
 from ..state import EXTENSION_KEY
+from ..tracing.meters import Finished
+from ..tracing.meters import protocol_version
 from ..tracing.spans import ServerSpan
 from ..tracing.spans import Tracing
 from .environ import CONTRIB_SPAN_KEY
@@ -89,6 +91,21 @@ def record(
             recorder = metrics.requests.recorder(key, found.group)
             if recorder is not None:
                 recorders[status] = recorder
+        # Last: an SDK view or processor that raises costs nothing recorded above.
+        if state.meters is not None:
+            finished = Finished(
+                method=method,
+                scheme=found.scheme,
+                route=route,
+                status=status,
+                error=error,
+                protocol=protocol_version(environ),
+                duration=duration,
+                request_size=request_size,
+                response_size=response_size,
+                counted=found.group is not None,
+            )
+            state.meters.finished(finished, span if exemplar is not None else None)
     finally:
         if traced is not None:
             # After the metrics: a span processor of the user's that raises

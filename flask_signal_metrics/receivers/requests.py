@@ -100,10 +100,18 @@ def _begin(
     traced: Traced = None
     found: Route
     if in_flight:
+        meters = state.meters
+        # Each before the in-flight count, the meters' first: one that raises
+        # leaves nothing started (no span, no context, no count) that nothing ends.
+        if meters is not None:
+            meters.started(lane.method, lane.scheme)
         if state.tracing is not None:
-            # Before the in-flight count: a sampler or provider that raises here
-            # must not leave a request counted in flight that nothing ends.
-            traced = state.tracing.start(app, request, lane.method, route)
+            try:
+                traced = state.tracing.start(app, request, lane.method, route)
+            except BaseException:
+                if meters is not None:
+                    meters.unstarted(lane.method, lane.scheme)
+                raise
             if settings.request_hook is not None and type(traced) is ServerSpan:
                 call_hook(
                     app, signals.request_started.name, settings.request_hook, traced.made, environ
@@ -162,7 +170,6 @@ def on_request_started(sender: Flask, **extra: object) -> None:
             found is None
             or (tracing is not None and began >= tracing.idle_until)
             or (exclude is not None and exclude.fullmatch(request.path))
-            or state.excluded_urls is not None
         ):
             _begin(sender, ctx, True, began)
             return

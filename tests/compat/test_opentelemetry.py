@@ -214,7 +214,7 @@ def test_the_apps_own_set_up_replaces_the_instrumentors(sdk: Traced) -> None:
     [
         ({"enable_commenter": True}, "opentelemetry-instrumentation-sqlalchemy"),
         ({"commenter_options": {"route": True}}, "opentelemetry-instrumentation-sqlalchemy"),
-        ({"meter_provider": object()}, "configure_otlp"),
+        ({"meter_provider": object()}, "meter_provider must be an OpenTelemetry MeterProvider"),
         ({"excluded_urls": "(unclosed"}, "SIGNAL_METRICS_EXCLUDED_URLS"),
         ({"request_hook": "not callable"}, "SIGNAL_METRICS_REQUEST_HOOK"),
     ],

@@ -1,0 +1,191 @@
+"""meter_provider=: the HTTP server metrics through the OpenTelemetry metrics API."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+from flask import Flask
+from opentelemetry import metrics
+from opentelemetry import trace
+from opentelemetry.metrics import _internal as metrics_internal
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import NumberDataPoint
+from opentelemetry.util._once import Once
+from prometheus_client import CollectorRegistry
+
+from flask_signal_metrics import SignalMetrics
+from flask_signal_metrics.compat.opentelemetry import SignalMetricsInstrumentor
+from flask_signal_metrics.tracing import _compat
+
+from ..conftest import make_app
+from ..conftest import memory_provider
+from ..conftest import requests_counted
+from ..conftest import value
+
+
+class Metered(t.NamedTuple):
+    app: Flask
+    reader: InMemoryMetricReader
+    registry: CollectorRegistry
+
+
+@pytest.fixture
+def metered(registry: CollectorRegistry) -> t.Iterator[Metered]:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    tracer_provider, _ = memory_provider()
+    app = make_app()
+    SignalMetrics(
+        app,
+        registry=registry,
+        tracer_provider=tracer_provider,
+        meter_provider=provider,
+        serve_default_registry=False,
+    )
+    yield Metered(app, reader, registry)
+    provider.shutdown()
+    tracer_provider.shutdown()
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, list[t.Any]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, list[t.Any]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            assert scope.scope.name == "flask_signal_metrics"
+            assert scope.scope.schema_url == "https://opentelemetry.io/schemas/1.21.0"
+            for metric in scope.metrics:
+                found[f"{metric.name} [{metric.unit}]"] = list(metric.data.data_points)
+    return found
+
+
+def test_each_request_is_recorded_with_the_conventions_attributes(metered: Metered) -> None:
+    client = metered.app.test_client()
+    for path in ("/item/1", "/item/2"):
+        assert client.get(path).status_code == 200
+    metered.app.testing = False
+    assert client.post("/echo", data=b"x" * 10).status_code == 200
+    assert client.get("/boom").status_code == 500
+    found = points(metered.reader)
+    assert sorted(found) == [
+        "http.server.active_requests [{request}]",
+        "http.server.request.body.size [By]",
+        "http.server.request.duration [s]",
+        "http.server.response.body.size [By]",
+    ]
+    durations: list[HistogramDataPoint] = found["http.server.request.duration [s]"]
+    by_attributes = {tuple(sorted((p.attributes or {}).items())): p.count for p in durations}
+    base = {"http.request.method": "GET", "url.scheme": "http", "network.protocol.version": "1.1"}
+    item = {**base, "http.route": "/item/<int:item_id>", "http.response.status_code": 200}
+    boom = {
+        **base,
+        "http.route": "/boom",
+        "http.response.status_code": 500,
+        "error.type": "ValueError",
+    }
+    echo = {
+        **base,
+        "http.request.method": "POST",
+        "http.route": "/echo",
+        "http.response.status_code": 200,
+    }
+    assert by_attributes == {
+        tuple(sorted(item.items())): 2,
+        tuple(sorted(boom.items())): 1,
+        tuple(sorted(echo.items())): 1,
+    }
+    assert list(durations[0].explicit_bounds)[:3] == [0.005, 0.01, 0.025]
+    sizes: list[HistogramDataPoint] = found["http.server.request.body.size [By]"]
+    assert sorted(p.sum for p in sizes) == [0, 0, 10]
+    active: list[NumberDataPoint] = found["http.server.active_requests [{request}]"]
+    assert {tuple(sorted((p.attributes or {}).items())): p.value for p in active} == {
+        (("http.request.method", "GET"), ("url.scheme", "http")): 0,
+        (("http.request.method", "POST"), ("url.scheme", "http")): 0,
+    }
+    # Prometheus as well, from the same receivers.
+    assert requests_counted(metered.registry, "/item/<int:item_id>", 200) == 2
+
+
+def test_exemplars_link_to_the_requests_span(metered: Metered) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    metered.app.test_client().get("/item/1", headers={"traceparent": traceparent})
+    (point,) = points(metered.reader)["http.server.request.duration [s]"]
+    (exemplar,) = point.exemplars
+    assert f"{exemplar.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+
+
+class Raising:
+    """A meter provider whose instruments raise: a broken SDK view, say."""
+
+    def get_meter(self, *args: object, **kwargs: object) -> Raising:
+        return self
+
+    def __getattr__(self, name: str) -> t.Any:
+        def create(*args: object, **kwargs: object) -> Raising:
+            return self
+
+        return create
+
+    def add(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("add")
+
+    def record(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("record")
+
+
+def test_a_raising_meter_is_counted_and_costs_nothing_else(registry: CollectorRegistry) -> None:
+    tracer_provider, exporter = memory_provider()
+    app = make_app()
+    SignalMetrics(
+        app,
+        registry=registry,
+        tracer_provider=tracer_provider,
+        meter_provider=Raising(),  # type: ignore[arg-type]
+    )
+    response = app.test_client().get("/item/1")
+    assert (response.status_code, response.text) == (200, "item 1")
+    assert (
+        value(registry, "flask_signal_metrics_receiver_errors_total", signal="request-started") == 1
+    )
+    assert (
+        value(registry, "flask_signal_metrics_receiver_errors_total", signal="request-tearing-down")
+        == 1
+    )
+    # The start failed before it counted anything: recorded late, not in flight.
+    assert requests_counted(registry, "/item/<int:item_id>", 200) == 1
+    assert (
+        value(registry, "http_server_active_requests", http_request_method="GET", url_scheme="http")
+        == 0
+    )
+    # No span was started (the meter raised first), and no context is left current.
+    assert exporter.get_finished_spans() == ()
+    assert not trace.get_current_span().get_span_context().is_valid
+    tracer_provider.shutdown()
+
+
+def test_a_meter_provider_of_the_wrong_type_is_refused() -> None:
+    with pytest.raises(TypeError, match="meter_provider must be an OpenTelemetry MeterProvider"):
+        SignalMetrics(make_app(), meter_provider="global")  # type: ignore[arg-type]
+
+
+def test_the_global_meter_provider_is_known_set_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails when the API's stand-in provider (``_ProxyMeterProvider``) moves."""
+    assert isinstance(metrics.get_meter_provider(), metrics_internal._ProxyMeterProvider)
+    assert _compat.global_meter_provider() is None
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    # A fresh "set once" guard: set_meter_provider may run, undone after.
+    monkeypatch.setattr(metrics_internal, "_METER_PROVIDER_SET_ONCE", Once())
+    monkeypatch.setattr(metrics_internal, "_METER_PROVIDER", None)
+    metrics.set_meter_provider(provider)
+    assert _compat.global_meter_provider() is provider
+    # The instrumentor records to it, as FlaskInstrumentor does.
+    app = make_app()
+    SignalMetricsInstrumentor().instrument_app(app)
+    app.test_client().get("/item/1")
+    assert "http.server.request.duration [s]" in points(reader)
+    provider.shutdown()
