@@ -7,6 +7,7 @@ and divides the difference by K, so start-up and warm-up cancel out.
 
     python bench/bench_instructions.py [--requests K]            # bench_requests.py's variants
     python bench/bench_instructions.py --bench tracing           # bench_tracing.py's variants
+    python bench/bench_instructions.py --bench auto              # instrument_app, ours vs OTF
     python bench/bench_instructions.py --bench demo              # bench_demo.py's variants
 
 Needs valgrind (Debian package ``valgrind``). Instructions are not time (a
@@ -68,6 +69,8 @@ BENCHES: dict[str, Bench] = {
             ("nosdk", "metrics", "no SDK / metrics only (target <= 1.2)"),
         ),
     ),
+    # Both instrumentors' instrument_app, the same tracer and meter providers.
+    "auto": Bench(("bare", "ours_auto", "otf_auto"), "otf_auto", (), module="tracing"),
     # The demo's /items/1 (a template) as bench_load.py drives it under
     # gunicorn: bare/variant is the requests/s ratio a CPU-bound server gets.
     "demo": Bench(("bare", "floor", "single", "multi"), None, (), "/items/1"),

@@ -31,6 +31,12 @@ Variants:
   peers      prometheus-flask-exporter and opentelemetry-instrumentation-flask
              together (OTEL_SEMCONV_STABILITY_OPT_IN=http, the same tracer
              provider, an SDK meter provider for its metrics)
+  ours_auto  SignalMetricsInstrumentor().instrument_app(app, tracer_provider=,
+             meter_provider=): the extension as opentelemetry-instrument
+             installs it (Prometheus metrics and /metrics, a sampled span,
+             the HTTP server metrics into the SDK meter provider)
+  otf_auto   opentelemetry-instrumentation-flask's FlaskInstrumentor().instrument_app
+             with the same providers: the package ours_auto replaces
 """
 
 from __future__ import annotations
@@ -262,6 +268,33 @@ def peers() -> Built:
     return app, (provider, exporter)
 
 
+def _meters() -> MeterProvider:
+    """An SDK meter provider whose reader is never collected: nothing exported during the run."""
+    return MeterProvider([InMemoryMetricReader()], shutdown_on_exit=False)
+
+
+def ours_auto() -> Built:
+    from flask_signal_metrics.compat.opentelemetry import SignalMetricsInstrumentor
+
+    app = _app()
+    provider, exporter = _provider()
+    SignalMetricsInstrumentor().instrument_app(
+        app, tracer_provider=provider, meter_provider=_meters()
+    )
+    return app, (provider, exporter)
+
+
+def otf_auto() -> Built:
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    app = _app()
+    provider, exporter = _provider()
+    FlaskInstrumentor().instrument_app(  # type: ignore[no-untyped-call]
+        app, tracer_provider=provider, meter_provider=_meters()
+    )
+    return app, (provider, exporter)
+
+
 VARIANTS: dict[str, t.Callable[[], Built]] = {
     "bare": bare,
     "metrics": metrics,
@@ -273,6 +306,8 @@ VARIANTS: dict[str, t.Callable[[], Built]] = {
     "floor0": floor0,
     "dropmin": dropmin,
     "peers": peers,
+    "ours_auto": ours_auto,
+    "otf_auto": otf_auto,
 }
 
 
@@ -303,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:44} {over[a] / over[b]:.3f}")
 
     ratio("full", "peers", "full / peers (target <= 0.30)")
+    ratio("ours_auto", "otf_auto", "ours_auto / otf_auto (target <= 0.30)")
     ratio("floor", "peers", "floor / peers (a bare SDK span)")
     ratio("unsampled", "metrics", "unsampled / metrics only (target <= 2)")
     ratio("floor0", "metrics", "unsampled floor / metrics only")

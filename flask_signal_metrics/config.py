@@ -37,6 +37,7 @@ from .parsers import parse_naming
 from .parsers import parse_path
 from .parsers import parse_port
 from .parsers import parse_prefix
+from .parsers import parse_semconv_opt_in
 from .parsers import Parser as Parser
 from .parsers import RESERVED_LABELS as RESERVED_LABELS
 
@@ -114,6 +115,8 @@ class Settings:
     excluded_urls: tuple[str, ...] = ()
     request_hook: t.Callable[..., t.Any] | None = None
     response_hook: t.Callable[..., t.Any] | None = None
+    #: OTEL_SEMCONV_STABILITY_OPT_IN=http/dup: the old HTTP names besides the stable ones.
+    http_dup: bool = False
 
 
 class Key(t.NamedTuple):
@@ -263,6 +266,13 @@ KEYS: dict[str, Key] = {
 
 #: The standard environment variables read in ``init_app``.
 ENVIRON: dict[str, Key] = {
+    "OTEL_SEMCONV_STABILITY_OPT_IN": Key(
+        "http_dup",
+        parse_semconv_opt_in,
+        "``http/dup``: spans and meter-provider metrics carry the old experimental HTTP"
+        " names (``http.method``, ``http.server.duration`` ...) besides the stable ones,"
+        " which are the default (``http``).",
+    ),
     KNOWN_METHODS_ENV: Key(
         "known_methods",
         parse_known_methods,

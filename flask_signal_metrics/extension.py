@@ -590,11 +590,13 @@ def _tracing(settings: config.Settings, provider: TracerProvider | None) -> trac
         response=config.alternation(settings.capture_response_headers, re.IGNORECASE),
         sanitize=config.alternation(settings.sanitize_headers, re.IGNORECASE),
     )
-    return tracing.Tracing(provider, VERSION, capture)
+    return tracing.Tracing(provider, VERSION, capture, old_names=settings.http_dup)
 
 
 def _meters(settings: config.Settings, provider: MeterProvider | None) -> ServerMeters | None:
-    return None if provider is None else ServerMeters(provider, VERSION, settings.buckets)
+    if provider is None:
+        return None
+    return ServerMeters(provider, VERSION, settings.buckets, old_names=settings.http_dup)
 
 
 def _serves_requests() -> bool:

@@ -278,6 +278,17 @@ def parse_known_methods(key: str, value: object) -> frozenset[str]:
     return methods
 
 
+def parse_semconv_opt_in(key: str, value: object) -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` asks for the old HTTP names too (``http/dup``).
+
+    A comma-separated list of the conventions' signal types; values for
+    other types (``database``, ...) are not ours to refuse.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a comma-separated string, such as 'http/dup'.")
+    return "http/dup" in (part.strip() for part in value.split(","))
+
+
 def parse_basic_auth(key: str, value: object) -> tuple[str, str] | None:
     if value is None:
         return None

@@ -10,7 +10,6 @@ from .. import labels
 from ..metrics.names import Observation
 from ..state import EXTENSION_KEY
 from ..tracing.meters import Finished
-from ..tracing.meters import protocol_version
 from ..tracing.spans import ServerSpan
 from ..tracing.spans import Tracing
 from .environ import CONTRIB_SPAN_KEY
@@ -99,7 +98,7 @@ def record(
                 route=route,
                 status=status,
                 error=error,
-                protocol=protocol_version(environ),
+                environ=environ,
                 duration=duration,
                 request_size=request_size,
                 response_size=response_size,

@@ -75,7 +75,7 @@ class Capture:
 
 
 def request_attributes(
-    capture: Capture, request: Request, method: str, route: str
+    capture: Capture, request: Request, method: str, route: str, old: bool = False
 ) -> dict[str, t.Any]:
     """The attributes known at a server span's start, read from the request's environ.
 
@@ -100,7 +100,8 @@ def request_attributes(
     query = environ.get("QUERY_STRING")
     if query:
         attributes[url_attributes.URL_QUERY] = redact_query(query)
-    host, port = split_host(_host(environ), scheme)
+    host_header = _host(environ)
+    host, port = split_host(host_header, scheme)
     if host:
         attributes[server_attributes.SERVER_ADDRESS] = host
         if port is not None:
@@ -118,7 +119,51 @@ def request_attributes(
         attributes.update(
             capture.headers("http.request.header.", capture.request, request.headers.items())
         )
+    if old:
+        attributes.update(old_request_attributes(environ, host))
     return attributes
+
+
+#: The old experimental name of ``http.response.status_code`` (http/dup).
+OLD_STATUS_CODE = "http.status_code"
+
+
+def old_request_attributes(environ: cabc.Mapping[str, t.Any], host: str) -> dict[str, t.Any]:
+    """A server span's old experimental HTTP names (``OTEL_SEMCONV_STABILITY_OPT_IN=http/dup``).
+
+    As opentelemetry-instrumentation-wsgi makes them in its default mode, for
+    dashboards that still query them; ``url.query``'s redaction applies to
+    ``http.target`` too.
+    """
+    found: dict[str, t.Any] = {
+        "http.method": environ.get("REQUEST_METHOD", ""),
+        "http.scheme": environ.get("wsgi.url_scheme", "http"),
+    }
+    if environ.get("SERVER_NAME"):
+        found["http.server_name"] = environ["SERVER_NAME"]
+    if environ.get("HTTP_HOST"):
+        found["http.host"] = environ["HTTP_HOST"]
+        found["net.host.name"] = host
+    port = environ.get("SERVER_PORT", "")
+    if isinstance(port, str) and port.isdigit():
+        found["net.host.port"] = int(port)
+    target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if not target:
+        query = environ.get("QUERY_STRING")
+        target = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        target += f"?{query}" if query else ""
+    path, mark, query = str(target).partition("?")
+    found["http.target"] = f"{path}?{redact_query(query)}" if mark else path
+    if environ.get("REMOTE_ADDR"):
+        found["net.peer.ip"] = environ["REMOTE_ADDR"]
+    if environ.get("REMOTE_PORT"):
+        found["net.peer.port"] = str(environ["REMOTE_PORT"])
+    if environ.get("HTTP_USER_AGENT"):
+        found["http.user_agent"] = environ["HTTP_USER_AGENT"]
+    protocol = environ.get("SERVER_PROTOCOL", "")
+    if isinstance(protocol, str) and protocol.startswith("HTTP/"):
+        found["http.flavor"] = protocol[5:]
+    return found
 
 
 class StartAttributes(cabc.Mapping[str, t.Any]):
@@ -131,9 +176,12 @@ class StartAttributes(cabc.Mapping[str, t.Any]):
     of the user's that reads them gets the same values, made at its first look.
     """
 
-    __slots__ = ("_capture", "_made", "_method", "_request", "_route")
+    __slots__ = ("_capture", "_made", "_method", "_old", "_request", "_route")
 
-    def __init__(self, capture: Capture, request: Request, method: str, route: str) -> None:
+    def __init__(
+        self, capture: Capture, request: Request, method: str, route: str, old: bool = False
+    ) -> None:
+        self._old = old
         self._capture = capture
         self._request = request
         self._method = method
@@ -144,7 +192,7 @@ class StartAttributes(cabc.Mapping[str, t.Any]):
         made = self._made
         if made is None:
             made = self._made = request_attributes(
-                self._capture, self._request, self._method, self._route
+                self._capture, self._request, self._method, self._route, self._old
             )
         return made
 

@@ -20,6 +20,8 @@ from opentelemetry.semconv.attributes import url_attributes
 from opentelemetry.semconv.metrics.http_metrics import HTTP_SERVER_REQUEST_DURATION
 
 from . import _compat
+from .attributes import old_request_attributes
+from .attributes import split_host
 from .spans import SCHEMA_URL
 from .spans import TRACER_NAME
 
@@ -39,9 +41,23 @@ class ServerMeters:
     """One app's HTTP server instruments, from its meter provider."""
 
     def __init__(
-        self, provider: MeterProvider, version: str, buckets: cabc.Sequence[float]
+        self,
+        provider: MeterProvider,
+        version: str,
+        buckets: cabc.Sequence[float],
+        old_names: bool = False,
     ) -> None:
         meter = provider.get_meter(TRACER_NAME, version, schema_url=SCHEMA_URL)
+        #: OTEL_SEMCONV_STABILITY_OPT_IN=http/dup: the old duration (in ms) as well.
+        self._old_duration = (
+            meter.create_histogram(
+                OLD_DURATION,
+                unit="ms",
+                description="Measures the duration of inbound HTTP requests.",
+            )
+            if old_names
+            else None
+        )
         self._duration = meter.create_histogram(
             HTTP_SERVER_REQUEST_DURATION,
             unit="s",
@@ -88,10 +104,14 @@ class ServerMeters:
             attributes[_ROUTE] = request.route
         if request.error:
             attributes[_ERROR] = request.error
-        if request.protocol:
-            attributes[_PROTOCOL] = request.protocol
+        protocol = protocol_version(request.environ)
+        if protocol:
+            attributes[_PROTOCOL] = protocol
         context = None if span is None else trace.set_span_in_context(span)
         self._duration.record(request.duration, attributes, context=context)
+        if self._old_duration is not None:
+            old = old_duration_attributes(request.environ, request.route, request.status)
+            self._old_duration.record(max(round(request.duration * 1000), 0), old, context=context)
         if request.request_size is not None:
             self._request_size.record(request.request_size, attributes, context=context)
         if request.response_size is not None:
@@ -106,13 +126,41 @@ class Finished(t.NamedTuple):
     route: str
     status: int
     error: str
-    #: ``network.protocol.version`` (``1.1``), ``""`` if unknown.
-    protocol: str
+    #: The request's WSGI environ (the protocol version, and the old names' values).
+    environ: cabc.Mapping[str, t.Any]
     duration: float
     request_size: int | None
     response_size: int | None
     #: Counted in flight at its start (not a late start).
     counted: bool
+
+
+#: The old experimental duration metric's name (milliseconds).
+OLD_DURATION = "http.server.duration"
+
+#: The old names the duration kept, as opentelemetry-instrumentation-wsgi filters them.
+_OLD_DURATION_KEYS = (
+    "http.method",
+    "http.host",
+    "http.scheme",
+    "http.flavor",
+    "http.server_name",
+    "net.host.name",
+    "net.host.port",
+)
+
+
+def old_duration_attributes(
+    environ: cabc.Mapping[str, t.Any], route: str, status: int
+) -> dict[str, t.Any]:
+    """The old duration's attributes: old request names, status, the route as ``http.target``."""
+    host, _ = split_host(environ.get("HTTP_HOST", ""), environ.get("wsgi.url_scheme", "http"))
+    every = old_request_attributes(environ, host)
+    found = {key: every[key] for key in _OLD_DURATION_KEYS if key in every}
+    found["http.status_code"] = status
+    if route:
+        found["http.target"] = route
+    return found
 
 
 def protocol_version(environ: cabc.Mapping[str, t.Any]) -> str:

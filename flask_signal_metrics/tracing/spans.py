@@ -36,6 +36,7 @@ from .. import labels
 from ..forks import at_fork
 from . import _compat
 from .attributes import Capture as Capture  # the type Tracing is built with
+from .attributes import OLD_STATUS_CODE
 from .attributes import StartAttributes
 from .propagation import extract_parent
 from .propagation import inject_response
@@ -136,8 +137,16 @@ class RenderSpan(t.NamedTuple):
 class Tracing:
     """The spans of one app's requests, templates and flashed messages."""
 
-    def __init__(self, provider: TracerProvider | None, version: str, capture: Capture) -> None:
+    def __init__(
+        self,
+        provider: TracerProvider | None,
+        version: str,
+        capture: Capture,
+        old_names: bool = False,
+    ) -> None:
         self._fixed = provider
+        #: OTEL_SEMCONV_STABILITY_OPT_IN=http/dup: the old attribute names too.
+        self._old = old_names
         self._version = version
         self._capture = capture
         self._seen: object = None
@@ -221,7 +230,7 @@ class Tracing:
             _span_name(method, route),
             parent,
             kind,
-            StartAttributes(capture, request, method, route),
+            StartAttributes(capture, request, method, route, self._old),
             start_time=start_ns,
         )
         token = context.attach(trace.set_span_in_context(span, parent))
@@ -248,6 +257,8 @@ class Tracing:
         if not span.is_recording():
             return  # the view ended it already: adding to it would only warn
         span.set_attribute(_STATUS_CODE, status)
+        if self._old:
+            span.set_attribute(OLD_STATUS_CODE, status)
         if error:
             span.set_attribute(_ERROR_TYPE, error)
             # 5xx and escaped exceptions are errors; a 4xx is the client's and stays unset.
