@@ -27,6 +27,7 @@ from .environ import perf_counter
 from .environ import READY_KEY
 from .environ import request_body_size
 from .environ import RESPONSE_KEY
+from .environ import SPAN_KEY
 from .environ import Start
 from .environ import status_code
 from .environ import STREAM_CONTEXT
@@ -112,10 +113,11 @@ def _begin(
                 if meters is not None:
                     meters.unstarted(lane.method, lane.scheme)
                 raise
-            if settings.request_hook is not None and type(traced) is ServerSpan:
-                call_hook(
-                    app, signals.request_started.name, settings.request_hook, traced.made, environ
-                )
+            if type(traced) is ServerSpan:
+                environ[SPAN_KEY] = traced.made
+                if settings.request_hook is not None:
+                    hook = settings.request_hook
+                    call_hook(app, signals.request_started.name, hook, traced.made, environ)
         found = state.route(rule, request, lane, route, settings.group_by.per_rule, views)
         next(lane.group.started)
     else:
@@ -197,9 +199,8 @@ def on_request_finished(sender: Flask, response: Response, **extra: object) -> N
             # Maybe a stream, whose body may be produced before teardown
             # (Flask 3.0 with stream_with_context): note when it was ready.
             environ[READY_KEY] = perf_counter()
-        start = environ.get(START_KEY)
-        if type(start) is Start and type(start.traced) is ServerSpan:
-            Tracing.respond(start.traced.made, response)
+        if SPAN_KEY in environ:  # a span of ours: the response propagator's headers
+            Tracing.respond(environ[SPAN_KEY], response)
     except Exception as e:
         failed(sender, signals.request_finished.name, e)
 

@@ -83,4 +83,3 @@ def test_span_and_metric_names_follow_the_opt_in(
         }
     meter_provider.shutdown()
     tracer_provider.shutdown()
-
