@@ -143,7 +143,7 @@ def release_context(traced: Traced) -> None:
     """
     release_renders()
     if isinstance(traced, ServerSpan):
-        Tracing.detach(traced.token)
+        Tracing.detach(traced)
 
 
 def end_context(traced: Traced, released: bool) -> None:
@@ -159,4 +159,4 @@ def end_context(traced: Traced, released: bool) -> None:
         end_renders()
     finally:
         if isinstance(traced, ServerSpan) and not released:
-            Tracing.detach(traced.token)
+            Tracing.detach(traced)

@@ -81,11 +81,19 @@ class ServerSpan:
     resets the context it made current; ``start_ns`` is when the span began.
     """
 
-    __slots__ = ("made", "server", "span", "start_ns", "token")
+    __slots__ = ("before", "made", "server", "span", "start_ns", "token")
 
     def __init__(
-        self, span: Span | None, token: object, start_ns: int, made: Span, server: bool
+        self,
+        span: Span | None,
+        token: object,
+        start_ns: int,
+        made: Span,
+        server: bool,
+        before: Context,
     ) -> None:
+        #: The context current before the request's: current again at its end.
+        self.before = before
         self.span = span
         self.token = token
         self.start_ns = start_ns
@@ -237,8 +245,8 @@ class Tracing:
         if not span.is_recording():
             # Not sampled: its context must be current (what the view's spans
             # and outgoing calls inherit), but nothing is ended, set or linked.
-            return ServerSpan(None, token, 0, span, kind is SpanKind.SERVER)
-        return ServerSpan(span, token, start_ns, span, kind is SpanKind.SERVER)
+            return ServerSpan(None, token, 0, span, kind is SpanKind.SERVER, current)
+        return ServerSpan(span, token, start_ns, span, kind is SpanKind.SERVER, current)
 
     def finish(
         self,
@@ -279,9 +287,18 @@ class Tracing:
         inject_response(span, response.headers)
 
     @staticmethod
-    def detach(token: object) -> None:
-        """Make the request's parent context current again (at its teardown)."""
-        context.detach(t.cast("Token[Context]", token))
+    def detach(traced: ServerSpan) -> None:
+        """Make the context before the request's current again (at its teardown).
+
+        Should ``detach`` fail (a patched or broken runtime context), the
+        context before is attached again: the thread's next request must not
+        start under this one's ended span.
+        """
+        try:
+            context.detach(t.cast("Token[Context]", traced.token))
+        except BaseException:
+            context.attach(traced.before)
+            raise
 
     # -- templates and flashes ------------------------------------------------
 

@@ -43,8 +43,7 @@ _HEADERS = "test_programmatic.py::TestCustomRequestResponseHeaders::"
 _SQL = "test_sqlcommenter.py::TestSQLCommenter::"
 _TRACER = "test_programmatic.py::TestProgrammaticCustomTracerProvider"
 
-#: Every test the suite collects (61), and its outcome. The tests run in file
-#: order, then in name order within a class: the "leak" entries depend on it.
+#: Every test the suite collects (61), and its outcome.
 EXPECTED: dict[str, str] = {
     f"{_AUTO}test_exluded_urls_explicit": P,
     f"{_AUTO}test_no_op_tracer_provider": P,
@@ -57,10 +56,9 @@ EXPECTED: dict[str, str] = {
     f"{_COMPAT}test_generator_response_context_cleanup": P,
     f"{_COMPAT}test_multiple_requests_context_isolation": P,
     f"{_COMPAT}test_streaming_response_context_cleanup": P,
-    # Passes (the request completes), but it patches opentelemetry.context.detach to
-    # raise: our request-tearing-down receiver fails before the request's context is
-    # detached, so the request's span stays current in this thread for the rest of
-    # the run (every later request's span is its INTERNAL child: "leak" below).
+    # It patches opentelemetry.context.detach to raise: the request completes, and
+    # the context before it is attached again (Tracing.detach), so later requests
+    # are roots again.
     f"{_COMPAT}test_streaming_with_error_in_cleanup": P,
     # Pass without testing us: we set no _ENVIRON_* keys and register no
     # teardown_request function (the one it wraps twice is its own check), and
@@ -95,25 +93,23 @@ EXPECTED: dict[str, str] = {
     f"{_SQL}test_sqlcommenter_disabled": P,
     # The file's own guard: skipIf(lambda: ...) is always true, so it skips on every Flask.
     f"{_COMPAT}test_flask_31_streaming_context_cleanup": S,
-    # Leak only (both pass when run alone): the span is INTERNAL under the span
-    # test_streaming_with_error_in_cleanup left current ("SpanKind.INTERNAL != SERVER").
-    f"{_PROG}test_simple_new_semconv": F,
+    # The stable names, and both sets under http/dup, as the original's.
+    f"{_PROG}test_simple_new_semconv": P,
+    f"{_PROG}test_simple_both_semconv": P,
     (
         "test_programmatic.py::TestProgrammaticWrappedWithOtherFramework"
         "::test_mark_span_internal_in_presence_of_span_from_other_framework"
-    ): F,
-    # Leak first; alone they fail asserting the old semconv attribute names
-    # (http.method, http.target, net.host.port ...: OTEL_SEMCONV_STABILITY_OPT_IN
-    # not honoured yet) and, for 500, error.type "500" (ours: "ValueError").
+    ): P,
+    # Without OTEL_SEMCONV_STABILITY_OPT_IN they assert the old names only
+    # (http.method, http.target ...): ours are the stable ones by default
+    # (docs/migrating-otel.md; http/dup gives both, test_simple_both_semconv).
     f"{_PROG}test_simple": F,
-    f"{_PROG}test_simple_both_semconv": F,
     f"{_PROG}test_internal_error": F,
+    # error.type "500" asserted for an escaped ValueError; ours is the exception's
+    # fully qualified class name (the conventions' first choice), the only difference.
     f"{_PROG}test_internal_error_both_semconv": F,
-    # Leak first; alone: error.type "500" asserted, ours is the exception's class
-    # name "ValueError" (docs/tracing.md), the only difference.
     f"{_PROG}test_internal_error_new_semconv": F,
-    # Asserts the old semconv attribute names (OTEL_SEMCONV_STABILITY_OPT_IN not
-    # honoured yet); the span name from the request_hook is right.
+    # The old names only, as test_simple (the span name the request_hook set is right).
     "test_programmatic.py::TestProgrammaticHooks::test_hooks": F,
     "test_programmatic.py::TestProgrammaticHooksWithoutApp::test_no_app_hooks": F,
     # Span name of an unrouted request: "POST /bye" asserted, ours is "POST" (the
@@ -129,7 +125,7 @@ EXPECTED: dict[str, str] = {
     # all excluded; we record nothing for excluded requests (get_metrics_data() is None).
     f"{_PROG}test_flask_metrics_excluded_urls": F,
     f"{_PROG}test_flask_metrics_excluded_urls_new_semconv": F,
-    # Header capture. Leak first; then: the class's patch.dict of the
+    # Header capture: the class's patch.dict of the
     # OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_* variables is active only in the
     # test methods, not in setUp where instrument_app runs, and we read them there
     # (the original reads them per request), so nothing is captured; with them set

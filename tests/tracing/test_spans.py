@@ -641,3 +641,23 @@ def test_error_type_is_the_fully_qualified_class_name(traced: Traced) -> None:
     assert (
         requests_counted(traced.registry, "/gone", 500, error="tests.tracing.test_spans.Gone") == 1
     )
+
+
+def test_a_detach_that_fails_leaves_the_next_request_a_root(
+    traced: Traced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import context
+
+    def failing(token: object) -> None:
+        raise RuntimeError("detach")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(context, "detach", failing)
+        assert traced.client.get("/item/1").text == "item 1"
+    assert not trace.get_current_span().get_span_context().is_valid
+    traced.client.get("/item/2")
+    first, second = traced.spans()
+    assert second.kind is SpanKind.SERVER and second.parent is None
+    assert first.context.trace_id != second.context.trace_id
+    errors = "flask_signal_metrics_receiver_errors_total"
+    assert traced.registry.get_sample_value(errors, {"signal": "request-tearing-down"}) == 1
