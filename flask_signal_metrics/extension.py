@@ -48,6 +48,7 @@ if t.TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
+    from werkzeug.routing import Rule
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
@@ -151,25 +152,22 @@ class SignalMetrics:
         :raises RuntimeError: the extension is already set up on this app.
         """
         found = app.extensions.get(EXTENSION_KEY)
-        if found is not None and found.instrumented:
-            # The app's own set-up wins over the instrumentor's defaults.
-            logger.info(
-                "flask-signal-metrics: app %r sets SignalMetrics up itself; the"
-                " instrumentor's set-up is replaced by it.",
-                app.name,
-            )
-            self.remove_app(app)
-        if EXTENSION_KEY in app.extensions:
+        # The app's own set-up wins over the instrumentor's defaults: replaced
+        # once everything is validated, so that a bad value leaves it as it was.
+        replacing = found is not None and found.instrumented
+        if found is not None and not replacing:
             raise RuntimeError(
                 f"SignalMetrics is already initialised on app {app.name!r}; call"
                 " init_app once per app."
             )
         settings = config.load(app.config, self._options)
         if not settings.enabled:
+            if replacing:
+                self._replace(app)
             app.extensions[EXTENSION_KEY] = State(settings, None, (), None, {})
             return
         if settings.path is not None:
-            _check_route_free(app, settings.path)
+            _check_route_free(app, settings.path, ENDPOINT if replacing else None)
         if settings.port is not None and multiprocess():
             raise ValueError(
                 "SIGNAL_METRICS_PORT is set, but several worker processes cannot all"
@@ -180,6 +178,8 @@ class SignalMetrics:
         _check_latency(settings)
         if multiprocess():
             check_directory()  # once: a scrape or a compaction never checks
+        if replacing:
+            self._replace(app)
         registry = self._registry if self._registry is not None else new_registry()
         # A registry passed in is also the declared signals' one, and may be
         # the default one: each once, or its families would be read twice.
@@ -222,7 +222,7 @@ class SignalMetrics:
             excluded_urls=urls.excluded_urls(settings.excluded_urls),
             meters=_meters(settings, self._meter_provider),
         )
-        state.whole_way = state.excluded_urls is not None or state.meters is not None
+        state.whole_way = state.meters is not None
         if settings.export_defaults:
             _export(metrics, settings)
         INSTANCES.add(state)
@@ -237,6 +237,14 @@ class SignalMetrics:
             metrics.workers.start()
         if server is not None:
             state.server = port_server.serve(server)
+
+    def _replace(self, app: Flask) -> None:
+        logger.info(
+            "flask-signal-metrics: app %r sets SignalMetrics up itself; the"
+            " instrumentor's set-up is replaced by it.",
+            app.name,
+        )
+        self.remove_app(app)
 
     def remove_app(self, app: Flask) -> None:
         """Undo :meth:`init_app`: disconnect every receiver, remove the metrics
@@ -553,7 +561,7 @@ def _remove_endpoint(app: Flask, endpoint: str) -> None:
     """
     old = app.url_map
     new = app.url_map_class(
-        [rule.empty() for rule in old.iter_rules() if rule.endpoint != endpoint],
+        [_unbound(rule) for rule in old.iter_rules() if rule.endpoint != endpoint],
         default_subdomain=old.default_subdomain,
         strict_slashes=old.strict_slashes,
         merge_slashes=old.merge_slashes,
@@ -565,6 +573,20 @@ def _remove_endpoint(app: Flask, endpoint: str) -> None:
     )
     app.url_map = new
     app.view_functions.pop(endpoint, None)
+
+
+#: What ``Rule.empty()`` does not copy: Flask's automatic OPTIONS answer,
+#: and two of Werkzeug's own options.
+_RULE_EXTRAS = ("provide_automatic_options", "merge_slashes", "websocket")
+
+
+def _unbound(rule: Rule) -> Rule:
+    """An unbound copy of ``rule``, with what ``Rule.empty()`` leaves out."""
+    copy = rule.empty()
+    for name in _RULE_EXTRAS:
+        if hasattr(rule, name):
+            setattr(copy, name, getattr(rule, name))
+    return copy
 
 
 def _shared_registry_guard(make: t.Callable[..., T], *args: t.Any, **kwargs: t.Any) -> T:
@@ -625,9 +647,10 @@ def _serves_requests() -> bool:
     return not reload  # with the reloader, this is the watcher; its child serves
 
 
-def _check_route_free(app: Flask, path: str) -> None:
+def _check_route_free(app: Flask, path: str, ignored: str | None = None) -> None:
+    """Refuse a path the app routes (but to ``ignored``, an endpoint about to go)."""
     for rule in app.url_map.iter_rules():
-        if rule.rule == path:
+        if rule.rule == path and rule.endpoint != ignored:
             raise ValueError(
                 f"SIGNAL_METRICS_PATH is {path!r}, but the app already routes it"
                 f" to {rule.endpoint!r}; set SIGNAL_METRICS_PATH to a free path,"

@@ -208,8 +208,8 @@ class State:
     excluded_urls: UrlFilter | None = None
     #: The HTTP server metrics of ``meter_provider=``, or None.
     meters: ServerMeters | None = None
-    #: Every request goes the whole way (excluded URLs to search, meters to
-    #: record): no route is kept for the one-step paths.
+    #: Every request goes the whole way (meters to record): no route is kept
+    #: for the one-step paths.
     whole_way: bool = False
 
     #: Set up by ``SignalMetricsInstrumentor`` (auto-instrumentation): the

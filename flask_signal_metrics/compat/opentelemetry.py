@@ -23,11 +23,12 @@ import weakref
 
 import flask
 from flask import Flask
+from opentelemetry import metrics
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from .. import config
 from ..extension import SignalMetrics
 from ..state import EXTENSION_KEY
-from ..tracing._compat import global_meter_provider
 
 logger = logging.getLogger("flask_signal_metrics")
 
@@ -44,7 +45,9 @@ def _options(function: str, arguments: cabc.Mapping[str, t.Any]) -> dict[str, t.
     :raises TypeError, ValueError: an argument we do not take, naming the alternative.
     """
     options = dict(arguments)
-    if options.pop("enable_commenter", None) or options.pop("commenter_options", None):
+    commenter = options.pop("enable_commenter", None)
+    options.pop("commenter_options", None)  # means nothing with the commenter off
+    if commenter:
         raise ValueError(
             f"{function}(enable_commenter=, commenter_options=): the SQL commenter is not"
             " supported; set enable_commenter (and commenter_options) on the database"
@@ -53,9 +56,9 @@ def _options(function: str, arguments: cabc.Mapping[str, t.Any]) -> dict[str, t.
             " span."
         )
     if options.get("meter_provider") is None:
-        # As FlaskInstrumentor: the global provider, once an SDK set one
-        # (opentelemetry-instrument configures it before instrumenting).
-        options["meter_provider"] = global_meter_provider()
+        # As FlaskInstrumentor: the global provider, through the API's stand-in
+        # until an SDK sets one (in code, often after instrumenting).
+        options["meter_provider"] = metrics.get_meter_provider()
     return options
 
 
@@ -71,6 +74,7 @@ class SignalMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _original_flask: type[Flask] | None = None
+    _instrumented_flask: type[Flask] | None = None
 
     def instrumentation_dependencies(self) -> cabc.Collection[str]:
         return INSTRUMENTS
@@ -80,7 +84,9 @@ class SignalMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         # No route under instrument(): it would come before the app's own
         # routes and could shadow one the app adds later at the same path.
         options.setdefault("path", None)
-        SignalMetrics(**options)  # validated now, not at the first app
+        # Validated now, the standard variables too, not at the first app.
+        config.load({}, {k: v for k, v in options.items() if k in config.OPTIONS})
+        SignalMetrics(**options)
         original = flask.Flask
 
         class InstrumentedFlask(original):  # type: ignore[valid-type,misc]
@@ -91,12 +97,24 @@ class SignalMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         InstrumentedFlask.__name__ = InstrumentedFlask.__qualname__ = original.__name__
         InstrumentedFlask.__module__ = original.__module__
         self._original_flask = original
+        self._instrumented_flask = InstrumentedFlask
         flask.Flask = InstrumentedFlask  # type: ignore[misc]
 
     def _uninstrument(self, **kwargs: t.Any) -> None:
-        if self._original_flask is not None:
-            flask.Flask = self._original_flask  # type: ignore[misc]
-            self._original_flask = None
+        original, ours = self._original_flask, self._instrumented_flask
+        self._original_flask = self._instrumented_flask = None
+        if original is None:
+            return
+        if flask.Flask is ours:
+            flask.Flask = original  # type: ignore[misc]
+        else:
+            # Another instrumentor replaced it after us: putting ours back would
+            # undo theirs; apps made from now on may stay instrumented by ours.
+            logger.warning(
+                "flask-signal-metrics: flask.Flask was replaced after"
+                " SignalMetricsInstrumentor.instrument() (by %r); it is left as it is.",
+                flask.Flask,
+            )
 
     @staticmethod
     def instrument_app(
@@ -112,8 +130,9 @@ class SignalMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     ) -> None:
         """Instrument ``app``: ``SignalMetrics(app, ...)`` with these options.
 
-        An app instrumented already (by this or by ``FlaskInstrumentor``'s
-        ``instrument_app``) is left as it is, with a warning.
+        An app this instrumentor instrumented already is left as it is, with a
+        warning. On an app ``FlaskInstrumentor`` instruments, its spans stay the
+        only ones (ours makes none) and only its OpenTelemetry metrics are recorded.
         """
         given = {
             "request_hook": request_hook,
@@ -131,7 +150,9 @@ class SignalMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def uninstrument_app(app: Flask) -> None:
         """Undo :meth:`instrument_app`: every receiver disconnected, the route it added removed."""
         extension = _EXTENSIONS.pop(app, None)
-        if extension is None or EXTENSION_KEY not in app.extensions:
+        state = app.extensions.get(EXTENSION_KEY)
+        if extension is None or state is None or not state.instrumented:
+            # Never instrumented here, or the app's own set-up replaced ours: left alone.
             logger.warning("Attempting to uninstrument Flask app while already uninstrumented")
             return
         extension.remove_app(app)

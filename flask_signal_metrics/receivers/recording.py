@@ -10,6 +10,7 @@ from .. import labels
 from ..metrics.names import Observation
 from ..state import EXTENSION_KEY
 from ..tracing.meters import Finished
+from ..tracing.spans import instrumented_elsewhere
 from ..tracing.spans import ServerSpan
 from ..tracing.spans import Tracing
 from .environ import CONTRIB_SPAN_KEY
@@ -23,6 +24,7 @@ from .templates import release_renders
 
 if t.TYPE_CHECKING:
     from flask import Flask
+    from flask import Request
     from flask import Response
 
     from ..metrics.catalogue import Metrics
@@ -91,11 +93,11 @@ def record(
             if recorder is not None:
                 recorders[status] = recorder
         # Last: an SDK view or processor that raises costs nothing recorded above.
-        if state.meters is not None:
+        if state.meters is not None and not instrumented_elsewhere(app):
             finished = Finished(
                 method=method,
                 scheme=found.scheme,
-                route=route,
+                route=route_template(state, start.ctx.request, route),
                 status=status,
                 error=error,
                 environ=environ,
@@ -125,6 +127,15 @@ def record(
                     state.tracing.finish(  # type: ignore[union-attr]  # traced came from it
                         traced.span, status, error, exception, response, end_ns, traced.server
                     )
+
+
+def route_template(state: State, request: Request, label: str) -> str:
+    """``http.route``: the rule's template with the application root, whatever the
+    route label's grouping (prometheus-flask-exporter's ``group_by``) made of it."""
+    if state.settings.group_by.name == "route":
+        return label  # the label is the template
+    rule = request.url_rule
+    return "" if rule is None else request.root_path + rule.rule
 
 
 def release_context(traced: Traced) -> None:

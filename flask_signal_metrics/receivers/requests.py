@@ -12,6 +12,7 @@ from ..state import NO_RECORDERS
 from ..state import Route
 from ..state import START_KEY
 from ..state import VIEWS_KEY
+from ..tracing.spans import instrumented_elsewhere
 from ..tracing.spans import ServerSpan
 from ..tracing.spans import Tracing
 from ..views import Viewed
@@ -35,6 +36,7 @@ from .environ import STREAMING
 from .failures import call_hook
 from .failures import failed
 from .recording import record
+from .recording import route_template
 from .streams import defer_to_close
 from .templates import end_renders
 from .views import begin_views
@@ -101,14 +103,15 @@ def _begin(
     traced: Traced = None
     found: Route
     if in_flight:
-        meters = state.meters
+        meters = None if instrumented_elsewhere(app) else state.meters
         # Each before the in-flight count, the meters' first: one that raises
         # leaves nothing started (no span, no context, no count) that nothing ends.
         if meters is not None:
             meters.started(lane.method, lane.scheme)
         if state.tracing is not None:
             try:
-                traced = state.tracing.start(app, request, lane.method, route)
+                template = route_template(state, request, route)
+                traced = state.tracing.start(app, request, lane.method, template)
             except BaseException:
                 if meters is not None:
                     meters.unstarted(lane.method, lane.scheme)
@@ -172,6 +175,7 @@ def on_request_started(sender: Flask, **extra: object) -> None:
             found is None
             or (tracing is not None and began >= tracing.idle_until)
             or (exclude is not None and exclude.fullmatch(request.path))
+            or (state.excluded_urls is not None and state.excluded_urls.url_disabled(request.url))
         ):
             _begin(sender, ctx, True, began)
             return

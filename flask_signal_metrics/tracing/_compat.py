@@ -10,7 +10,6 @@ import os
 import re
 import typing as t
 
-from opentelemetry import metrics
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -89,22 +88,3 @@ except ImportError:  # pragma: no cover - moved or made stable
     HTTP_SERVER_ACTIVE_REQUESTS = "http.server.active_requests"
     HTTP_SERVER_REQUEST_BODY_SIZE = "http.server.request.body.size"
     HTTP_SERVER_RESPONSE_BODY_SIZE = "http.server.response.body.size"
-
-
-def global_meter_provider() -> metrics.MeterProvider | None:
-    """The global meter provider once one was set; None while it is the API's stand-in.
-
-    The API has no public way to ask whether one was set: its stand-in is
-    the private ``_ProxyMeterProvider`` (forwarding to one set later). Should
-    that name move, a provider of a class named so still tells.
-    """
-    provider = metrics.get_meter_provider()
-    proxy = getattr(metrics, "_internal", None)
-    proxy_type = getattr(proxy, "_ProxyMeterProvider", None)
-    if isinstance(proxy_type, type) and isinstance(provider, proxy_type):
-        return None
-    if type(provider).__name__ == "_ProxyMeterProvider":
-        return None
-    if isinstance(provider, metrics.NoOpMeterProvider):
-        return None
-    return provider

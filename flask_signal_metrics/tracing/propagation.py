@@ -120,4 +120,25 @@ def inject_response(span: trace.Span, headers: t.Any) -> None:
         return
     propagator = _response.get_global_response_propagator()  # type: ignore[no-untyped-call]
     if propagator is not None:
-        propagator.inject(headers, trace.set_span_in_context(span), setter=_response.default_setter)
+        propagator.inject(headers, trace.set_span_in_context(span), setter=_SETTER)
+
+
+class ResponseHeaderSetter:
+    """Sets a response header once: a value the response holds already is replaced.
+
+    The API's ``DictHeaderSetter`` appends to it, which on a response object
+    the view reuses (a module-level ``Response``) would pile up a value per
+    request. A comma list (``Access-Control-Expose-Headers``) gets the name
+    added when it lacks it.
+    """
+
+    def set(self, carrier: t.Any, key: str, value: str) -> None:
+        if key.lower() == "access-control-expose-headers":
+            listed = [v.strip() for v in carrier.get(key, "").split(",") if v.strip()]
+            if value.lower() not in (v.lower() for v in listed):
+                carrier[key] = ", ".join([*listed, value])
+            return
+        carrier[key] = value
+
+
+_SETTER = ResponseHeaderSetter()

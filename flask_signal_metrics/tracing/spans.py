@@ -342,6 +342,12 @@ class Tracing:
         return None
 
 
+def instrumented_elsewhere(app: Flask) -> bool:
+    """Whether opentelemetry-instrumentation-flask instruments ``app``: its spans
+    and its OpenTelemetry metrics are the app's, ours are not made."""
+    return bool(getattr(app, _INSTRUMENTED_FLAG, False))
+
+
 def _detach_render(handle: RenderSpan) -> None:
     """Reset a render span's context, if it is still the current one.
 

@@ -213,7 +213,7 @@ def test_the_apps_own_set_up_replaces_the_instrumentors(sdk: Traced) -> None:
     ("arguments", "named"),
     [
         ({"enable_commenter": True}, "opentelemetry-instrumentation-sqlalchemy"),
-        ({"commenter_options": {"route": True}}, "opentelemetry-instrumentation-sqlalchemy"),
+        ({"enable_commenter": True, "commenter_options": {"route": 1}}, "sqlalchemy"),
         ({"meter_provider": object()}, "meter_provider must be an OpenTelemetry MeterProvider"),
         ({"excluded_urls": "(unclosed"}, "SIGNAL_METRICS_EXCLUDED_URLS"),
         ({"request_hook": "not callable"}, "SIGNAL_METRICS_REQUEST_HOOK"),
@@ -275,3 +275,138 @@ def test_a_global_response_propagator_adds_traceresponse(sdk: Traced) -> None:
     )
     assert response.headers["Access-Control-Expose-Headers"] == "traceresponse"
     assert "traceresponse" not in app.test_client().get("/items/1").headers
+
+
+def test_uninstrument_app_keeps_every_other_route_as_it_was(sdk: Traced) -> None:
+    app = make_app()
+    app.add_url_rule("/a//b", "ab", lambda: "ab", merge_slashes=False)
+    client = app.test_client()
+    instrumentor = SignalMetricsInstrumentor()
+    instrumentor.instrument_app(app, tracer_provider=sdk.provider)
+    instrumentor.uninstrument_app(app)
+    options = client.options("/items/1")  # Flask's automatic answer, not the view's
+    assert (options.status_code, options.text) == (200, "")
+    assert sorted(str(options.headers["Allow"]).split(", ")) == ["GET", "HEAD", "OPTIONS"]
+    assert client.options("/static/x").headers.get("Allow") is not None
+    assert (client.get("/a//b").status_code, client.get("/a//b").text) == (200, "ab")
+
+
+def test_traceresponse_on_a_reused_response_is_set_not_piled_up(sdk: Traced) -> None:
+    app = flask.Flask(__name__)
+    shared = flask.Response("same", headers={"Access-Control-Expose-Headers": "X-Version"})
+    app.add_url_rule("/shared", "shared", lambda: shared)
+    SignalMetricsInstrumentor().instrument_app(app, tracer_provider=sdk.provider)
+    set_global_response_propagator(TraceResponsePropagator())  # type: ignore[no-untyped-call]
+    try:
+        responses = [app.test_client().get("/shared") for _ in range(3)]
+    finally:
+        set_global_response_propagator(None)  # type: ignore[no-untyped-call]
+    last = sdk.exporter.get_finished_spans()[-1].get_span_context()
+    assert last is not None
+    assert responses[-1].headers.getlist("traceresponse") == [
+        f"00-{last.trace_id:032x}-{last.span_id:016x}-{int(last.trace_flags):02x}"
+    ]
+    assert responses[-1].headers["Access-Control-Expose-Headers"] == "X-Version, traceresponse"
+
+
+def test_the_apps_own_set_up_is_not_undone_by_uninstrument_app(sdk: Traced) -> None:
+    from flask_signal_metrics import SignalMetrics
+
+    app = make_app()
+    instrumentor = SignalMetricsInstrumentor()
+    instrumentor.instrument_app(app, tracer_provider=sdk.provider, path=None)
+    SignalMetrics(app)  # replaces the instrumentor's
+    instrumentor.uninstrument_app(app)
+    assert "signal_metrics" in app.extensions
+    assert app.test_client().get("/metrics").status_code == 200
+
+
+def test_a_bad_value_leaves_the_instrumentors_set_up_in_place(sdk: Traced) -> None:
+    from flask_signal_metrics import SignalMetrics
+
+    app = make_app()
+    SignalMetricsInstrumentor().instrument_app(app, tracer_provider=sdk.provider)
+    app.config["SIGNAL_METRICS_BUCKETS"] = "nope"
+    with pytest.raises(TypeError, match="SIGNAL_METRICS_BUCKETS"):
+        SignalMetrics(app)
+    assert app.extensions["signal_metrics"].instrumented
+    assert app.test_client().get("/metrics").status_code == 200
+
+
+def test_with_opentelemetry_instrumentation_flask_its_meters_only(sdk: Traced) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    app = make_app()
+    FlaskInstrumentor().instrument_app(app, meter_provider=meters)  # type: ignore[no-untyped-call]
+    try:
+        SignalMetricsInstrumentor().instrument_app(app, meter_provider=meters)
+        app.test_client().get("/items/1")
+        data = reader.get_metrics_data()
+        assert data is not None
+        scopes = {
+            scope.scope.name
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            if scope.metrics
+        }
+        assert scopes == {"opentelemetry.instrumentation.flask"}
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)  # type: ignore[no-untyped-call]
+        meters.shutdown()
+
+
+def test_uninstrument_leaves_a_later_replacement_of_flask_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    original = flask.Flask
+    ours = SignalMetricsInstrumentor()
+    ours.instrument()
+    try:
+
+        class Later(flask.Flask):  # another instrumentor's, made after ours
+            pass
+
+        flask.Flask = Later  # type: ignore[misc]
+        with caplog.at_level(logging.WARNING, "flask_signal_metrics"):
+            ours.uninstrument()
+        assert flask.Flask is Later
+        assert "left as it is" in caplog.text
+    finally:
+        flask.Flask = original  # type: ignore[misc]
+
+
+def test_http_route_is_the_template_whatever_the_grouping(sdk: Traced) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    app = make_app()
+    SignalMetricsInstrumentor().instrument_app(
+        app,
+        tracer_provider=sdk.provider,
+        meter_provider=meters,
+        naming="classic",
+        group_by="full_path",
+    )
+    app.test_client().get("/items/3?token=secret")
+    (span,) = sdk.exporter.get_finished_spans()
+    assert (span.name, (span.attributes or {})["http.route"]) == (
+        "GET /items/<int:item_id>",
+        "/items/<int:item_id>",
+    )
+    data = reader.get_metrics_data()
+    assert data is not None
+    routes = {
+        (point.attributes or {}).get("http.route")
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "http.server.request.duration"
+        for point in metric.data.data_points
+    }
+    assert routes == {"/items/<int:item_id>"}
+    meters.shutdown()
