@@ -21,8 +21,6 @@ if t.TYPE_CHECKING:
 
 #: The response from request_finished (the last one wins); read at teardown.
 RESPONSE_KEY = "flask_signal_metrics.response"
-#: The request's server span, when we made one (recording or not).
-SPAN_KEY = "flask_signal_metrics.span"
 #: The exception from got_request_exception.
 ERROR_KEY = "flask_signal_metrics.error"
 #: The id of the request context whose stream is being sent.

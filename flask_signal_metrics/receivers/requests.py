@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import typing as t
 
+from flask import after_this_request
 from flask import signals
 
 from .. import labels
@@ -28,7 +30,6 @@ from .environ import perf_counter
 from .environ import READY_KEY
 from .environ import request_body_size
 from .environ import RESPONSE_KEY
-from .environ import SPAN_KEY
 from .environ import Start
 from .environ import status_code
 from .environ import STREAM_CONTEXT
@@ -47,6 +48,7 @@ if t.TYPE_CHECKING:
     from flask import Request
     from flask import Response
     from flask.ctx import RequestContext
+    from opentelemetry.trace import Span
 
     from ..grouping import Grouping
     from ..state import State
@@ -117,7 +119,9 @@ def _begin(
                     meters.unstarted(lane.method, lane.scheme)
                 raise
             if type(traced) is ServerSpan:
-                environ[SPAN_KEY] = traced.made
+                if Tracing.responds():
+                    # The response propagator's headers, on this request's response only.
+                    after_this_request(functools.partial(_respond, app, traced.made))
                 if settings.request_hook is not None:
                     hook = settings.request_hook
                     call_hook(app, signals.request_started.name, hook, traced.made, environ)
@@ -129,6 +133,15 @@ def _begin(
     start = make_start(began, found, traced, ctx)
     environ[START_KEY] = start
     return start
+
+
+def _respond(app: Flask, span: Span, response: Response) -> Response:
+    """An ``after_this_request`` function: the response propagator's headers (``traceresponse``)."""
+    try:
+        Tracing.respond(span, response)
+    except Exception as e:
+        failed(app, signals.request_finished.name, e)
+    return response
 
 
 def _group(app: Flask, request: Request, grouping: Grouping) -> str:
@@ -203,8 +216,6 @@ def on_request_finished(sender: Flask, response: Response, **extra: object) -> N
             # Maybe a stream, whose body may be produced before teardown
             # (Flask 3.0 with stream_with_context): note when it was ready.
             environ[READY_KEY] = perf_counter()
-        if SPAN_KEY in environ:  # a span of ours: the response propagator's headers
-            Tracing.respond(environ[SPAN_KEY], response)
     except Exception as e:
         failed(sender, signals.request_finished.name, e)
 

@@ -110,15 +110,20 @@ except ImportError:  # not installed: nobody can have set one
     _response = None  # type: ignore[assignment]
 
 
+def response_propagator() -> t.Any:
+    """The global response propagator, None when none is set (or none can be)."""
+    if _response is None:
+        return None
+    return _response.get_global_response_propagator()  # type: ignore[no-untyped-call]
+
+
 def inject_response(span: trace.Span, headers: t.Any) -> None:
     """Add the response propagator's headers (``traceresponse``) for ``span``, if one is set.
 
     ``set_global_response_propagator`` is the user's request to change every
     response: it is the one change the spans make to one.
     """
-    if _response is None:
-        return
-    propagator = _response.get_global_response_propagator()  # type: ignore[no-untyped-call]
+    propagator = response_propagator()
     if propagator is not None:
         propagator.inject(headers, trace.set_span_in_context(span), setter=_SETTER)
 

@@ -40,6 +40,7 @@ from .attributes import OLD_STATUS_CODE
 from .attributes import StartAttributes
 from .propagation import extract_parent
 from .propagation import inject_response
+from .propagation import response_propagator
 
 if t.TYPE_CHECKING:
     from contextvars import Token
@@ -280,6 +281,11 @@ class Tracing:
                 capture.headers("http.response.header.", capture.response, response.headers.items())
             )
         span.end(end_ns)
+
+    @staticmethod
+    def responds() -> bool:
+        """Whether a global response propagator is set (``traceresponse`` to add)."""
+        return response_propagator() is not None
 
     @staticmethod
     def respond(span: Span, response: Response) -> None:

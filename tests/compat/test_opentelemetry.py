@@ -410,3 +410,24 @@ def test_http_route_is_the_template_whatever_the_grouping(sdk: Traced) -> None:
     }
     assert routes == {"/items/<int:item_id>"}
     meters.shutdown()
+
+
+def test_a_raising_response_propagator_is_counted_and_changes_nothing(sdk: Traced) -> None:
+    class Raising(TraceResponsePropagator):
+        def inject(self, *args: t.Any, **kwargs: t.Any) -> None:
+            raise RuntimeError("propagator bug")
+
+    app = make_app()
+    SignalMetricsInstrumentor().instrument_app(app, tracer_provider=sdk.provider)
+    set_global_response_propagator(Raising())  # type: ignore[no-untyped-call]
+    try:
+        response = app.test_client().get("/items/1")
+    finally:
+        set_global_response_propagator(None)  # type: ignore[no-untyped-call]
+    assert (response.status_code, response.text) == (200, "item 1")
+    assert "traceresponse" not in response.headers
+    errors = value(
+        registry_of(app), "flask_signal_metrics_receiver_errors_total", signal="request-finished"
+    )
+    assert errors == 1.0
+    assert len(sdk.exporter.get_finished_spans()) == 1
