@@ -57,11 +57,14 @@ def on_exit(server: t.Any) -> None:
         shutil.rmtree(multiproc_dir, ignore_errors=True)
 
 
+# Imported here, once the variable above is set: at a worker's exit the master
+# then replaces it at once, instead of first importing Flask and the rest.
+from flask_signal_metrics import worker_exited  # noqa: E402
+
+
 def child_exit(server: t.Any, worker: t.Any) -> None:
     # A dead worker's in-flight gauge stops counting (livesum), and its files
     # are folded into compacted ones, so scrapes do not slow down with restarts.
-    from flask_signal_metrics import worker_exited
-
     worker_exited(worker.pid)
 
 
