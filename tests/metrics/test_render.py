@@ -116,8 +116,8 @@ def test_render_writes_what_the_clients_encoder_writes(
         # Exemplars in two buckets, one with the time of a whole second.
         requests.record(key, None, Observation(0.003, 5, 7, exemplar=(2**127 + 5, 2**63 + 9)))
         requests.record(key, None, Observation(7.0, None, None, exemplar=(1, 2)))
-        kept = requests._cells[key].pending[-1][3]
-        requests._cells[key].pending[-1] = (7.0, None, None, kept._replace(when=1_700_000_000.0))
+        pending = requests._cells[key].pending  # flat: the last observation's exemplar last
+        pending[-1] = pending[-1]._replace(when=1_700_000_000.0)
         for accepted in _FORMATS:
             encoder, content_type = choose_encoder(", ".join(accepted))
             body, rendered_type = render([registry], accepted)
