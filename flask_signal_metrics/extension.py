@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import re
 import typing as t
 
-import click
 from blinker import ANY
-from flask.helpers import get_debug_flag
-from werkzeug.serving import is_running_from_reloader
 
+from . import building
 from . import cli
 from . import config
 from . import declared
@@ -22,7 +18,6 @@ from . import views
 from .labels import text as label_text
 from .metrics.catalogue import AlreadyExported as AlreadyExported
 from .metrics.catalogue import Metrics
-from .metrics.names import ClassicNames
 from .metrics.registry import default_registry
 from .metrics.registry import new_registry
 from .metrics.render import render as render_metrics
@@ -38,9 +33,7 @@ from .state import get_state
 from .state import INSTANCES
 from .state import logger
 from .state import State
-from .tracing import spans as tracing
 from .tracing import urls
-from .tracing.meters import ServerMeters
 from .version import VERSION
 
 if t.TYPE_CHECKING:
@@ -123,7 +116,7 @@ class SignalMetrics:
         #: View metrics registered for every view of every app (register_default).
         self._default_views: list[views.ViewMetric] = []
         #: Metrics of the app's own signals, for every app of this extension.
-        self._store = _shared_registry_guard(
+        self._store = building.shared_registry_guard(
             SignalStore,
             registry if registry is not None else new_registry(),
             max_series,
@@ -167,7 +160,7 @@ class SignalMetrics:
             app.extensions[EXTENSION_KEY] = State(settings, None, (), None, {})
             return
         if settings.path is not None:
-            _check_route_free(app, settings.path, ENDPOINT if replacing else None)
+            building.check_route_free(app, settings.path, ENDPOINT if replacing else None)
         if settings.port is not None and multiprocess():
             raise ValueError(
                 "SIGNAL_METRICS_PORT is set, but several worker processes cannot all"
@@ -175,7 +168,7 @@ class SignalMetrics:
                 " flask_signal_metrics.start_metrics_server(port) in gunicorn's when_ready"
                 " hook (see examples/gunicorn.conf.py), and unset SIGNAL_METRICS_PORT."
             )
-        _check_latency(settings)
+        building.check_latency(settings)
         if multiprocess():
             check_directory()  # once: a scrape or a compaction never checks
         if replacing:
@@ -188,11 +181,11 @@ class SignalMetrics:
         if settings.serve_default_registry:
             collectors = tuple(dict.fromkeys((*owned, default_registry())))
         server = None
-        if settings.port is not None and _serves_requests():
+        if settings.port is not None and building.serves_requests():
             # Before anything changes: a port in use leaves the app as it was.
             server = port_server.bind_server(settings.addr, settings.port, collectors, settings)
         try:
-            metrics = _shared_registry_guard(
+            metrics = building.shared_registry_guard(
                 Metrics,
                 registry,
                 naming=settings.naming,
@@ -202,7 +195,7 @@ class SignalMetrics:
                 max_series=settings.max_series,
                 version=VERSION,
                 signals=receivers.SIGNAL_NAMES,
-                classic=_classic_names(settings),
+                classic=building.classic_names(settings),
                 summary=settings.latency == "summary",
             )
         except BaseException:
@@ -216,15 +209,15 @@ class SignalMetrics:
             exclude_path=config.alternation(settings.exclude),
             methods=labels.method_table(settings.known_methods),
             declared=self._declared,
-            tracing=_tracing(settings, self._tracer_provider),
+            tracing=building.make_tracing(settings, self._tracer_provider),
             owned=owned,
             shared_views=self._default_views,
             excluded_urls=urls.excluded_urls(settings.excluded_urls),
-            meters=_meters(settings, self._meter_provider),
+            meters=building.make_meters(settings, self._meter_provider),
         )
         state.whole_way = state.meters is not None
         if settings.export_defaults:
-            _export(metrics, settings)
+            building.export(metrics, settings)
         INSTANCES.add(state)
         if not self._capped:
             self._capped = True
@@ -384,8 +377,8 @@ class SignalMetrics:
         if state.metrics is None:
             return  # disabled: nothing to serve
         settings = config.load(app.config, {**self._options, **options})
-        _check_latency(settings)
-        _export(state.metrics, settings)
+        building.check_latency(settings)
+        building.export(state.metrics, settings)
         state.settings = settings
         state.forget_routes()
 
@@ -395,7 +388,7 @@ class SignalMetrics:
         checked = config.load_arguments("register_endpoint", {"path": path}).path
         if checked is None:
             raise ValueError("register_endpoint(path=) must be a path such as '/metrics'.")
-        _check_route_free(app, checked)
+        building.check_route_free(app, checked)
         _add_route(app, state, checked)
 
     def generate_metrics(
@@ -517,28 +510,6 @@ class SignalMetrics:
         self._declared += [timed.start_name, timed.end_name]
 
 
-T = t.TypeVar("T")
-
-
-def _check_latency(settings: config.Settings) -> None:
-    if multiprocess() and settings.latency == "summary":
-        raise ValueError(
-            "SIGNAL_METRICS_LATENCY is 'summary', but several worker processes share"
-            " their request durations as histograms: keep 'histogram' (its _count and"
-            " _sum series are the summary's, under the same names)."
-        )
-
-
-def _classic_names(settings: config.Settings) -> ClassicNames:
-    return ClassicNames.make(settings.prefix, settings.group_by.label)
-
-
-def _export(metrics: Metrics, settings: config.Settings) -> None:
-    metrics.export_defaults(
-        _classic_names(settings), settings.latency == "summary", settings.buckets
-    )
-
-
 def _add_route(app: Flask, state: State, path: str) -> None:
     """Route ``path`` to the metrics view (one view function per app, for every path)."""
     view = app.view_functions.get(ENDPOINT)
@@ -587,72 +558,3 @@ def _unbound(rule: Rule) -> Rule:
         if hasattr(rule, name):
             setattr(copy, name, getattr(rule, name))
     return copy
-
-
-def _shared_registry_guard(make: t.Callable[..., T], *args: t.Any, **kwargs: t.Any) -> T:
-    """Create metrics in a registry; a clear error if it already holds them."""
-    try:
-        return make(*args, **kwargs)
-    except ValueError as e:
-        if "Duplicated timeseries" not in str(e):
-            raise
-        raise ValueError(
-            "The registry given to SignalMetrics already holds its metrics"
-            " (is it shared with another app or extension?); give each its own"
-            " registry, or leave registry= unset."
-        ) from e
-
-
-def _tracing(settings: config.Settings, provider: TracerProvider | None) -> tracing.Tracing | None:
-    if not settings.tracing:
-        return None
-
-    capture = tracing.Capture(  # header names match whatever their case
-        request=config.alternation(settings.capture_request_headers, re.IGNORECASE),
-        response=config.alternation(settings.capture_response_headers, re.IGNORECASE),
-        sanitize=config.alternation(settings.sanitize_headers, re.IGNORECASE),
-    )
-    return tracing.Tracing(provider, VERSION, capture, old_names=settings.http_dup)
-
-
-def _meters(settings: config.Settings, provider: MeterProvider | None) -> ServerMeters | None:
-    if provider is None:
-        return None
-    return ServerMeters(provider, VERSION, settings.buckets, old_names=settings.http_dup)
-
-
-def _serves_requests() -> bool:
-    """Whether this process will serve the app's requests, for SIGNAL_METRICS_PORT.
-
-    Under the ``flask`` command every command loads the app: ``flask run``
-    with the reloader twice (a watcher, and the child that serves, marked by
-    ``WERKZEUG_RUN_MAIN``), and ``flask shell``, ``flask routes`` or a
-    migration while the app may be running with the port. Only the process
-    that serves opens it.
-    """
-    if os.environ.get("FLASK_RUN_FROM_CLI") != "true" or is_running_from_reloader():
-        return True
-    command = click.get_current_context(silent=True)
-    if command is None:
-        return True  # a process a flask command started (it inherits the variable)
-    if command.info_name != "run":
-        logger.info(
-            "flask-signal-metrics: SIGNAL_METRICS_PORT is not opened by this flask"
-            " command, which serves no request (only `flask run` opens it)."
-        )
-        return False
-    reload = command.params.get("reload")
-    if reload is None:  # flask run's own default: the reloader in debug mode
-        reload = get_debug_flag()
-    return not reload  # with the reloader, this is the watcher; its child serves
-
-
-def _check_route_free(app: Flask, path: str, ignored: str | None = None) -> None:
-    """Refuse a path the app routes (but to ``ignored``, an endpoint about to go)."""
-    for rule in app.url_map.iter_rules():
-        if rule.rule == path and rule.endpoint != ignored:
-            raise ValueError(
-                f"SIGNAL_METRICS_PATH is {path!r}, but the app already routes it"
-                f" to {rule.endpoint!r}; set SIGNAL_METRICS_PATH to a free path,"
-                " or to None to register no route."
-            )

@@ -173,9 +173,9 @@ def test_classic_options_need_the_classic_naming(option: dict[str, t.Any]) -> No
 
 
 def test_a_summary_is_refused_with_several_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flask_signal_metrics import extension
+    from flask_signal_metrics import building
 
-    monkeypatch.setattr(extension, "multiprocess", lambda: True)
+    monkeypatch.setattr(building, "multiprocess", lambda: True)
     with pytest.raises(ValueError, match="keep 'histogram'"):
         SignalMetrics(Flask(__name__), naming="classic", latency="summary")
 
@@ -184,8 +184,8 @@ def test_a_summary_exported_late_is_refused_with_several_workers(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app, ext = classic(registry, export_defaults=False)
-    from flask_signal_metrics import extension
+    from flask_signal_metrics import building
 
-    monkeypatch.setattr(extension, "multiprocess", lambda: True)
+    monkeypatch.setattr(building, "multiprocess", lambda: True)
     with pytest.raises(ValueError, match="keep 'histogram'"):
         ext.export_defaults(app, latency="summary")
