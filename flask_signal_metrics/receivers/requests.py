@@ -105,7 +105,9 @@ def _begin(
     traced: Traced = None
     found: Route
     if in_flight:
-        meters = None if instrumented_elsewhere(app) else state.meters
+        meters = state.meters
+        if meters is not None and instrumented_elsewhere(app):
+            meters = None  # its own OTel metrics are the app's
         # Each before the in-flight count, the meters' first: one that raises
         # leaves nothing started (no span, no context, no count) that nothing ends.
         if meters is not None:

@@ -100,8 +100,7 @@ def request_attributes(
     query = environ.get("QUERY_STRING")
     if query:
         attributes[url_attributes.URL_QUERY] = redact_query(query)
-    host_header = _host(environ)
-    host, port = split_host(host_header, scheme)
+    host, port = split_host(_host(environ), scheme)
     if host:
         attributes[server_attributes.SERVER_ADDRESS] = host
         if port is not None:
@@ -109,9 +108,9 @@ def request_attributes(
     client = environ.get("REMOTE_ADDR")
     if client:
         attributes[client_attributes.CLIENT_ADDRESS] = client
-    protocol = environ.get("SERVER_PROTOCOL", "")
-    if protocol.startswith("HTTP/"):
-        attributes[network_attributes.NETWORK_PROTOCOL_VERSION] = protocol[5:]
+    protocol = protocol_version(environ)
+    if protocol:
+        attributes[network_attributes.NETWORK_PROTOCOL_VERSION] = protocol
     agent = environ.get("HTTP_USER_AGENT")
     if agent:
         attributes[user_agent_attributes.USER_AGENT_ORIGINAL] = agent
@@ -160,9 +159,9 @@ def old_request_attributes(environ: cabc.Mapping[str, t.Any], host: str) -> dict
         found["net.peer.port"] = str(environ["REMOTE_PORT"])
     if environ.get("HTTP_USER_AGENT"):
         found["http.user_agent"] = environ["HTTP_USER_AGENT"]
-    protocol = environ.get("SERVER_PROTOCOL", "")
-    if isinstance(protocol, str) and protocol.startswith("HTTP/"):
-        found["http.flavor"] = protocol[5:]
+    protocol = protocol_version(environ)
+    if protocol:
+        found["http.flavor"] = protocol
     return found
 
 
@@ -220,6 +219,12 @@ def _host(environ: dict[str, t.Any]) -> str:
     if ":" in name:  # an IPv6 address, bracketed as in a Host header
         name = f"[{name}]"
     return f"{name}:{port}" if port else t.cast(str, name)
+
+
+def protocol_version(environ: cabc.Mapping[str, t.Any]) -> str:
+    """``network.protocol.version`` from ``SERVER_PROTOCOL`` (``HTTP/1.1`` -> ``1.1``); ``""``."""
+    protocol = environ.get("SERVER_PROTOCOL", "")
+    return protocol[5:] if isinstance(protocol, str) and protocol.startswith("HTTP/") else ""
 
 
 def redact_query(query: str) -> str:

@@ -21,6 +21,7 @@ from opentelemetry.semconv.metrics.http_metrics import HTTP_SERVER_REQUEST_DURAT
 
 from . import _compat
 from .attributes import old_request_attributes
+from .attributes import protocol_version
 from .attributes import split_host
 from .spans import SCHEMA_URL
 from .spans import TRACER_NAME
@@ -161,9 +162,3 @@ def old_duration_attributes(
     if route:
         found["http.target"] = route
     return found
-
-
-def protocol_version(environ: cabc.Mapping[str, t.Any]) -> str:
-    """``network.protocol.version`` from ``SERVER_PROTOCOL`` (``HTTP/1.1`` -> ``1.1``)."""
-    protocol = environ.get("SERVER_PROTOCOL", "")
-    return protocol[5:] if isinstance(protocol, str) and protocol.startswith("HTTP/") else ""
