@@ -70,7 +70,13 @@ BENCHES: dict[str, Bench] = {
         ),
     ),
     # Both instrumentors' instrument_app, the same tracer and meter providers.
-    "auto": Bench(("bare", "ours_auto", "otf_auto"), "otf_auto", (), module="tracing"),
+    # floor*: the SDK's share alone (a span; plus one histogram; plus OTF's counter).
+    "auto": Bench(
+        ("bare", "floor", "floor_duration", "floor_otf", "ours_auto", "otf_auto"),
+        "otf_auto",
+        (),
+        module="tracing",
+    ),
     # The demo's /items/1 (a template) as bench_load.py drives it under
     # gunicorn: bare/variant is the requests/s ratio a CPU-bound server gets.
     "demo": Bench(("bare", "floor", "single", "multi"), None, (), "/items/1"),
@@ -128,10 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     over = {variant: count - base for variant, count in per_request.items()}
     print(f"instructions per request (valgrind), {args.requests} requests of GET {path}")
     ratio = f"ratio/{peer}" if peer else ""
-    print(f"{'variant':10} {'instr/req':>10} {'overhead':>10} {ratio:>12} {'bare/this':>10}")
+    width = max(10, *map(len, per_request))
+    print(f"{'variant':{width}} {'instr/req':>10} {'overhead':>10} {ratio:>12} {'bare/this':>10}")
     for variant, count in per_request.items():
         relative = f"{over[variant] / over[peer]:12.3f}" if peer else " " * 12
-        print(f"{variant:10} {count:10.0f} {over[variant]:10.0f} {relative} {base / count:10.3f}")
+        cells = f"{count:10.0f} {over[variant]:10.0f} {relative} {base / count:10.3f}"
+        print(f"{variant:{width}} {cells}")
     for a, b, label in ratios:
         print(f"{label:44} {over[a] / over[b]:.3f}")
     return 0

@@ -31,6 +31,12 @@ Variants:
   peers      prometheus-flask-exporter and opentelemetry-instrumentation-flask
              together (OTEL_SEMCONV_STABILITY_OPT_IN=http, the same tracer
              provider, an SDK meter provider for its metrics)
+  floor_duration
+             floor, plus the duration recorded a request into an SDK meter
+             provider's histogram: the least any design pays that records
+             the HTTP server metrics through the OTel metrics API
+  floor_otf  floor_duration, plus the active-requests up-down counter added
+             to at both ends: the SDK's share of what otf_auto records
   ours_auto  SignalMetricsInstrumentor().instrument_app(app, tracer_provider=,
              meter_provider=): the extension as opentelemetry-instrument
              installs it (Prometheus metrics and /metrics, a sampled span,
@@ -165,12 +171,23 @@ def second() -> Built:
     return app, handle
 
 
-def floor(sampled: bool = True) -> Built:
+def floor(sampled: bool = True, histograms: int = 0, adds: bool = False) -> Built:
+    """The least a span costs; with ``histograms`` or ``adds``, the least its metrics do too.
+
+    ``histograms``: duration-like records a request into an SDK meter
+    provider's histograms, with the conventions' attributes, the span
+    current (its exemplar offered); ``adds``: the active-requests up-down
+    counter added to at both ends, as OTF does.
+    """
     from flask_signal_metrics._compat import current_context as _cv_request
 
     app = _app()
     provider, exporter = _provider(sampled)
     tracer = provider.get_tracer("floor")
+    meter = _meters().get_meter("floor")
+    recorded = [meter.create_histogram(f"floor.h{i}", unit="s") for i in range(histograms)]
+    active = meter.create_up_down_counter("floor.active")
+    lane = {"http.request.method": "GET", "url.scheme": "http"}
 
     def started(sender: Flask, **extra: object) -> None:
         request = _cv_request.get().request
@@ -189,10 +206,24 @@ def floor(sampled: bool = True) -> Built:
         }
         span = tracer.start_span(f"{request.method} {route}", parent, SpanKind.SERVER, attributes)
         token = context.attach(trace.set_span_in_context(span, parent))
-        request.environ["floor.span"] = (span, token)
+        if adds:
+            active.add(1, lane)
+        request.environ["floor.span"] = (span, token, time.perf_counter())
 
     def ended(sender: Flask, **extra: object) -> None:
-        span, token = _cv_request.get().request.environ.pop("floor.span")
+        span, token, start = _cv_request.get().request.environ.pop("floor.span")
+        if recorded or adds:
+            duration = time.perf_counter() - start
+            attributes: dict[str, str | int] = {
+                **lane,
+                "http.route": "/item/<int:item_id>",
+                "http.response.status_code": 200,
+                "network.protocol.version": "1.1",
+            }
+            for histogram in recorded:
+                histogram.record(duration, attributes)
+            if adds:
+                active.add(-1, lane)
         span.set_attribute("http.response.status_code", 200)
         span.end()
         context.detach(token)
@@ -273,6 +304,14 @@ def _meters() -> MeterProvider:
     return MeterProvider([InMemoryMetricReader()], shutdown_on_exit=False)
 
 
+def floor_duration() -> Built:
+    return floor(histograms=1)
+
+
+def floor_otf() -> Built:
+    return floor(histograms=1, adds=True)
+
+
 def ours_auto() -> Built:
     from flask_signal_metrics.compat.opentelemetry import SignalMetricsInstrumentor
 
@@ -306,6 +345,8 @@ VARIANTS: dict[str, t.Callable[[], Built]] = {
     "floor0": floor0,
     "dropmin": dropmin,
     "peers": peers,
+    "floor_duration": floor_duration,
+    "floor_otf": floor_otf,
     "ours_auto": ours_auto,
     "otf_auto": otf_auto,
 }

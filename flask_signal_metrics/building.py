@@ -79,10 +79,13 @@ def make_tracing(
     return tracing.Tracing(provider, VERSION, capture, old_names=settings.http_dup)
 
 
-def make_meters(settings: config.Settings, provider: MeterProvider | None) -> ServerMeters | None:
+def make_meters(
+    settings: config.Settings, provider: MeterProvider | None, metrics: Metrics
+) -> ServerMeters | None:
     if provider is None:
         return None
-    return ServerMeters(provider, VERSION, settings.buckets, old_names=settings.http_dup)
+    # Read through ``metrics``: exporting the defaults replaces its request metrics.
+    return ServerMeters(provider, VERSION, settings.buckets, metrics.in_flight, settings.http_dup)
 
 
 def serves_requests() -> bool:

@@ -213,7 +213,7 @@ class SignalMetrics:
             owned=owned,
             shared_views=self._default_views,
             excluded_urls=urls.excluded_urls(settings.excluded_urls),
-            meters=building.make_meters(settings, self._meter_provider),
+            meters=building.make_meters(settings, self._meter_provider, metrics),
         )
         state.whole_way = state.meters is not None
         if settings.export_defaults:
@@ -259,6 +259,8 @@ class SignalMetrics:
             del commands[name]
         if state.server is not None:
             state.server.server_close()
+        if state.meters is not None:
+            state.meters.close()
 
     def counter(
         self,

@@ -26,6 +26,7 @@ from .names import RECEIVER_ERRORS
 from .names import REQUEST_SIZE
 from .names import RESPONSE_SIZE
 from .names import SERIES_OVERFLOW
+from .requests import Active
 from .store import info_series
 
 
@@ -125,6 +126,10 @@ class Metrics:
             for reason in ("export_failed", "queue_full"):
                 self.otlp_dropped.child((signal, reason))  # 0 for series known in advance
         self.otlp_dropped.child(("metrics", "collect_failed"))  # a reading that failed
+
+    def in_flight(self) -> list[Active]:
+        """This process's requests in flight, from the request metrics of the moment."""
+        return self.requests.in_flight()
 
     def export_defaults(
         self, classic: ClassicNames, summary: bool, buckets: cabc.Sequence[float]

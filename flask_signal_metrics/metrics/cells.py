@@ -18,6 +18,7 @@ from .family import Group
 from .names import Kept
 from .names import Observation
 from .names import RequestKey
+from .requests import Active
 from .requests import RequestMetrics
 from .text import add_histogram
 
@@ -240,6 +241,10 @@ class RequestStats(RequestMetrics):
         super()._forked()
         for cells in self._cells.values():
             cells.fold_lock = threading.Lock()
+
+    def in_flight(self) -> list[Active]:
+        with self._lock:
+            return [Active(*labels, group.active()) for labels, group in self.groups.items()]
 
     def collect(self) -> list[Metric]:
         families = self._written(self._families())

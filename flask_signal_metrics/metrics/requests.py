@@ -48,6 +48,14 @@ class RequestFamilies(t.NamedTuple):
         return [family for family in self if family is not None]
 
 
+class Active(t.NamedTuple):
+    """One (method, scheme)'s requests in flight in this process, for the OTel meters."""
+
+    method: str
+    scheme: str
+    requests: int
+
+
 class RequestMetrics(Collector):
     """The base of both request backends (``RequestStats``, ``FileRequestStats``)."""
 
@@ -87,6 +95,10 @@ class RequestMetrics(Collector):
 
     def describe(self) -> list[Metric]:
         return self._families().all()
+
+    def in_flight(self) -> list[Active]:
+        """This process's requests in flight, by (method, scheme) seen so far."""
+        raise NotImplementedError
 
     def _written(self, families: RequestFamilies) -> RequestFamilies:
         """``families``, or in a render their histograms as rows that it writes itself.

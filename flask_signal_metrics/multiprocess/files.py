@@ -32,6 +32,7 @@ from ..metrics.names import Observation
 from ..metrics.names import REQUEST_SIZE
 from ..metrics.names import RequestKey
 from ..metrics.names import RESPONSE_SIZE
+from ..metrics.requests import Active
 from ..metrics.requests import RequestMetrics
 from ..metrics.text import add_histogram
 from ._compat import client_writes_files
@@ -151,6 +152,12 @@ class FileRequestStats(RequestMetrics):
         """What :meth:`record` does for ``key`` and ``group``, bound: None if ``key`` overflowed."""
         series = self._series.get(key)  # type: ignore[call-overload]
         return None if series is None else FileRecorder(self, series, group)
+
+    def in_flight(self) -> list[Active]:
+        with self._lock:
+            groups = list(self.groups.items())
+        values = FILES.numbers()
+        return [Active(*labels, round(values.get(group.key, 0.0))) for labels, group in groups]
 
     def collect(self) -> list[Metric]:
         families = self._families()

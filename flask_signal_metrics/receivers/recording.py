@@ -104,7 +104,6 @@ def record(
                 duration=duration,
                 request_size=request_size,
                 response_size=response_size,
-                counted=found.group is not None,
             )
             state.meters.finished(finished, span if exemplar is not None else None)
     finally:

@@ -105,21 +105,14 @@ def _begin(
     traced: Traced = None
     found: Route
     if in_flight:
-        meters = state.meters
-        if meters is not None and instrumented_elsewhere(app):
-            meters = None  # its own OTel metrics are the app's
-        # Each before the in-flight count, the meters' first: one that raises
-        # leaves nothing started (no span, no context, no count) that nothing ends.
-        if meters is not None:
-            meters.started(lane.method, lane.scheme)
+        if state.meters is not None:
+            # Not while another instrumentation's OTel metrics are the app's.
+            state.meters.counting = not instrumented_elsewhere(app)
+        # Before the in-flight count: a span that fails to start leaves
+        # nothing started (no span, no context, no count) that nothing ends.
         if state.tracing is not None:
-            try:
-                template = route_template(state, request, route)
-                traced = state.tracing.start(app, request, lane.method, template)
-            except BaseException:
-                if meters is not None:
-                    meters.unstarted(lane.method, lane.scheme)
-                raise
+            template = route_template(state, request, route)
+            traced = state.tracing.start(app, request, lane.method, template)
             if type(traced) is ServerSpan:
                 if Tracing.responds():
                     # The response propagator's headers, on this request's response only.

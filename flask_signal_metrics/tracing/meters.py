@@ -10,9 +10,14 @@ records them in its ``http`` mode.
 from __future__ import annotations
 
 import collections.abc as cabc
+import os
+import threading
 import typing as t
+import weakref
 
 from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions
+from opentelemetry.metrics import Observation
 from opentelemetry.semconv.attributes import error_attributes
 from opentelemetry.semconv.attributes import http_attributes
 from opentelemetry.semconv.attributes import network_attributes
@@ -27,6 +32,7 @@ from .spans import SCHEMA_URL
 from .spans import TRACER_NAME
 
 if t.TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span
 
@@ -38,14 +44,32 @@ _ERROR = error_attributes.ERROR_TYPE
 _PROTOCOL = network_attributes.NETWORK_PROTOCOL_VERSION
 
 
+class ActiveCount(t.Protocol):
+    """One (method, scheme)'s requests in flight, as the metrics side counts them."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def requests(self) -> int: ...
+
+
 class ServerMeters:
-    """One app's HTTP server instruments, from its meter provider."""
+    """One app's HTTP server instruments, from its meter provider.
+
+    ``http.server.active_requests`` is observed at collection from the
+    app's in-flight counts (those of the Prometheus gauge), not added to at
+    both ends of every request: the same values, without two SDK
+    measurements a request.
+    """
 
     def __init__(
         self,
         provider: MeterProvider,
         version: str,
         buckets: cabc.Sequence[float],
+        in_flight: cabc.Callable[[], cabc.Iterable[ActiveCount]],
         old_names: bool = False,
     ) -> None:
         meter = provider.get_meter(TRACER_NAME, version, schema_url=SCHEMA_URL)
@@ -65,11 +89,6 @@ class ServerMeters:
             description="Duration of HTTP server requests.",
             explicit_bucket_boundaries_advisory=list(buckets),
         )
-        self._active = meter.create_up_down_counter(
-            _compat.HTTP_SERVER_ACTIVE_REQUESTS,
-            unit="{request}",
-            description="Number of active HTTP server requests.",
-        )
         self._request_size = meter.create_histogram(
             _compat.HTTP_SERVER_REQUEST_BODY_SIZE,
             unit="By",
@@ -80,22 +99,22 @@ class ServerMeters:
             unit="By",
             description="Size of HTTP server response bodies.",
         )
+        self.in_flight = in_flight
+        #: Whether its requests in flight are observed: not while another
+        #: instrumentation's OTel metrics are the app's (set by the receivers).
+        self.counting = True
+        self._active = active_requests(provider, meter)
+        self._active.add(self)
 
-    def started(self, method: str, scheme: str) -> None:
-        """A request counted in flight."""
-        self._active.add(1, {_METHOD: method, _SCHEME: scheme})
-
-    def unstarted(self, method: str, scheme: str) -> None:
-        """Undo :meth:`started`: the request's start failed after it."""
-        self._active.add(-1, {_METHOD: method, _SCHEME: scheme})
+    def close(self) -> None:
+        """Observe its requests in flight no more (the app's set-up is removed)."""
+        self._active.discard(self)
 
     def finished(self, request: Finished, span: Span | None) -> None:
-        """A request done: its duration and sizes, in flight no more if it was counted.
+        """A request done: its duration and sizes.
 
         :param span: the request's sampled span, for the exemplars.
         """
-        if request.counted:
-            self._active.add(-1, {_METHOD: request.method, _SCHEME: request.scheme})
         attributes: dict[str, str | int] = {
             _METHOD: request.method,
             _SCHEME: request.scheme,
@@ -119,6 +138,81 @@ class ServerMeters:
             self._response_size.record(request.response_size, attributes, context=context)
 
 
+class ActiveRequests:
+    """``http.server.active_requests`` of every app recording to one meter provider.
+
+    One observable instrument per provider: the SDK keeps the callbacks of
+    the first instrument of a name only, so a second app's would be lost.
+    The apps' counts of one method and scheme are summed, as two apps adding
+    to one up-down counter are.
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self._lock = threading.Lock()
+        #: Copied on write, read without the lock by the collecting thread.
+        self._sources: tuple[weakref.ref[ServerMeters], ...] = ()
+        meter.create_observable_up_down_counter(
+            _compat.HTTP_SERVER_ACTIVE_REQUESTS,
+            callbacks=[self.observe],
+            unit="{request}",
+            description="Number of active HTTP server requests.",
+        )
+
+    def add(self, source: ServerMeters) -> None:
+        with self._lock:
+            self._sources = (*self._live(), weakref.ref(source))
+
+    def discard(self, source: ServerMeters) -> None:
+        with self._lock:
+            self._sources = tuple(r for r in self._live() if r() is not source)
+
+    def _live(self) -> tuple[weakref.ref[ServerMeters], ...]:
+        return tuple(r for r in self._sources if r() is not None)
+
+    def observe(self, options: CallbackOptions) -> list[Observation]:
+        """The SDK's callback, at each collection: every counting app's in-flight counts."""
+        totals: dict[tuple[str, str], int] = {}
+        for reference in self._sources:
+            source = reference()
+            if source is not None and source.counting:
+                for active in source.in_flight():
+                    key = (active.method, active.scheme)
+                    totals[key] = totals.get(key, 0) + active.requests
+        return [
+            Observation(count, {_METHOD: method, _SCHEME: scheme})
+            for (method, scheme), count in totals.items()
+        ]
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
+
+
+_SHARED: weakref.WeakKeyDictionary[t.Any, ActiveRequests] = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def active_requests(provider: MeterProvider, meter: Meter) -> ActiveRequests:
+    """The provider's :class:`ActiveRequests`, made on ``meter`` at its first app."""
+    with _SHARED_LOCK:
+        try:
+            found = _SHARED.get(provider)
+        except TypeError:  # a provider without weak references: its own instrument
+            return ActiveRequests(meter)
+        if found is None:
+            found = _SHARED[provider] = ActiveRequests(meter)
+        return found
+
+
+def _forked() -> None:
+    global _SHARED_LOCK
+    _SHARED_LOCK = threading.Lock()
+    for shared in list(_SHARED.values()):
+        shared._forked()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class Finished(t.NamedTuple):
     """What a finished request's measurements are, for :meth:`ServerMeters.finished`."""
 
@@ -132,8 +226,6 @@ class Finished(t.NamedTuple):
     duration: float
     request_size: int | None
     response_size: int | None
-    #: Counted in flight at its start (not a late start).
-    counted: bool
 
 
 #: The old experimental duration metric's name (milliseconds).

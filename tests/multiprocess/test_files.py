@@ -188,3 +188,36 @@ print(before.count("flask_http_request_total{"), after.count(counted))
 def test_request_metrics_not_exported_are_not_in_the_files(tmp_path: Path) -> None:
     # Every scrape sums the directory's files: unexported metrics must not be written there.
     assert in_a_worker(_LATE_EXPORT_RUN, tmp_path).split() == ["0", "1"]
+
+
+_ACTIVE_RUN = """
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from tests.conftest import make_app
+from flask_signal_metrics import SignalMetrics
+
+reader = InMemoryMetricReader()
+app = make_app()
+SignalMetrics(app, tracing=False, meter_provider=MeterProvider([reader], shutdown_on_exit=False))
+
+def active():
+    data = reader.get_metrics_data()
+    return [
+        (dict(p.attributes), p.value)
+        for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics
+        if m.name == "http.server.active_requests" for p in m.data.data_points
+    ]
+
+seen = []
+app.get("/now")(lambda: seen.append(active()) or "ok")
+client = app.test_client()
+client.get("/now")
+print(seen, active())
+"""
+
+
+def test_active_requests_are_this_workers_in_flight_from_its_file(tmp_path: Path) -> None:
+    # The OTel meters observe the worker's own in-flight value (its livesum file).
+    out = in_a_worker(_ACTIVE_RUN, tmp_path).strip()
+    get = "{'http.request.method': 'GET', 'url.scheme': 'http'}"
+    assert out == f"[[({get}, 1)]] [({get}, 0)]"

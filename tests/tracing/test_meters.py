@@ -148,20 +148,17 @@ def test_a_raising_meter_is_counted_and_costs_nothing_else(registry: CollectorRe
     response = app.test_client().get("/item/1")
     assert (response.status_code, response.text) == (200, "item 1")
     assert (
-        value(registry, "flask_signal_metrics_receiver_errors_total", signal="request-started") == 1
-    )
-    assert (
         value(registry, "flask_signal_metrics_receiver_errors_total", signal="request-tearing-down")
         == 1
     )
-    # The start failed before it counted anything: recorded late, not in flight.
+    # The meters record last: the request's metrics and span are whole.
     assert requests_counted(registry, "/item/<int:item_id>", 200) == 1
     assert (
         value(registry, "http_server_active_requests", http_request_method="GET", url_scheme="http")
         == 0
     )
-    # No span was started (the meter raised first), and no context is left current.
-    assert exporter.get_finished_spans() == ()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET /item/<int:item_id>"
     assert not trace.get_current_span().get_span_context().is_valid
     tracer_provider.shutdown()
 
@@ -187,4 +184,59 @@ def test_the_instrumentor_records_to_a_global_provider_set_later(
     app.test_client().get("/item/2")
     (point,) = points(reader)["http.server.request.duration [s]"]
     assert point.count == 1
+    provider.shutdown()
+
+
+def active(reader: InMemoryMetricReader) -> dict[tuple[str, str], int]:
+    """``http.server.active_requests`` now, by (method, scheme)."""
+    found: list[NumberDataPoint] = points(reader).get("http.server.active_requests [{request}]", [])
+    return {
+        (str(attributes["http.request.method"]), str(attributes["url.scheme"])): int(p.value)
+        for p in found
+        if (attributes := p.attributes or {})
+    }
+
+
+def test_active_requests_are_the_requests_in_flight(metered: Metered) -> None:
+    seen: list[dict[tuple[str, str], int]] = []
+
+    @metered.app.get("/now")
+    def now() -> str:
+        seen.append(active(metered.reader))
+        return "ok"
+
+    client = metered.app.test_client()
+    assert client.get("/now").text == "ok"
+    assert client.get("/now").text == "ok"
+    assert seen == [{("GET", "http"): 1}, {("GET", "http"): 1}]
+    assert active(metered.reader) == {("GET", "http"): 0}
+
+
+def test_apps_on_one_provider_are_summed_and_a_removed_one_is_not_observed() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    outer, inner = make_app("outer"), make_app("inner")
+    options: dict[str, t.Any] = {"meter_provider": provider, "tracing": False}
+    SignalMetrics(outer, registry=CollectorRegistry(), **options)
+    extension = SignalMetrics(inner, registry=CollectorRegistry(), **options)
+    seen: list[dict[tuple[str, str], int]] = []
+
+    @inner.get("/now")
+    def now() -> str:
+        seen.append(active(reader))
+        return "ok"
+
+    @outer.get("/nested")
+    def nested() -> str:
+        return inner.test_client().get("/now").text  # both apps have a request in flight
+
+    assert outer.test_client().get("/nested").text == "ok"
+    assert inner.test_client().post("/echo", data=b"x").status_code == 200
+    assert seen == [{("GET", "http"): 2}]
+    assert active(reader) == {("GET", "http"): 0, ("POST", "http"): 0}
+    kept = inner.extensions["signal_metrics"]  # its state may outlive the removal (a cycle)
+    extension.remove_app(inner)
+    assert kept.meters is not None
+    # Only the outer app's requests are observed: it never had a POST.
+    assert active(reader) == {("GET", "http"): 0}
     provider.shutdown()
