@@ -1,6 +1,7 @@
 """The one place private names of Flask's and Werkzeug's are read.
 
-The current request's context, and a response's status code.
+The current request's context, a response's status code, and whether an app
+still takes routes.
 
 The receivers read the context several times per request, for its request
 and to tell this request (or a copied context of it) from another. Where
@@ -79,3 +80,13 @@ status_code: t.Callable[[Response], int] = operator.attrgetter(
     if isinstance(getattr(wrappers.Response(status=418), "_status_code", None), int)
     else "status_code"
 )
+
+
+def serving(app: flask.Flask) -> bool:
+    """Whether ``app`` has handled a request, after which Flask refuses new routes.
+
+    Flask's own flag (``_got_first_request``), so that set-up can refuse
+    before it changes anything; False if it moved, and ``add_url_rule``
+    refuses as before. tests/test_compat.py fails when Flask drops it.
+    """
+    return getattr(app, "_got_first_request", False) is True

@@ -6,6 +6,7 @@ import typing as t
 
 from blinker import ANY
 
+from . import _compat
 from . import building
 from . import cli
 from . import config
@@ -142,7 +143,8 @@ class SignalMetrics:
 
         :raises TypeError, ValueError: a config key or option has a bad value;
             the message names the key and the fix.
-        :raises RuntimeError: the extension is already set up on this app.
+        :raises RuntimeError: the extension is already set up on this app, or
+            the app has handled a request and a metrics path is to be routed.
         """
         found = app.extensions.get(EXTENSION_KEY)
         # The app's own set-up wins over the instrumentor's defaults: replaced
@@ -161,6 +163,13 @@ class SignalMetrics:
             return
         if settings.path is not None:
             building.check_route_free(app, settings.path, ENDPOINT if replacing else None)
+            if _compat.serving(app):
+                raise RuntimeError(
+                    f"SignalMetrics is set up on app {app.name!r} after it handled a request,"
+                    " when Flask takes no more routes; set it up before the first request,"
+                    " or set SIGNAL_METRICS_PATH to None (and serve the metrics on"
+                    " SIGNAL_METRICS_PORT)."
+                )
         if settings.port is not None and multiprocess():
             raise ValueError(
                 "SIGNAL_METRICS_PORT is set, but several worker processes cannot all"

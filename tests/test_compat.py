@@ -158,3 +158,12 @@ def test_receivers_without_flasks_private_context_variable() -> None:
     found: dict[str, t.Any] = json.loads(done.stdout)
     assert found["statuses"] == [200, 200, 200, 500]
     assert found["counted"] == {"/work 200": 3.0, "/boom 500": 1.0}
+
+
+def test_flask_flags_an_app_that_handled_a_request() -> None:
+    """Fails when Flask drops ``_got_first_request``: set-up after a request would then
+    change the app before Flask's own ``add_url_rule`` refuses."""
+    app = make_app()
+    assert not _compat.serving(app)
+    assert app.test_client().get("/item/1").status_code == 200
+    assert _compat.serving(app), "the flag moved"

@@ -91,6 +91,24 @@ def test_route_taken_is_an_error_before_the_app_changes() -> None:
     assert not signals.request_started.has_receivers_for(app)
 
 
+def test_set_up_after_a_request_is_an_error_before_the_app_changes(
+    registry: CollectorRegistry,
+) -> None:
+    app = make_app()
+    assert app.test_client().get("/item/1").status_code == 200
+    rules = len(list(app.url_map.iter_rules()))
+    with pytest.raises(RuntimeError, match=r"after it handled a request.*SIGNAL_METRICS_PATH"):
+        SignalMetrics(app, registry=registry)
+    assert len(list(app.url_map.iter_rules())) == rules
+    assert "signal_metrics" not in app.extensions
+    assert not signals.request_started.has_receivers_for(app)
+    # Without a route to add, it can be set up then.
+    served = CollectorRegistry()
+    SignalMetrics(app, registry=served, path=None)
+    assert app.test_client().get("/item/1").status_code == 200
+    assert requests_counted(served, "/item/<int:item_id>", 200) == 1
+
+
 def test_bad_config_leaves_the_app_untouched() -> None:
     app = make_app()
     app.config["SIGNAL_METRICS_BUCKETS"] = [2, 1]

@@ -244,7 +244,7 @@ class RequestStats(RequestMetrics):
 
     def in_flight(self) -> list[Active]:
         with self._lock:
-            return [Active(*labels, group.active()) for labels, group in self.groups.items()]
+            return [Active(*labels, group.active(), group) for labels, group in self.groups.items()]
 
     def collect(self) -> list[Metric]:
         families = self._written(self._families())

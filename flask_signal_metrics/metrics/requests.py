@@ -54,6 +54,9 @@ class Active(t.NamedTuple):
     method: str
     scheme: str
     requests: int
+    #: What the count is read from: the apps of one worker share one in a
+    #: file (multiprocess mode), each app has its own in-process.
+    counter: t.Hashable
 
 
 class RequestMetrics(Collector):

@@ -156,8 +156,12 @@ class FileRequestStats(RequestMetrics):
     def in_flight(self) -> list[Active]:
         with self._lock:
             groups = list(self.groups.items())
-        values = FILES.numbers()
-        return [Active(*labels, round(values.get(group.key, 0.0))) for labels, group in groups]
+        found = []
+        with FILES.lock:  # a few values: not the whole file, as FILES.numbers() reads it
+            for (method, scheme), group in groups:
+                requests = round(group.started.live().number)
+                found.append(Active(method, scheme, requests, group.key))
+        return found
 
     def collect(self) -> list[Metric]:
         families = self._families()

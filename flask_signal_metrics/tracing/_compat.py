@@ -76,6 +76,19 @@ def instrumented_by_opentelemetry(app: Flask) -> bool:
     return bool(getattr(app, INSTRUMENTED_FLAG, False))
 
 
+def proxy_meter_provider() -> object | None:
+    """The API's stand-in for a global meter provider not set yet; None if it moved.
+
+    ``metrics.get_meter_provider()`` returns it until an SDK sets one, and
+    its instruments then move to that provider's meters; the API has no
+    public way to tell it from a provider. Without it, an app given the
+    stand-in is keyed apart from one given the provider it becomes.
+    """
+    from opentelemetry.metrics import _internal as metrics_internal
+
+    return getattr(metrics_internal, "_PROXY_METER_PROVIDER", None)
+
+
 # The semantic conventions' names still in their incubating module (the
 # ``_incubating`` package), with the values they have there as the fallback.
 try:

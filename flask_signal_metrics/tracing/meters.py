@@ -15,6 +15,7 @@ import threading
 import typing as t
 import weakref
 
+from opentelemetry import metrics
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions
 from opentelemetry.metrics import Observation
@@ -45,7 +46,11 @@ _PROTOCOL = network_attributes.NETWORK_PROTOCOL_VERSION
 
 
 class ActiveCount(t.Protocol):
-    """One (method, scheme)'s requests in flight, as the metrics side counts them."""
+    """One (method, scheme)'s requests in flight, as the metrics side counts them.
+
+    The metrics side's ``Active`` records are this shape; a protocol keeps
+    the tracing side from importing the metrics side.
+    """
 
     @property
     def method(self) -> str: ...
@@ -53,6 +58,9 @@ class ActiveCount(t.Protocol):
     def scheme(self) -> str: ...
     @property
     def requests(self) -> int: ...
+    @property
+    def counter(self) -> t.Hashable:
+        """What the count is read from: two apps reading one count report it once."""
 
 
 class ServerMeters:
@@ -139,18 +147,25 @@ class ServerMeters:
 
 
 class ActiveRequests:
-    """``http.server.active_requests`` of every app recording to one meter provider.
+    """``http.server.active_requests`` of the apps recording to one meter provider.
 
-    One observable instrument per provider: the SDK keeps the callbacks of
-    the first instrument of a name only, so a second app's would be lost.
-    The apps' counts of one method and scheme are summed, as two apps adding
-    to one up-down counter are.
+    The SDK keeps the callbacks of the first instrument of a name only, so a
+    second app's would be lost: there is one observable instrument per
+    provider, and whichever of them the SDK calls reports every app whose
+    provider resolves to its own. The API's global provider is resolved at
+    each collection: an app set up before an SDK provider is set and one set
+    up after share a meter then. Each in-flight count is reported once,
+    however many apps read it (multiprocess apps of one worker share theirs),
+    and the counts of one method and scheme are summed, as the adds of two
+    apps to one up-down counter are.
     """
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, provider: object, meter: Meter) -> None:
+        #: The provider, or :data:`GLOBAL` for the API's global one.
+        self.provider = provider
         self._lock = threading.Lock()
         #: Copied on write, read without the lock by the collecting thread.
-        self._sources: tuple[weakref.ref[ServerMeters], ...] = ()
+        self.sources: tuple[weakref.ref[ServerMeters], ...] = ()
         meter.create_observable_up_down_counter(
             _compat.HTTP_SERVER_ACTIVE_REQUESTS,
             callbacks=[self.observe],
@@ -160,24 +175,32 @@ class ActiveRequests:
 
     def add(self, source: ServerMeters) -> None:
         with self._lock:
-            self._sources = (*self._live(), weakref.ref(source))
+            self.sources = (*self._live(), weakref.ref(source))
 
     def discard(self, source: ServerMeters) -> None:
         with self._lock:
-            self._sources = tuple(r for r in self._live() if r() is not source)
+            self.sources = tuple(r for r in self._live() if r() is not source)
 
     def _live(self) -> tuple[weakref.ref[ServerMeters], ...]:
-        return tuple(r for r in self._sources if r() is not None)
+        return tuple(r for r in self.sources if r() is not None)
 
     def observe(self, options: CallbackOptions) -> list[Observation]:
-        """The SDK's callback, at each collection: every counting app's in-flight counts."""
+        """The SDK's callback, at each collection: the counting apps' in-flight counts."""
+        resolved = _resolved(self.provider)
         totals: dict[tuple[str, str], int] = {}
-        for reference in self._sources:
-            source = reference()
-            if source is not None and source.counting:
+        counted: set[t.Hashable] = set()
+        for shared in _all_shared():
+            if _resolved(shared.provider) is not resolved:
+                continue
+            for reference in shared.sources:
+                source = reference()
+                if source is None or not source.counting:
+                    continue
                 for active in source.in_flight():
-                    key = (active.method, active.scheme)
-                    totals[key] = totals.get(key, 0) + active.requests
+                    if active.counter not in counted:
+                        counted.add(active.counter)
+                        key = (active.method, active.scheme)
+                        totals[key] = totals.get(key, 0) + active.requests
         return [
             Observation(count, {_METHOD: method, _SCHEME: scheme})
             for (method, scheme), count in totals.items()
@@ -187,26 +210,49 @@ class ActiveRequests:
         self._lock = threading.Lock()
 
 
-_SHARED: weakref.WeakKeyDictionary[t.Any, ActiveRequests] = weakref.WeakKeyDictionary()
+class _Global:
+    """The key of the API's stand-in provider: the global one, whatever it is at the time."""
+
+
+#: Apps given the API's stand-in (``metrics.get_meter_provider()`` before an SDK sets one).
+GLOBAL = _Global()
+
+_SHARED: weakref.WeakKeyDictionary[object, ActiveRequests] = weakref.WeakKeyDictionary()
+#: For a provider without weak references: kept for the process's life.
+_PINNED: dict[int, ActiveRequests] = {}
 _SHARED_LOCK = threading.Lock()
 
 
 def active_requests(provider: MeterProvider, meter: Meter) -> ActiveRequests:
     """The provider's :class:`ActiveRequests`, made on ``meter`` at its first app."""
+    proxy = _compat.proxy_meter_provider()
+    key: object = GLOBAL if proxy is not None and provider is proxy else provider
     with _SHARED_LOCK:
         try:
-            found = _SHARED.get(provider)
-        except TypeError:  # a provider without weak references: its own instrument
-            return ActiveRequests(meter)
+            found = _SHARED.get(key)
+        except TypeError:
+            found = _PINNED.get(id(key))
+            if found is None:
+                found = _PINNED[id(key)] = ActiveRequests(key, meter)
+            return found
         if found is None:
-            found = _SHARED[provider] = ActiveRequests(meter)
+            found = _SHARED[key] = ActiveRequests(key, meter)
         return found
+
+
+def _resolved(provider: object) -> object:
+    return metrics.get_meter_provider() if provider is GLOBAL else provider
+
+
+def _all_shared() -> list[ActiveRequests]:
+    with _SHARED_LOCK:
+        return [*_SHARED.values(), *_PINNED.values()]
 
 
 def _forked() -> None:
     global _SHARED_LOCK
     _SHARED_LOCK = threading.Lock()
-    for shared in list(_SHARED.values()):
+    for shared in [*_SHARED.values(), *_PINNED.values()]:
         shared._forked()
 
 

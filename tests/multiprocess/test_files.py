@@ -191,14 +191,17 @@ def test_request_metrics_not_exported_are_not_in_the_files(tmp_path: Path) -> No
 
 
 _ACTIVE_RUN = """
+import sys
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from tests.conftest import make_app
 from flask_signal_metrics import SignalMetrics
 
 reader = InMemoryMetricReader()
-app = make_app()
-SignalMetrics(app, tracing=False, meter_provider=MeterProvider([reader], shutdown_on_exit=False))
+provider = MeterProvider([reader], shutdown_on_exit=False)
+outer, inner = make_app("outer"), make_app("inner")
+for app in (outer, inner)[: int(sys.argv[1])]:
+    SignalMetrics(app, tracing=False, meter_provider=provider)
 
 def active():
     data = reader.get_metrics_data()
@@ -209,15 +212,19 @@ def active():
     ]
 
 seen = []
-app.get("/now")(lambda: seen.append(active()) or "ok")
-client = app.test_client()
-client.get("/now")
+inner.get("/now")(lambda: seen.append(active()) or "ok")
+outer.get("/nested")(lambda: inner.test_client().get("/now").text)
+outer.test_client().get("/nested")
 print(seen, active())
 """
 
 
-def test_active_requests_are_this_workers_in_flight_from_its_file(tmp_path: Path) -> None:
-    # The OTel meters observe the worker's own in-flight value (its livesum file).
-    out = in_a_worker(_ACTIVE_RUN, tmp_path).strip()
+@pytest.mark.parametrize(("apps", "in_flight"), [(1, 1), (2, 2)])
+def test_active_requests_are_this_workers_in_flight_from_its_file(
+    tmp_path: Path, apps: int, in_flight: int
+) -> None:
+    # The OTel meters observe the worker's own in-flight value (its livesum
+    # file), once: the apps of one worker share it.
+    out = in_a_worker(_ACTIVE_RUN, tmp_path, str(apps)).strip()
     get = "{'http.request.method': 'GET', 'url.scheme': 'http'}"
-    assert out == f"[[({get}, 1)]] [({get}, 0)]"
+    assert out == f"[[({get}, {in_flight})]] [({get}, 0)]"

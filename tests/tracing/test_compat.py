@@ -142,3 +142,19 @@ def test_the_incubating_http_metric_names_are_the_fallbacks() -> None:
     for name, fallback in names.items():
         assert getattr(http_metrics, name) == fallback
         assert getattr(_compat, name) == fallback
+
+
+def test_the_meter_providers_stand_in_is_what_the_api_gives_before_one_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fails when the API's stand-in meter provider moves: apps set up on it and on the
+    provider it becomes would then each have an ``http.server.active_requests`` instrument
+    of their own, and the SDK keeps only the first one's callbacks."""
+    from opentelemetry import metrics
+    from opentelemetry.metrics import _internal as metrics_internal
+
+    monkeypatch.delenv("OTEL_PYTHON_METER_PROVIDER", raising=False)
+    monkeypatch.setattr(metrics_internal, "_METER_PROVIDER", None)
+    stand_in = _compat.proxy_meter_provider()
+    assert stand_in is not None, "the stand-in moved"
+    assert metrics.get_meter_provider() is stand_in

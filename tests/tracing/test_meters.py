@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import typing as t
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -234,9 +238,68 @@ def test_apps_on_one_provider_are_summed_and_a_removed_one_is_not_observed() -> 
     assert inner.test_client().post("/echo", data=b"x").status_code == 200
     assert seen == [{("GET", "http"): 2}]
     assert active(reader) == {("GET", "http"): 0, ("POST", "http"): 0}
-    kept = inner.extensions["signal_metrics"]  # its state may outlive the removal (a cycle)
+    # Kept alive: what is tested is that remove_app stops its observation,
+    # not that the garbage collector happened to drop its state.
+    kept = inner.extensions["signal_metrics"]
     extension.remove_app(inner)
     assert kept.meters is not None
     # Only the outer app's requests are observed: it never had a POST.
     assert active(reader) == {("GET", "http"): 0}
     provider.shutdown()
+
+
+_STAND_IN_RUN = """
+import sys
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client import CollectorRegistry
+from tests.conftest import make_app
+from flask_signal_metrics import SignalMetrics
+
+def set_up(app, provider):
+    SignalMetrics(app, registry=CollectorRegistry(), tracing=False, meter_provider=provider)
+
+def active():
+    data = reader.get_metrics_data()
+    return [
+        p.value
+        for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics
+        if m.name == "http.server.active_requests" for p in m.data.data_points
+    ]
+
+reader = InMemoryMetricReader()
+provider = MeterProvider([reader], shutdown_on_exit=False)
+first, second = make_app("first"), make_app("second")
+if sys.argv[1] == "stand-in first":
+    set_up(first, metrics.get_meter_provider())  # the API's stand-in: no SDK yet
+    metrics.set_meter_provider(provider)
+    set_up(second, metrics.get_meter_provider())  # the SDK's provider itself
+else:
+    set_up(first, provider)  # the SDK's provider, before it is the global one
+    set_up(second, metrics.get_meter_provider())  # the stand-in
+    metrics.set_meter_provider(provider)
+seen = []
+second.get("/now")(lambda: seen.append(active()) or "ok")
+first.get("/nested")(lambda: second.test_client().get("/now").text)
+first.test_client().get("/nested")
+print(seen, active())
+"""
+
+
+@pytest.mark.parametrize("order", ["stand-in first", "provider first"])
+def test_apps_on_the_stand_in_and_on_the_provider_it_becomes_are_both_observed(
+    order: str,
+) -> None:
+    # A process of its own: the API's stand-in and the global provider are set once.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PROMETHEUS_"))}
+    out = subprocess.run(
+        [sys.executable, "-c", _STAND_IN_RUN, order],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent.parent.parent,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out.strip() == "[[2]] [0]"
