@@ -82,7 +82,7 @@ status_code: t.Callable[[Response], int] = operator.attrgetter(
 )
 
 
-def serving(app: flask.Flask) -> bool:
+def handled_a_request(app: flask.Flask) -> bool:
     """Whether ``app`` has handled a request, after which Flask refuses new routes.
 
     Flask's own flag (``_got_first_request``), so that set-up can refuse

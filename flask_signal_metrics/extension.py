@@ -163,7 +163,7 @@ class SignalMetrics:
             return
         if settings.path is not None:
             building.check_route_free(app, settings.path, ENDPOINT if replacing else None)
-            if _compat.serving(app):
+            if _compat.handled_a_request(app):
                 raise RuntimeError(
                     f"SignalMetrics is set up on app {app.name!r} after it handled a request,"
                     " when Flask takes no more routes; set it up before the first request,"

@@ -157,9 +157,12 @@ class FileRequestStats(RequestMetrics):
         with self._lock:
             groups = list(self.groups.items())
         found = []
-        with FILES.lock:  # a few values: not the whole file, as FILES.numbers() reads it
+        # Read, never made: making one opens this process's files (and starts
+        # its workers' thread), which a forked child that records nothing must not.
+        with FILES.lock:
             for (method, scheme), group in groups:
-                requests = round(group.started.live().number)
+                value = FILES.values.get(group.key)
+                requests = 0 if value is None else round(value.number)
                 found.append(Active(method, scheme, requests, group.key))
         return found
 

@@ -76,17 +76,17 @@ def instrumented_by_opentelemetry(app: Flask) -> bool:
     return bool(getattr(app, INSTRUMENTED_FLAG, False))
 
 
-def proxy_meter_provider() -> object | None:
-    """The API's stand-in for a global meter provider not set yet; None if it moved.
+def resolved_meter_provider(provider: object) -> object:
+    """The provider ``provider``'s instruments record to: the one the API's stand-in forwards to.
 
-    ``metrics.get_meter_provider()`` returns it until an SDK sets one, and
-    its instruments then move to that provider's meters; the API has no
-    public way to tell it from a provider. Without it, an app given the
-    stand-in is keyed apart from one given the provider it becomes.
+    ``metrics.get_meter_provider()`` returns a stand-in until an SDK sets a
+    provider, and the stand-in's instruments then move to that provider's
+    meters; the API has no public way to ask which. Any other provider, a
+    stand-in not yet set, or one whose attribute moved: itself (apps on a
+    stand-in are then counted apart from apps on the provider it became).
     """
-    from opentelemetry.metrics import _internal as metrics_internal
-
-    return getattr(metrics_internal, "_PROXY_METER_PROVIDER", None)
+    real = getattr(provider, "_real_meter_provider", None)
+    return provider if real is None else real
 
 
 # The semantic conventions' names still in their incubating module (the

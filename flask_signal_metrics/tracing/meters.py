@@ -15,7 +15,6 @@ import threading
 import typing as t
 import weakref
 
-from opentelemetry import metrics
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions
 from opentelemetry.metrics import Observation
@@ -152,17 +151,20 @@ class ActiveRequests:
     The SDK keeps the callbacks of the first instrument of a name only, so a
     second app's would be lost: there is one observable instrument per
     provider, and whichever of them the SDK calls reports every app whose
-    provider resolves to its own. The API's global provider is resolved at
-    each collection: an app set up before an SDK provider is set and one set
-    up after share a meter then. Each in-flight count is reported once,
+    provider resolves to its own. The API's stand-in provider is resolved at
+    each collection: an app set up on it before an SDK provider is set and
+    one set up on that provider share a meter then. Each in-flight count is reported once,
     however many apps read it (multiprocess apps of one worker share theirs),
     and the counts of one method and scheme are summed, as the adds of two
     apps to one up-down counter are.
     """
 
     def __init__(self, provider: object, meter: Meter) -> None:
-        #: The provider, or :data:`GLOBAL` for the API's global one.
-        self.provider = provider
+        # Weakly: its entry in _SHARED would keep the provider alive otherwise.
+        try:
+            self._provider: t.Callable[[], object] = weakref.ref(provider)
+        except TypeError:
+            self._provider = lambda: provider  # pinned, as its entry is
         self._lock = threading.Lock()
         #: Copied on write, read without the lock by the collecting thread.
         self.sources: tuple[weakref.ref[ServerMeters], ...] = ()
@@ -186,11 +188,13 @@ class ActiveRequests:
 
     def observe(self, options: CallbackOptions) -> list[Observation]:
         """The SDK's callback, at each collection: the counting apps' in-flight counts."""
-        resolved = _resolved(self.provider)
+        resolved = self.resolved()
+        if resolved is None:
+            return []
         totals: dict[tuple[str, str], int] = {}
         counted: set[t.Hashable] = set()
         for shared in _all_shared():
-            if _resolved(shared.provider) is not resolved:
+            if shared.resolved() is not resolved:
                 continue
             for reference in shared.sources:
                 source = reference()
@@ -206,16 +210,14 @@ class ActiveRequests:
             for (method, scheme), count in totals.items()
         ]
 
+    def resolved(self) -> object:
+        """The provider its instrument records to now (None once the provider is gone)."""
+        provider = self._provider()
+        return None if provider is None else _compat.resolved_meter_provider(provider)
+
     def _forked(self) -> None:
         self._lock = threading.Lock()
 
-
-class _Global:
-    """The key of the API's stand-in provider: the global one, whatever it is at the time."""
-
-
-#: Apps given the API's stand-in (``metrics.get_meter_provider()`` before an SDK sets one).
-GLOBAL = _Global()
 
 _SHARED: weakref.WeakKeyDictionary[object, ActiveRequests] = weakref.WeakKeyDictionary()
 #: For a provider without weak references: kept for the process's life.
@@ -225,23 +227,17 @@ _SHARED_LOCK = threading.Lock()
 
 def active_requests(provider: MeterProvider, meter: Meter) -> ActiveRequests:
     """The provider's :class:`ActiveRequests`, made on ``meter`` at its first app."""
-    proxy = _compat.proxy_meter_provider()
-    key: object = GLOBAL if proxy is not None and provider is proxy else provider
     with _SHARED_LOCK:
         try:
-            found = _SHARED.get(key)
+            found = _SHARED.get(provider)
         except TypeError:
-            found = _PINNED.get(id(key))
+            found = _PINNED.get(id(provider))
             if found is None:
-                found = _PINNED[id(key)] = ActiveRequests(key, meter)
+                found = _PINNED[id(provider)] = ActiveRequests(provider, meter)
             return found
         if found is None:
-            found = _SHARED[key] = ActiveRequests(key, meter)
+            found = _SHARED[provider] = ActiveRequests(provider, meter)
         return found
-
-
-def _resolved(provider: object) -> object:
-    return metrics.get_meter_provider() if provider is GLOBAL else provider
 
 
 def _all_shared() -> list[ActiveRequests]:

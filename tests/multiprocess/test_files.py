@@ -228,3 +228,30 @@ def test_active_requests_are_this_workers_in_flight_from_its_file(
     out = in_a_worker(_ACTIVE_RUN, tmp_path, str(apps)).strip()
     get = "{'http.request.method': 'GET', 'url.scheme': 'http'}"
     assert out == f"[[({get}, {in_flight})]] [({get}, 0)]"
+
+
+_FORKED_COLLECTION_RUN = """
+import os, sys, threading
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from tests.conftest import make_app
+from flask_signal_metrics import SignalMetrics
+
+reader = InMemoryMetricReader()
+app = make_app()
+SignalMetrics(app, tracing=False, meter_provider=MeterProvider([reader], shutdown_on_exit=False))
+app.test_client().get("/item/1")
+pid = os.fork()
+if pid == 0:  # a helper that records nothing, and whose reader collects
+    reader.get_metrics_data()
+    mine = sorted(f for f in os.listdir(sys.argv[1]) if f.endswith(f"_{os.getpid()}.db"))
+    print(mine, sorted(t.name for t in threading.enumerate() if t.name.startswith("flask-")))
+    sys.stdout.flush()
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_collection_in_a_forked_child_makes_no_files_and_no_thread(tmp_path: Path) -> None:
+    # Only a value recorded opens a process's files (and starts its workers' thread).
+    assert in_a_worker(_FORKED_COLLECTION_RUN, tmp_path, str(tmp_path)).strip() == "[] []"

@@ -144,17 +144,28 @@ def test_the_incubating_http_metric_names_are_the_fallbacks() -> None:
         assert getattr(_compat, name) == fallback
 
 
-def test_the_meter_providers_stand_in_is_what_the_api_gives_before_one_is_set(
+def test_the_meter_providers_stand_in_forwards_to_the_provider_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Fails when the API's stand-in meter provider moves: apps set up on it and on the
-    provider it becomes would then each have an ``http.server.active_requests`` instrument
-    of their own, and the SDK keeps only the first one's callbacks."""
+    """Fails when the API's stand-in meter provider stops naming the provider it forwards
+    to: apps set up on it and on that provider would then each have an
+    ``http.server.active_requests`` instrument, and the SDK keeps only the first one's
+    callbacks."""
     from opentelemetry import metrics
     from opentelemetry.metrics import _internal as metrics_internal
+    from opentelemetry.sdk.metrics import MeterProvider
 
+    # Fresh globals, as opentelemetry-test-utils' reset_metrics_globals() makes them.
     monkeypatch.delenv("OTEL_PYTHON_METER_PROVIDER", raising=False)
+    monkeypatch.setattr(metrics_internal, "_METER_PROVIDER_SET_ONCE", Once())
     monkeypatch.setattr(metrics_internal, "_METER_PROVIDER", None)
-    stand_in = _compat.proxy_meter_provider()
-    assert stand_in is not None, "the stand-in moved"
-    assert metrics.get_meter_provider() is stand_in
+    monkeypatch.setattr(
+        metrics_internal, "_PROXY_METER_PROVIDER", type(metrics.get_meter_provider())()
+    )
+    stand_in = metrics.get_meter_provider()
+    assert _compat.resolved_meter_provider(stand_in) is stand_in  # not set yet: itself
+    provider = MeterProvider(shutdown_on_exit=False)
+    metrics.set_meter_provider(provider)
+    assert _compat.resolved_meter_provider(stand_in) is provider, "the stand-in's name moved"
+    assert _compat.resolved_meter_provider(provider) is provider
+    provider.shutdown()

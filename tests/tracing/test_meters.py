@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import typing as t
+import weakref
 from pathlib import Path
 
 import pytest
@@ -275,9 +277,18 @@ if sys.argv[1] == "stand-in first":
     set_up(first, metrics.get_meter_provider())  # the API's stand-in: no SDK yet
     metrics.set_meter_provider(provider)
     set_up(second, metrics.get_meter_provider())  # the SDK's provider itself
-else:
+elif sys.argv[1] == "provider first":
     set_up(first, provider)  # the SDK's provider, before it is the global one
     set_up(second, metrics.get_meter_provider())  # the stand-in
+    metrics.set_meter_provider(provider)
+else:  # a test harness's reset between tests, then two apps on the new stand-in
+    from opentelemetry.test.globals_test import reset_metrics_globals
+
+    set_up(make_app("earlier"), metrics.get_meter_provider())
+    metrics.set_meter_provider(MeterProvider([InMemoryMetricReader()], shutdown_on_exit=False))
+    reset_metrics_globals()
+    set_up(first, metrics.get_meter_provider())
+    set_up(second, metrics.get_meter_provider())
     metrics.set_meter_provider(provider)
 seen = []
 second.get("/now")(lambda: seen.append(active()) or "ok")
@@ -287,7 +298,7 @@ print(seen, active())
 """
 
 
-@pytest.mark.parametrize("order", ["stand-in first", "provider first"])
+@pytest.mark.parametrize("order", ["stand-in first", "provider first", "after a reset"])
 def test_apps_on_the_stand_in_and_on_the_provider_it_becomes_are_both_observed(
     order: str,
 ) -> None:
@@ -303,3 +314,19 @@ def test_apps_on_the_stand_in_and_on_the_provider_it_becomes_are_both_observed(
         check=True,
     ).stdout
     assert out.strip() == "[[2]] [0]"
+
+
+def test_a_provider_is_not_kept_alive_by_its_instrument() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    app = make_app()
+    extension = SignalMetrics(
+        app, registry=CollectorRegistry(), tracing=False, meter_provider=provider
+    )
+    app.test_client().get("/item/1")
+    extension.remove_app(app)
+    provider.shutdown()
+    gone = weakref.ref(provider)
+    del provider, reader, extension  # the extension keeps its options
+    gc.collect()
+    assert gone() is None
