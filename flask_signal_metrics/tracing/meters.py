@@ -186,6 +186,11 @@ class ActiveRequests:
     def _live(self) -> tuple[weakref.ref[ServerMeters], ...]:
         return tuple(r for r in self.sources if r() is not None)
 
+    def counting(self) -> list[ServerMeters]:
+        """Its apps' meters that observe their requests in flight now."""
+        found = [reference() for reference in self.sources]
+        return [source for source in found if source is not None and source.counting]
+
     def observe(self, options: CallbackOptions) -> list[Observation]:
         """The SDK's callback, at each collection: the counting apps' in-flight counts."""
         resolved = self.resolved()
@@ -193,18 +198,11 @@ class ActiveRequests:
             return []
         totals: dict[tuple[str, str], int] = {}
         counted: set[t.Hashable] = set()
-        for shared in _all_shared():
-            if shared.resolved() is not resolved:
-                continue
-            for reference in shared.sources:
-                source = reference()
-                if source is None or not source.counting:
-                    continue
-                for active in source.in_flight():
-                    if active.counter not in counted:
-                        counted.add(active.counter)
-                        key = (active.method, active.scheme)
-                        totals[key] = totals.get(key, 0) + active.requests
+        for active in _in_flight_of(resolved):
+            if active.counter not in counted:
+                counted.add(active.counter)
+                key = (active.method, active.scheme)
+                totals[key] = totals.get(key, 0) + active.requests
         return [
             Observation(count, {_METHOD: method, _SCHEME: scheme})
             for (method, scheme), count in totals.items()
@@ -243,6 +241,14 @@ def active_requests(provider: MeterProvider, meter: Meter) -> ActiveRequests:
 def _all_shared() -> list[ActiveRequests]:
     with _SHARED_LOCK:
         return [*_SHARED.values(), *_PINNED.values()]
+
+
+def _in_flight_of(resolved: object) -> cabc.Iterator[ActiveCount]:
+    """The in-flight counts of every counting app whose provider records to ``resolved``."""
+    for shared in _all_shared():
+        if shared.resolved() is resolved:
+            for source in shared.counting():
+                yield from source.in_flight()
 
 
 def _forked() -> None:

@@ -348,10 +348,9 @@ class Tracing:
         return None
 
 
-def instrumented_elsewhere(app: Flask) -> bool:
-    """Whether opentelemetry-instrumentation-flask instruments ``app``: its spans
-    and its OpenTelemetry metrics are the app's, ours are not made."""
-    return bool(getattr(app, _INSTRUMENTED_FLAG, False))
+#: Whether opentelemetry-instrumentation-flask instruments an app: its spans
+#: and its OpenTelemetry metrics are the app's, ours are not made.
+instrumented_elsewhere = _compat.instrumented_by_opentelemetry
 
 
 def _detach_render(handle: RenderSpan) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import typing as t
 
@@ -48,6 +49,16 @@ def make_app() -> Flask:
         return "ok"
 
     return app
+
+
+@contextlib.contextmanager
+def responding(propagator: TraceResponsePropagator) -> t.Iterator[None]:
+    """``propagator`` as the global response propagator, none again after."""
+    set_global_response_propagator(propagator)  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        set_global_response_propagator(None)  # type: ignore[no-untyped-call]
 
 
 def registry_of(app: Flask) -> t.Any:
@@ -262,11 +273,8 @@ def test_with_opentelemetry_instrumentation_flask_too_one_span_per_request(
 def test_a_global_response_propagator_adds_traceresponse(sdk: Traced) -> None:
     app = make_app()
     SignalMetricsInstrumentor().instrument_app(app, tracer_provider=sdk.provider)
-    set_global_response_propagator(TraceResponsePropagator())  # type: ignore[no-untyped-call]
-    try:
+    with responding(TraceResponsePropagator()):
         response = app.test_client().get("/items/1")
-    finally:
-        set_global_response_propagator(None)  # type: ignore[no-untyped-call]
     (span,) = sdk.exporter.get_finished_spans()
     context = span.get_span_context()
     assert context is not None
@@ -296,11 +304,8 @@ def test_traceresponse_on_a_reused_response_is_set_not_piled_up(sdk: Traced) -> 
     shared = flask.Response("same", headers={"Access-Control-Expose-Headers": "X-Version"})
     app.add_url_rule("/shared", "shared", lambda: shared)
     SignalMetricsInstrumentor().instrument_app(app, tracer_provider=sdk.provider)
-    set_global_response_propagator(TraceResponsePropagator())  # type: ignore[no-untyped-call]
-    try:
+    with responding(TraceResponsePropagator()):
         responses = [app.test_client().get("/shared") for _ in range(3)]
-    finally:
-        set_global_response_propagator(None)  # type: ignore[no-untyped-call]
     last = sdk.exporter.get_finished_spans()[-1].get_span_context()
     assert last is not None
     assert responses[-1].headers.getlist("traceresponse") == [
@@ -419,11 +424,8 @@ def test_a_raising_response_propagator_is_counted_and_changes_nothing(sdk: Trace
 
     app = make_app()
     SignalMetricsInstrumentor().instrument_app(app, tracer_provider=sdk.provider)
-    set_global_response_propagator(Raising())  # type: ignore[no-untyped-call]
-    try:
+    with responding(Raising()):
         response = app.test_client().get("/items/1")
-    finally:
-        set_global_response_propagator(None)  # type: ignore[no-untyped-call]
     assert (response.status_code, response.text) == (200, "item 1")
     assert "traceresponse" not in response.headers
     errors = value(
